@@ -1,0 +1,272 @@
+"""Hyper-parameters of the Flax HuBERT encoder.
+
+`HubertConfig` is a frozen dataclass so it can be hashed, closed over by jitted
+functions and written to JSON next to converted weights. Field names follow
+`transformers.HubertConfig` where a field exists there, which keeps conversion a
+matter of copying values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
+
+SPEAKER_FUSIONS = ("none", "last", "first", "prefix")
+FEATURE_EXTRACTOR_NORMS = ("group", "layer")
+
+# Samples per encoder frame (product of the conv strides) and the receptive field
+# of one frame: 320 samples = 20 ms at 16 kHz, 400 samples = 25 ms.
+SAMPLE_RATE = 16_000
+
+
+@dataclasses.dataclass(frozen=True)
+class HubertConfig:
+    """Architecture of a HuBERT encoder plus the speaker-embedding table.
+
+    Attributes:
+      hidden_size: Transformer width D.
+      num_hidden_layers: Number of Transformer layers L.
+      num_attention_heads: Attention heads per layer.
+      intermediate_size: Width of the feed-forward block.
+      conv_dim: Output channels of each conv of the feature extractor.
+      conv_kernel: Kernel size of each conv.
+      conv_stride: Stride of each conv.
+      conv_bias: Whether the convs have a bias (large: yes, base: no).
+      feat_extract_norm: 'group' (GroupNorm after conv 0 only, base) or 'layer'
+        (LayerNorm after every conv, large).
+      do_stable_layer_norm: Pre-LN Transformer layers with the encoder LayerNorm
+        after the stack (large) instead of post-LN with it before (base).
+      num_conv_pos_embeddings: Kernel size of the positional conv.
+      num_conv_pos_embedding_groups: Groups of the positional conv.
+      layer_norm_eps: Epsilon of every norm (PyTorch's 1e-5, not Flax's 1e-6).
+      hidden_dropout: Dropout on residual branches and on the encoder input.
+      attention_dropout: Dropout on attention probabilities.
+      activation_dropout: Dropout after the feed-forward activation.
+      feat_proj_dropout: Dropout after the feature projection.
+      normalize_waveform: Normalise every waveform to zero mean and unit variance
+        over its valid samples inside the model (HuBERT-large expects this; the
+        Hugging Face feature extractor does it outside the model).
+      num_speakers: Rows of the speaker-embedding table (0: no table).
+      speaker_fusion: Where the speaker vector enters: 'none', 'last' (added to
+        the Transformer output, the paper's PAPT), 'first' (added to the input of
+        the first layer) or 'prefix' (one extra token, dropped from the output).
+      dtype: Compute dtype ('float32' or 'bfloat16'); parameters stay float32.
+      remat: Rematerialise each Transformer layer in the backward pass.
+    """
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    conv_dim: tuple[int, ...] = (512,) * 7
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    feat_extract_norm: str = "group"
+    do_stable_layer_norm: bool = False
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    feat_proj_dropout: float = 0.0
+    normalize_waveform: bool = False
+    num_speakers: int = 0
+    speaker_fusion: str = "none"
+    dtype: str = "float32"
+    remat: bool = False
+
+    def __post_init__(self):
+        # Lists arrive from JSON and ml_collections; tuples keep the config hashable.
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        if not len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride):
+            raise ValueError(
+                "conv_dim, conv_kernel and conv_stride must have the same length, got "
+                f"{len(self.conv_dim)}, {len(self.conv_kernel)}, {len(self.conv_stride)}"
+            )
+        if self.feat_extract_norm not in FEATURE_EXTRACTOR_NORMS:
+            raise ValueError(
+                f"feat_extract_norm must be one of {FEATURE_EXTRACTOR_NORMS}, "
+                f"got {self.feat_extract_norm!r}"
+            )
+        if self.speaker_fusion not in SPEAKER_FUSIONS:
+            raise ValueError(
+                f"speaker_fusion must be one of {SPEAKER_FUSIONS}, got {self.speaker_fusion!r}"
+            )
+        if self.speaker_fusion != "none" and self.num_speakers <= 0:
+            raise ValueError(f"speaker_fusion={self.speaker_fusion!r} needs num_speakers > 0")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if self.hidden_size % self.num_conv_pos_embedding_groups:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by "
+                f"num_conv_pos_embedding_groups {self.num_conv_pos_embedding_groups}"
+            )
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+
+    @property
+    def frame_hop(self) -> int:
+        """Samples per encoder frame (320 for HuBERT: 50 Hz at 16 kHz)."""
+        hop = 1
+        for stride in self.conv_stride:
+            hop *= stride
+        return hop
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples seen by one encoder frame (400 for HuBERT); shorter audio has no frame."""
+        field, jump = 1, 1
+        for kernel, stride in zip(self.conv_kernel, self.conv_stride, strict=True):
+            field += (kernel - 1) * jump
+            jump *= stride
+        return field
+
+    def num_frames(self, num_samples):
+        """Encoder frames produced from `num_samples` samples (works on ints and arrays)."""
+        length = num_samples
+        for kernel, stride in zip(self.conv_kernel, self.conv_stride, strict=True):
+            length = (length - kernel) // stride + 1
+        return length if not isinstance(length, int) else max(length, 0)
+
+    def replace(self, **changes: Any) -> HubertConfig:
+        """Returns a copy with `changes` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> HubertConfig:
+        """Builds a config from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown HubertConfig fields: {unknown}")
+        return cls(**dict(values))
+
+
+# The Hugging Face config keys we copy one-to-one.
+_HF_SHARED_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "conv_dim",
+    "conv_kernel",
+    "conv_stride",
+    "conv_bias",
+    "feat_extract_norm",
+    "do_stable_layer_norm",
+    "num_conv_pos_embeddings",
+    "num_conv_pos_embedding_groups",
+    "layer_norm_eps",
+    "hidden_dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "feat_proj_dropout",
+)
+
+
+def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> HubertConfig:
+    """Translates a Hugging Face `config.json` dict into a `HubertConfig`.
+
+    Raises:
+      ValueError: for architectures this port does not implement (another
+        activation, no feature-projection LayerNorm, batch-normed positional conv),
+        naming the offending key, rather than silently computing something else.
+    """
+    unsupported = []
+    for key, expected in (
+        ("hidden_act", "gelu"),
+        ("feat_extract_activation", "gelu"),
+        ("feat_proj_layer_norm", True),
+        ("conv_pos_batch_norm", False),
+    ):
+        if key in hf and hf[key] != expected:
+            unsupported.append(f"{key}={hf[key]!r} (only {expected!r} is supported)")
+    if unsupported:
+        raise ValueError("unsupported HuBERT architecture: " + "; ".join(unsupported))
+    values = {key: hf[key] for key in _HF_SHARED_KEYS if key in hf}
+    # Stable-layer-norm (large) checkpoints are trained on normalised waveforms.
+    values["normalize_waveform"] = bool(hf.get("do_stable_layer_norm", False))
+    values.update(overrides)
+    return HubertConfig.from_dict(values)
+
+
+def to_hf_config(config: HubertConfig) -> dict[str, Any]:
+    """The Hugging Face `config.json` dict for the encoder part of `config`."""
+    values = {key: getattr(config, key) for key in _HF_SHARED_KEYS}
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    values.update(
+        architectures=["HubertModel"],
+        model_type="hubert",
+        hidden_act="gelu",
+        feat_extract_activation="gelu",
+        feat_proj_layer_norm=True,
+        conv_pos_batch_norm=False,
+        do_stable_layer_norm=config.do_stable_layer_norm,
+        feat_extract_norm=config.feat_extract_norm,
+    )
+    return values
+
+
+PRESETS: dict[str, HubertConfig] = {
+    # facebook/hubert-base-ls960 (fairseq hubert_base_ls960.pt).
+    "base": HubertConfig(),
+    # facebook/hubert-large-ll60k (fairseq hubert_large_ll60k.pt).
+    "large": HubertConfig(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        conv_bias=True,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        normalize_waveform=True,
+    ),
+    # A small encoder with HuBERT's 320-sample hop, for the embedded demo corpus:
+    # trainable from scratch on two CPU cores in minutes.
+    "small": HubertConfig(
+        hidden_size=192,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=768,
+        conv_dim=(128,) * 7,
+        num_conv_pos_embeddings=32,
+        num_conv_pos_embedding_groups=8,
+        hidden_dropout=0.05,
+        attention_dropout=0.05,
+        activation_dropout=0.0,
+    ),
+    # Tests: same conv strides (so frame counts are real), tiny widths.
+    "tiny": HubertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=4,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> HubertConfig:
+    """Returns preset `name` ('base', 'large', 'small', 'tiny') with `overrides`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
