@@ -1,0 +1,156 @@
+"""Default experiment configuration shared by `configs/*.py`.
+
+Every field has a comment; `configs/papt.py`, `configs/tapt.py` and
+`configs/vanilla_ft.py` start from `base_config()` and change what differs. The
+defaults are the paper's setting (HuBERT-large, MSP-Podcast v1.6 splits); `demo`
+and `smoke` variants (`apply_embedded_corpus`) run on the embedded synthetic corpus.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+ALL_STAGES = (
+    "corpus",  # generate the synthetic corpus (embedded-corpus runs only)
+    "prepare",  # build the TFDS array_record dataset from the corpus
+    "bootstrap",  # embedded corpus: pre-train a small HuBERT from scratch on MFCC labels
+    "pseudo_labels",  # k-means labels for the adaptation corpus
+    "pretrain",  # PAPT / TAPT continued pre-training
+    "finetune",  # arousal and valence regressors
+    "evaluate",  # test-b (seen) and test-c (unseen speakers), with PLDC
+    "report",  # results.md and plots
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's PAPT setting; needs MSP-Podcast and a converted HuBERT-large."""
+    c = ml_collections.ConfigDict()
+    c.name = "papt"  # system name in reports
+    c.seed = 0  # one seed drives init, shuffling, masking and dropout
+    c.stages = ",".join(ALL_STAGES)  # comma-separated subset of ALL_STAGES, run in order
+    c.num_devices = 0  # devices in the data-parallel mesh (0: all)
+    c.log_every = 10  # steps between host reads of training metrics
+
+    # --- Corpus and dataset ---------------------------------------------------------
+    c.data = d = ml_collections.ConfigDict()
+    d.corpus_dir = ""  # MSP-Podcast root (Audios/, Labels/); required for real data
+    d.synthetic_preset = ""  # 'demo' / 'smoke': generate the embedded corpus instead
+    d.labels_file = ""  # default: <corpus>/Labels/labels_consensus.csv (or 'concensus')
+    d.new_labels_file = ""  # newer release's labels for test-c (e.g. v1.10); '' disables test-c
+    d.train_splits = "Train"  # Split_Set values of the training set (comma-separated)
+    d.validation_splits = "Development,Validation"  # ... of the validation set
+    d.test_splits = "Test1"  # ... of the test set (split into test-a / test-b)
+    d.new_test_splits = "Test1"  # ... of the newer release's test set (for test-c)
+    d.test_a_seconds = 200.0  # test-a: per test speaker, utterances adding up to this
+    d.on_bad_rows = "error"  # 'error' lists bad CSV rows; 'skip' logs and drops them
+    d.on_bad_audio = "skip"  # 'skip' lists unreadable/too-short audio in a report; 'error'
+    d.resample = False  # resample other rates to 16 kHz instead of rejecting them
+    d.data_dir = ""  # TFDS output (default: <workdir>/data)
+    d.max_seconds = 15.0  # random crop (training) / truncation (evaluation) length
+    d.num_buckets = 6  # padded lengths (at most 8), from corpus length quantiles
+    d.batch_seconds = 0.0  # >0: batch by total audio seconds per batch
+    d.batch_size = 8  # utterances per batch (global, all devices) when batch_seconds is 0
+    d.eval_batch_size = 8  # utterances per evaluation batch
+    d.worker_count = 0  # Grain worker processes (0: in the main process)
+
+    # --- Encoder initialisation -----------------------------------------------------
+    c.model = m = ml_collections.ConfigDict()
+    m.init = ""  # 'converted:DIR' (from python -m papt_jax.convert), 'pytorch:PATH', 'preset:NAME'
+    m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
+    m.remat = False  # rematerialise Transformer layers (long audio, large model)
+    m.allow_unsafe_pickle = False  # fairseq .pt files needing full unpickling (trusted files only)
+
+    # --- Embedded-corpus bootstrap: HuBERT iteration 1 from scratch on MFCC labels -------
+    c.bootstrap = b = ml_collections.ConfigDict()
+    b.preset = "small"  # encoder preset trained from scratch
+    b.num_clusters = 50  # k-means clusters on MFCC features
+    b.epochs = 10
+    b.peak_lr = 5e-4
+    b.mask_prob = 0.65
+    b.features_pen_weight = 0.0
+
+    # --- Pseudo-labels ---------------------------------------------------------------
+    c.pseudo_labels = p = ml_collections.ConfigDict()
+    p.source = "teacher"  # 'teacher' (encoder layer features) or 'mfcc' (39-dim, 100 Hz)
+    p.teacher = ""  # 'converted:DIR' / 'pytorch:PATH' (HuBERT-base iter 2) / 'bootstrap'
+    p.layer = 9  # teacher layer whose output is clustered
+    p.num_clusters = 500
+    p.fit_fraction = 0.1  # share of utterances whose frames fit k-means
+    p.kmeans_batch_size = 10_000
+    p.kmeans_max_iter = 100
+    p.centroids = ""  # precomputed centroids (.npy, (K, dim)) instead of fitting
+
+    # --- Continued pre-training (PAPT / TAPT) -----------------------------------------
+    c.pretrain = t = ml_collections.ConfigDict()
+    t.speaker_fusion = "last"  # 'last' (PAPT), 'first', 'prefix' or 'none' (TAPT)
+    t.train_splits = "train,validation,test_b"  # audio used for adaptation (no labels)
+    t.eval_split = "test_a"  # validation loss
+    t.epochs = 10
+    t.peak_lr = 1e-5
+    t.warmup_fraction = 0.05
+    t.weight_decay = 0.0
+    t.clip_norm = 10.0
+    t.mask_prob = 0.8  # 0.65 for base
+    t.mask_length = 10
+    t.features_pen_weight = 10.0  # 0 for base
+    t.final_dim = 768  # head width when the checkpoint has no head (256 for base)
+    t.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
+
+    # --- Fine-tuning -----------------------------------------------------------------
+    c.finetune = f = ml_collections.ConfigDict()
+    f.dimensions = "arousal,valence"  # one regressor each
+    f.init = "pretrain"  # 'pretrain' (this run's adapted encoder) or 'model' (model.init)
+    f.epochs = 10
+    f.peak_lr = 5e-5
+    f.schedule = "constant"  # paper: Adam 5e-5; 'linear' adds warm-up and decay
+    f.warmup_fraction = 0.0
+    f.clip_norm = 10.0
+    f.patience = 3  # evaluations without validation-CCC gain before stopping
+    f.freeze_feature_extractor = True  # keep the CNN fixed (common practice; paper silent)
+    f.label_scaling = "none"  # 'none' (1..7) or 'unit' ([0, 1]); CCC is on 1..7 either way
+    f.head_dropout = 0.1
+    f.stop_after_steps = 0
+
+    # --- Evaluation with PLDC ---------------------------------------------------------
+    c.evaluate = e = ml_collections.ConfigDict()
+    e.splits = "test_b,test_c"
+    e.pldc_k = 10  # retrieved training speakers per test speaker
+    return c
+
+
+def apply_embedded_corpus(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+    """Switches `c` to the embedded synthetic corpus ('demo' or 'smoke') and a small model.
+
+    No pretrained weights can be downloaded, so the run first pre-trains a small
+    HuBERT from scratch on MFCC labels (`bootstrap`), then adapts it with labels from
+    one of its layers: the HuBERT recipe in miniature.
+    """
+    if preset not in ("demo", "smoke"):
+        raise ValueError(f"embedded corpus preset must be 'demo' or 'smoke', got {preset!r}")
+    smoke = preset == "smoke"
+    c.data.synthetic_preset = preset
+    c.data.new_labels_file = "Labels_new/labels_consensus.csv"
+    c.data.test_a_seconds = 6.0 if smoke else 12.0
+    c.data.max_seconds = 4.0
+    c.data.num_buckets = 4
+    c.data.batch_size = 8
+    c.data.eval_batch_size = 8
+    c.model.init = "bootstrap"
+    c.bootstrap.preset = "tiny" if smoke else "small"
+    c.bootstrap.num_clusters = 16 if smoke else 50
+    c.bootstrap.epochs = 1 if smoke else 8
+    c.pseudo_labels.source = "teacher"
+    c.pseudo_labels.teacher = "bootstrap"
+    c.pseudo_labels.layer = 1 if smoke else 3
+    c.pseudo_labels.num_clusters = 16 if smoke else 50
+    c.pseudo_labels.fit_fraction = 1.0
+    c.pretrain.epochs = 1 if smoke else 4
+    c.pretrain.peak_lr = 2e-4
+    c.pretrain.mask_prob = 0.65
+    c.pretrain.features_pen_weight = 0.0
+    c.pretrain.final_dim = 32 if smoke else 64
+    c.finetune.epochs = 1 if smoke else 6
+    c.finetune.peak_lr = 1e-3 if smoke else 5e-4
+    c.finetune.freeze_feature_extractor = True
+    c.evaluate.pldc_k = 3 if smoke else 5
+    return c

@@ -1,0 +1,67 @@
+"""Encoder + head compositions used by the training stages.
+
+Both keep the encoder's parameters under `hubert`, so a pre-trained encoder moves
+between tasks (and to and from PyTorch) without renaming.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from papt_jax.models.config import HubertConfig
+from papt_jax.models.heads import PretrainHead, PretrainHeadConfig, RegressionHead
+from papt_jax.models.hubert import HubertModel, HubertOutput, masked_mean
+
+
+class HubertForPretraining(nn.Module):
+    """HuBERT with its masked-prediction head."""
+
+    config: HubertConfig
+    head_config: PretrainHeadConfig
+
+    def setup(self):
+        self.hubert = HubertModel(self.config)
+        self.head = PretrainHead(self.head_config)
+
+    def __call__(
+        self,
+        audio: jax.Array,
+        audio_mask: jax.Array,
+        speaker: jax.Array | None,
+        mask_time_indices: jax.Array,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, HubertOutput]:
+        """Returns logits (batch, frames, rows) computed from `f_p`, and the encoder output."""
+        out = self.hubert(
+            audio,
+            audio_mask=audio_mask,
+            speaker=speaker,
+            mask_time_indices=mask_time_indices,
+            deterministic=deterministic,
+        )
+        return self.head(out.last_hidden_state), out
+
+
+class HubertForRegression(nn.Module):
+    """HuBERT, masked mean pooling of `f_p`, and the paper's light regression head."""
+
+    config: HubertConfig
+    head_dims: tuple[int, ...] = (128, 32)
+    head_dropout: float = 0.1
+
+    def setup(self):
+        self.hubert = HubertModel(self.config)
+        self.head = RegressionHead(self.head_dims, self.head_dropout)
+
+    def __call__(
+        self,
+        audio: jax.Array,
+        audio_mask: jax.Array,
+        speaker: jax.Array | None = None,
+        train: bool = False,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Returns predictions (batch,) and pooled representations (batch, dim)."""
+        out = self.hubert(audio, audio_mask=audio_mask, speaker=speaker, deterministic=not train)
+        pooled = masked_mean(out.last_hidden_state, out.frame_mask)
+        return self.head(pooled, train=train), pooled

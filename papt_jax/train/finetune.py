@@ -1,0 +1,285 @@
+"""Fine-tuning steps for one emotion dimension (loss 1 - CCC) and batched prediction."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from papt_jax.losses import ccc_loss
+from papt_jax.metrics import ccc
+from papt_jax.models.config import HubertConfig
+from papt_jax.models.tasks import HubertForRegression
+from papt_jax.train.checkpoint import Checkpoints
+from papt_jax.train.logging import MetricWriter
+from papt_jax.train.loop import LoopConfig, run_loop
+from papt_jax.train.sharding import data_sharded, replicate, replicated, shard_batch
+from papt_jax.train.state import TrainState, make_optimizer
+
+# MSP-Podcast attribute scores lie on a 1..7 scale.
+LABEL_MIN, LABEL_MAX = 1.0, 7.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelScaling:
+    """How labels are presented to the regressor (the paper does not say).
+
+    'none' trains on raw 1..7 scores; 'unit' maps them to [0, 1] and predictions back.
+    CCC is computed on the original scale either way.
+    """
+
+    mode: str = "none"
+
+    def __post_init__(self):
+        if self.mode not in ("none", "unit"):
+            raise ValueError(f"label scaling must be 'none' or 'unit', got {self.mode!r}")
+
+    def to_model(self, y):
+        return y if self.mode == "none" else (y - LABEL_MIN) / (LABEL_MAX - LABEL_MIN)
+
+    def from_model(self, y):
+        return y if self.mode == "none" else y * (LABEL_MAX - LABEL_MIN) + LABEL_MIN
+
+
+def _speaker(model, batch):
+    return batch["speaker"] if model.config.speaker_fusion != "none" else None
+
+
+def make_train_step(model: HubertForRegression, dimension: str, scaling: LabelScaling, mesh: Mesh):
+    """Returns the jitted, state-donating fine-tuning step for `dimension`."""
+
+    def train_step(state: TrainState, batch, rng):
+        dropout_key = jax.random.fold_in(rng, state.step)
+        labels = scaling.to_model(batch[dimension])
+
+        def loss_fn(params):
+            (preds, _), updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["audio"],
+                batch["audio_mask"],
+                _speaker(model, batch),
+                train=True,
+                rngs={"dropout": dropout_key},
+                mutable=["batch_stats"],
+            )
+            return ccc_loss(preds, labels, batch["example_mask"]), updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        # NaN guard: keep the previous state when this update is not finite.
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+        return new_state, metrics
+
+    return jax.jit(
+        train_step,
+        in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def make_predict_step(model: HubertForRegression, scaling: LabelScaling, mesh: Mesh):
+    """Returns a jitted `(variables, batch) -> (predictions (B,), pooled (B, D))`."""
+
+    def predict_step(variables, batch):
+        preds, pooled = model.apply(
+            variables, batch["audio"], batch["audio_mask"], _speaker(model, batch), train=False
+        )
+        return scaling.from_model(preds), pooled
+
+    return jax.jit(
+        predict_step,
+        in_shardings=(replicated(mesh), data_sharded(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+    )
+
+
+def predict(
+    predict_step,
+    variables,
+    batches: Iterable[dict[str, np.ndarray]],
+    mesh: Mesh,
+    extra_keys: tuple[str, ...] = (),
+) -> dict[str, np.ndarray]:
+    """Runs `predict_step` over every batch and gathers real rows on the host.
+
+    Device results are collected first and read once at the end, so the loop does
+    not wait for each batch.
+
+    Args:
+      predict_step: From `make_predict_step`.
+      variables: {'params', 'batch_stats'}.
+      batches: One pass of evaluation batches.
+      mesh: Device mesh.
+      extra_keys: Further batch fields to return (e.g. 'speaker_id').
+
+    Returns:
+      Dict with `key`, `speaker`, `arousal`, `valence`, the `extra_keys`,
+      `prediction` (N,) and `pooled` (N, D), in iteration order, padding rows removed.
+    """
+    fields = ("key", "speaker", "arousal", "valence", *extra_keys)
+    outputs, host = [], []
+    for batch in batches:
+        outputs.append(predict_step(variables, shard_batch(batch, mesh)))
+        host.append({k: batch[k] for k in (*fields, "example_mask")})
+    if not outputs:
+        raise ValueError("predict() got no batches")
+    outputs = jax.device_get(outputs)
+    keep = np.concatenate([h["example_mask"] for h in host])
+    result = {k: np.concatenate([h[k] for h in host])[keep] for k in fields}
+    result["prediction"] = np.concatenate([o[0] for o in outputs])[keep]
+    result["pooled"] = np.concatenate([o[1] for o in outputs])[keep]
+    return result
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _init_variables(model: HubertForRegression, rng, audio, mask):
+    speaker = jnp.zeros(audio.shape[:1], jnp.int32)
+    return model.init(rng, audio, mask, speaker, train=False)
+
+
+def init_variables(model: HubertForRegression, rng: jax.Array, num_samples: int = 16_000):
+    """Randomly initialised {'params', 'batch_stats'} of encoder + regression head."""
+    audio = jnp.zeros((2, num_samples), jnp.float32)
+    return _init_variables(model, rng, audio, jnp.ones_like(audio, bool))
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneRun:
+    """Everything one fine-tuning run needs besides the data.
+
+    Attributes:
+      encoder_config: Architecture of the encoder (speaker fusion included).
+      encoder_params: Its parameters.
+      dimension: 'arousal' or 'valence'.
+      epochs: Most passes over the training data.
+      peak_lr: Adam learning rate (the paper: 5e-5).
+      schedule: 'constant' or 'linear' (warm-up + decay).
+      warmup_fraction: Warm-up share for 'linear'.
+      clip_norm: Gradient clipping.
+      patience: Evaluations without validation-CCC gain before stopping.
+      freeze_feature_extractor: Keep the CNN fixed.
+      label_scaling: 'none' or 'unit'.
+      head_dropout: Dropout of the regression head.
+      log_every: Steps between metric reads.
+      stop_after_steps: Stop (resumable) at this step; 0 disables.
+      seed: Head init and dropout seed.
+    """
+
+    encoder_config: HubertConfig
+    encoder_params: dict
+    dimension: str
+    epochs: int = 10
+    peak_lr: float = 5e-5
+    schedule: str = "constant"
+    warmup_fraction: float = 0.0
+    clip_norm: float = 10.0
+    patience: int = 3
+    freeze_feature_extractor: bool = True
+    label_scaling: str = "none"
+    head_dropout: float = 0.1
+    log_every: int = 10
+    stop_after_steps: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.dimension not in ("arousal", "valence"):
+            raise ValueError(f"dimension must be 'arousal' or 'valence', got {self.dimension!r}")
+
+    def model(self) -> HubertForRegression:
+        return HubertForRegression(self.encoder_config, head_dropout=self.head_dropout)
+
+
+def validation_ccc(predict_step, variables, batches, mesh, dimension: str) -> dict[str, float]:
+    """CCC of `dimension` over a full pass of validation batches."""
+    out = predict(predict_step, variables, batches, mesh)
+    return {"ccc": ccc(out["prediction"], out[dimension])}
+
+
+def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workdir: str):
+    """Fine-tunes encoder + regression head with 1 - CCC and early stopping.
+
+    Args:
+      run: Model, optimiser and loop settings.
+      train_data: A training `BatchPipeline`; its iterator state is checkpointed.
+      eval_batches: Callable returning a fresh pass of validation batches.
+      mesh: Device mesh.
+      workdir: Checkpoints and logs go here.
+
+    Returns:
+      (LoopResult, best variables {'params', 'batch_stats'}) — None variables when
+      stopped by `stop_after_steps`.
+    """
+    model = run.model()
+    scaling = LabelScaling(run.label_scaling)
+    rng = jax.random.PRNGKey(run.seed)
+    variables = init_variables(model, rng)
+    params = dict(variables["params"])
+    params["hubert"] = run.encoder_params
+    steps_per_epoch = train_data.batches_per_epoch
+    total_steps = run.epochs * steps_per_epoch
+    frozen = ("hubert/feature_extractor",) if run.freeze_feature_extractor else ()
+    tx = make_optimizer(
+        run.peak_lr,
+        total_steps,
+        run.warmup_fraction,
+        clip_norm=run.clip_norm,
+        schedule=run.schedule,
+        params=params,
+        frozen_prefixes=frozen,
+    )
+    state = TrainState.create(
+        apply_fn=None, params=params, tx=tx, batch_stats=variables["batch_stats"]
+    )
+    state = replicate(state, mesh)
+    train_step = make_train_step(model, run.dimension, scaling, mesh)
+    predict_step = make_predict_step(model, scaling, mesh)
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+    writer = MetricWriter(os.path.join(workdir, "logs"))
+    loop_cfg = LoopConfig(
+        total_steps=total_steps,
+        eval_every=steps_per_epoch,
+        log_every=min(run.log_every, steps_per_epoch),
+        best_metric="ccc",
+        best_mode="max",
+        patience=run.patience,
+        stop_after_steps=run.stop_after_steps or None,
+    )
+
+    def evaluate(state):
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        return validation_ccc(predict_step, variables, eval_batches(), mesh, run.dimension)
+
+    try:
+        result = run_loop(
+            state=state,
+            train_step=train_step,
+            evaluate=evaluate,
+            train_iter=train_data.iterator(),
+            mesh=mesh,
+            rng=rng,
+            checkpoints=checkpoints,
+            writer=writer,
+            config=loop_cfg,
+            description=f"finetune[{run.dimension}]",
+        )
+        best = None
+        if result.finished:
+            best_state, _ = checkpoints.restore_best(result.state)
+            best = jax.device_get(
+                {"params": best_state.params, "batch_stats": best_state.batch_stats}
+            )
+    finally:
+        writer.close()
+        checkpoints.close()
+    return result, best

@@ -1,0 +1,292 @@
+"""Masked-prediction pre-training steps (HuBERT, TAPT and PAPT).
+
+`train_step(state, batch, rng) -> (state, metrics)` is a pure function, jitted once
+per batch shape with the state donated. Masks are drawn inside the step from
+`fold_in(rng, step)`, so a resumed run draws the same masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from papt_jax.losses import masked_prediction_loss
+from papt_jax.masking import compute_mask_indices_jax
+from papt_jax.models.config import HubertConfig
+from papt_jax.models.heads import PretrainHeadConfig
+from papt_jax.models.hubert import conv_output_lengths, lengths_to_mask
+from papt_jax.models.tasks import HubertForPretraining
+from papt_jax.train.checkpoint import Checkpoints
+from papt_jax.train.logging import MetricWriter
+from papt_jax.train.loop import LoopConfig, run_loop
+from papt_jax.train.sharding import data_sharded, replicate, replicated, shard_batch
+from papt_jax.train.state import TrainState, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainLossConfig:
+    """Masking and loss weights (fairseq HuBERT defaults for large).
+
+    Attributes:
+      mask_prob: Share of frames chosen as span starts times span length (0.8 large,
+        0.65 base).
+      mask_length: Frames per masked span.
+      min_masks: Fewest spans per utterance.
+      nomask_weight: Weight of the loss on unmasked frames (HuBERT: 0).
+      features_pen_weight: Weight of the CNN-feature penalty (10 for large, 0 base).
+    """
+
+    mask_prob: float = 0.8
+    mask_length: int = 10
+    min_masks: int = 2
+    nomask_weight: float = 0.0
+    features_pen_weight: float = 10.0
+
+
+def frame_mask_of(model: HubertForPretraining, batch) -> jax.Array:
+    """(batch, frames) valid-frame mask of a batch, before running the model."""
+    cfg = model.config
+    lengths = batch["audio_mask"].sum(-1).astype(jnp.int32)
+    frames = cfg.num_frames(batch["audio_mask"].shape[1])
+    mask = lengths_to_mask(conv_output_lengths(lengths, cfg.conv_kernel, cfg.conv_stride), frames)
+    return mask & batch["example_mask"][:, None]
+
+
+def _forward(model, loss_cfg, params, batch, mask_key, dropout_key, deterministic):
+    frame_mask = frame_mask_of(model, batch)
+    mask_indices = compute_mask_indices_jax(
+        mask_key, frame_mask, loss_cfg.mask_prob, loss_cfg.mask_length, loss_cfg.min_masks
+    )
+    speaker = batch["speaker"] if model.config.speaker_fusion != "none" else None
+    logits, out = model.apply(
+        {"params": params},
+        batch["audio"],
+        batch["audio_mask"],
+        speaker,
+        mask_indices,
+        deterministic=deterministic,
+        rngs=None if deterministic else {"dropout": dropout_key},
+    )
+    ce, stats = masked_prediction_loss(
+        logits,
+        batch["targets"],
+        mask_indices,
+        frame_mask,
+        label_offset=model.head_config.label_offset,
+        nomask_weight=loss_cfg.nomask_weight,
+    )
+    loss = ce + loss_cfg.features_pen_weight * out.features_pen
+    stats["features_pen"] = out.features_pen
+    return loss, stats
+
+
+def make_train_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, mesh: Mesh):
+    """Returns the jitted, state-donating pre-training step."""
+
+    def train_step(state: TrainState, batch, rng):
+        mask_key, dropout_key = jax.random.split(jax.random.fold_in(rng, state.step))
+
+        def loss_fn(params):
+            return _forward(model, loss_cfg, params, batch, mask_key, dropout_key, False)
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = state.apply_gradients(grads=grads)
+        # NaN guard: keep the previous state when this update is not finite.
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        metrics = {
+            "loss": loss,
+            "accuracy": stats["correct"] / jnp.maximum(stats["count"], 1.0),
+            "features_pen": stats["features_pen"],
+            "grad_norm": grad_norm,
+            "finite": finite.astype(jnp.float32),
+        }
+        return new_state, metrics
+
+    return jax.jit(
+        train_step,
+        in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, mesh: Mesh):
+    """Returns a jitted `(params, batch, key) -> sums` for validation loss and accuracy."""
+
+    def eval_step(params, batch, key):
+        _, stats = _forward(model, loss_cfg, params, batch, key, key, True)
+        return {k: stats[k] for k in ("loss_sum", "correct", "count")}
+
+    return jax.jit(
+        eval_step,
+        in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
+        out_shardings=replicated(mesh),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _init_params(model: HubertForPretraining, rng, audio, mask):
+    speaker = jnp.zeros(audio.shape[:1], jnp.int32)
+    frames = model.config.num_frames(audio.shape[1])
+    return model.init(rng, audio, mask, speaker, jnp.zeros((audio.shape[0], frames), bool))[
+        "params"
+    ]
+
+
+def init_params(model: HubertForPretraining, rng: jax.Array, num_samples: int = 16_000):
+    """Randomly initialised parameters of encoder + head."""
+    audio = jnp.zeros((1, num_samples), jnp.float32)
+    return _init_params(model, rng, audio, jnp.ones_like(audio, bool))
+
+
+def choose_head(
+    head_config: PretrainHeadConfig | None, head_params, num_clusters: int, final_dim: int
+) -> tuple[PretrainHeadConfig, dict | None]:
+    """Reuses a checkpoint's head when it fits the labels, else asks for a fresh one.
+
+    A fairseq head scores fairseq's own cluster ids; it is reused only when the
+    pseudo-labels have as many clusters (they should come from the same k-means).
+
+    Returns:
+      The head config and its params, or None params for a randomly initialised head.
+    """
+    if head_config is not None and head_params is not None:
+        if head_config.num_clusters == num_clusters:
+            log.info(
+                "reusing the checkpoint's pre-training head (%d rows, label offset %d)",
+                head_config.num_label_rows,
+                head_config.label_offset,
+            )
+            return head_config, head_params
+        log.warning(
+            "the checkpoint's head has %d clusters but the pseudo-labels have %d: "
+            "creating a new head",
+            head_config.num_clusters,
+            num_clusters,
+        )
+    else:
+        log.info("the initial checkpoint has no pre-training head: creating one")
+    return PretrainHeadConfig(final_dim=final_dim, num_label_rows=num_clusters), None
+
+
+def evaluate_loss(eval_step, params, batches, mesh, seed: int = 0) -> dict[str, float]:
+    """Masked-prediction loss and accuracy over every batch (fixed masks per batch index)."""
+    totals = []
+    base = jax.random.PRNGKey(seed + 1_000_003)
+    for i, batch in enumerate(batches):
+        totals.append(eval_step(params, shard_batch(batch, mesh), jax.random.fold_in(base, i)))
+    if not totals:
+        raise ValueError("the pre-training validation split has no batches")
+    sums = jax.device_get(jax.tree.map(lambda *xs: sum(xs), *totals))
+    count = max(float(sums["count"]), 1.0)
+    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainRun:
+    """Everything one pre-training run needs besides the data.
+
+    Attributes:
+      encoder_config: Architecture of the initial encoder, speaker fusion included.
+      encoder_params: Its parameters (a speaker table, if any, included).
+      head_config: Head to train (`choose_head`).
+      head_params: Its parameters, or None for a fresh head.
+      loss: Masking and loss weights.
+      epochs: Passes over the training data.
+      peak_lr, warmup_fraction, weight_decay, clip_norm: Optimiser settings.
+      log_every: Steps between metric reads.
+      stop_after_steps: Stop (resumable) at this step; 0 disables.
+      seed: Init, masking and dropout seed.
+    """
+
+    encoder_config: HubertConfig
+    encoder_params: dict
+    head_config: PretrainHeadConfig
+    head_params: dict | None
+    loss: PretrainLossConfig
+    epochs: int
+    peak_lr: float
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.0
+    clip_norm: float = 10.0
+    log_every: int = 10
+    stop_after_steps: int = 0
+    seed: int = 0
+
+
+def run_pretraining(run: PretrainRun, train_data, eval_batches, mesh: Mesh, workdir: str):
+    """Trains encoder + head with masked prediction; resumes from `workdir` if possible.
+
+    Args:
+      run: Model, optimiser and loop settings.
+      train_data: A training `BatchPipeline` (with targets); its iterator state is
+        checkpointed.
+      eval_batches: Callable returning a fresh pass of validation batches (with targets).
+      mesh: Device mesh.
+      workdir: Checkpoints and logs go here.
+
+    Returns:
+      (LoopResult, best params {'hubert', 'head'}) — None params when stopped early by
+      `stop_after_steps`.
+    """
+    model = HubertForPretraining(run.encoder_config, run.head_config)
+    rng = jax.random.PRNGKey(run.seed)
+    params = init_params(model, rng)
+    params = dict(params)
+    params["hubert"] = run.encoder_params
+    if run.head_params is not None:
+        params["head"] = run.head_params
+    steps_per_epoch = train_data.batches_per_epoch
+    total_steps = run.epochs * steps_per_epoch
+    tx = make_optimizer(
+        run.peak_lr,
+        total_steps,
+        run.warmup_fraction,
+        run.weight_decay,
+        run.clip_norm,
+    )
+    state = replicate(TrainState.create(apply_fn=None, params=params, tx=tx), mesh)
+    train_step = make_train_step(model, run.loss, mesh)
+    eval_step = make_eval_step(model, run.loss, mesh)
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+    writer = MetricWriter(os.path.join(workdir, "logs"))
+    loop_cfg = LoopConfig(
+        total_steps=total_steps,
+        eval_every=steps_per_epoch,
+        log_every=min(run.log_every, steps_per_epoch),
+        best_metric="loss",
+        best_mode="min",
+        stop_after_steps=run.stop_after_steps or None,
+    )
+    try:
+        result = run_loop(
+            state=state,
+            train_step=train_step,
+            evaluate=lambda s: evaluate_loss(eval_step, s.params, eval_batches(), mesh, run.seed),
+            train_iter=train_data.iterator(),
+            mesh=mesh,
+            rng=rng,
+            checkpoints=checkpoints,
+            writer=writer,
+            config=loop_cfg,
+            description="pretrain",
+        )
+        best_params = None
+        if result.finished:
+            best_state, _ = checkpoints.restore_best(result.state)
+            best_params = jax.device_get(best_state.params)
+    finally:
+        writer.close()
+        checkpoints.close()
+    return result, best_params

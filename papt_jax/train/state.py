@@ -1,0 +1,81 @@
+"""Train state and optimiser construction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import optax
+from flax import traverse_util
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState plus BatchNorm statistics (empty for pre-training)."""
+
+    batch_stats: Any = None
+
+
+def warmup_linear_schedule(peak_lr: float, total_steps: int, warmup_fraction: float):
+    """Linear warm-up to `peak_lr` over `warmup_fraction` of the steps, then linear decay to 0."""
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    warmup = max(int(round(total_steps * warmup_fraction)), 0)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, peak_lr, max(warmup, 1)),
+            optax.linear_schedule(peak_lr, 0.0, max(total_steps - warmup, 1)),
+        ],
+        boundaries=[warmup],
+    )
+
+
+def trainable_mask(params, frozen_prefixes: Sequence[str]):
+    """Pytree of bools: False for parameters whose '/'-joined path starts with a frozen prefix."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    mask = {k: not any(k.startswith(p) for p in frozen_prefixes) for k in flat}
+    return traverse_util.unflatten_dict(mask, sep="/")
+
+
+def make_optimizer(
+    peak_lr: float,
+    total_steps: int,
+    warmup_fraction: float = 0.05,
+    weight_decay: float = 0.0,
+    clip_norm: float | None = 1.0,
+    schedule: str = "linear",
+    params=None,
+    frozen_prefixes: Sequence[str] = (),
+) -> optax.GradientTransformation:
+    """Adam(W) with the paper's schedule, optional clipping and frozen sub-trees.
+
+    Args:
+      peak_lr: Peak learning rate.
+      total_steps: Steps of the whole run (for the schedule).
+      warmup_fraction: Share of steps spent warming up ('linear' schedule).
+      weight_decay: Decoupled weight decay (0: plain Adam, as in the paper).
+      clip_norm: Global-norm gradient clipping (None: off).
+      schedule: 'linear' (warm-up + linear decay) or 'constant'.
+      params: Needed with `frozen_prefixes`, to build the mask.
+      frozen_prefixes: Parameter paths (e.g. 'hubert/feature_extractor') not updated.
+    """
+    if schedule == "linear":
+        lr = warmup_linear_schedule(peak_lr, total_steps, warmup_fraction)
+    elif schedule == "constant":
+        lr = peak_lr
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; use 'linear' or 'constant'")
+    parts = []
+    if clip_norm:
+        parts.append(optax.clip_by_global_norm(clip_norm))
+    parts.append(optax.adamw(lr, weight_decay=weight_decay) if weight_decay else optax.adam(lr))
+    tx = optax.chain(*parts)
+    if frozen_prefixes:
+        if params is None:
+            raise ValueError("frozen_prefixes needs params to build the mask")
+        mask = trainable_mask(params, frozen_prefixes)
+        tx = optax.multi_transform(
+            {True: tx, False: optax.set_to_zero()},
+            mask,
+        )
+    return tx
