@@ -14,8 +14,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
-# Host-only batch fields (utterance keys) never go to the devices.
-HOST_ONLY_KEYS = frozenset({"key"})
+# Host-only batch fields (utterance and speaker ids) never go to the devices.
+HOST_ONLY_KEYS = frozenset({"key", "speaker_id"})
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
