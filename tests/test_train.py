@@ -127,8 +127,17 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
         sharding.shard_batch(tone_batch(np.random.RandomState(0), 6), mesh)
 
 
-def _run(tmp_path, batches, total, stop_after=None, state=None, evaluate=None, patience=None,
-         mode="min", metric="loss"):
+def _run(
+    tmp_path,
+    batches,
+    total,
+    stop_after=None,
+    state=None,
+    evaluate=None,
+    patience=None,
+    mode="min",
+    metric="loss",
+):
     _, fresh, step, eval_step, mesh = pretrain_setup(2)
     state = sharding.replicate(state if state is not None else fresh, mesh)
     if evaluate is None:
@@ -146,8 +155,13 @@ def _run(tmp_path, batches, total, stop_after=None, state=None, evaluate=None, p
             checkpoints=checkpoints,
             writer=writer,
             config=LoopConfig(
-                total_steps=total, eval_every=3, log_every=2, stop_after_steps=stop_after,
-                patience=patience, best_mode=mode, best_metric=metric,
+                total_steps=total,
+                eval_every=3,
+                log_every=2,
+                stop_after_steps=stop_after,
+                patience=patience,
+                best_mode=mode,
+                best_metric=metric,
             ),
         ), checkpoints
     finally:
@@ -163,8 +177,11 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert not first.finished and first.step == 5
     resumed, _ = _run(tmp_path / "resumed", batches, total=8)
     assert resumed.finished and resumed.step == 8
-    for a, b in zip(jax.tree.leaves(jax.device_get(full.state.params)),
-                    jax.tree.leaves(jax.device_get(resumed.state.params)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(jax.device_get(full.state.params)),
+        jax.tree.leaves(jax.device_get(resumed.state.params)),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     # Logs were written: TensorBoard events and JSON lines.
     assert list((tmp_path / "full" / "logs").glob("events.*"))
@@ -194,7 +211,12 @@ def test_early_stopping_keeps_the_best_evaluation(tmp_path):
     batches = [tone_batch(rs, 4) for _ in range(2)]
     scores = iter([0.1, 0.5, 0.3, 0.2, 0.9])
     result, _ = _run(
-        tmp_path, batches, total=30, patience=2, mode="max", metric="ccc",
+        tmp_path,
+        batches,
+        total=30,
+        patience=2,
+        mode="max",
+        metric="ccc",
         evaluate=lambda s: {"ccc": next(scores)},
     )
     assert result.stopped_early and result.step == 12
@@ -211,18 +233,25 @@ def test_finetune_step_lowers_ccc_loss_and_predicts():
     cfg = get_preset("tiny")
     model = HubertForRegression(cfg, head_dropout=0.0)
     variables = finetune.init_variables(model, jax.random.PRNGKey(0))
-    tx = make_optimizer(3e-3, 60, schedule="constant", params=variables["params"],
-                        frozen_prefixes=("hubert/feature_extractor",))
-    state = TrainState.create(apply_fn=None, params=variables["params"], tx=tx,
-                              batch_stats=variables["batch_stats"])
+    tx = make_optimizer(
+        3e-3,
+        60,
+        schedule="constant",
+        params=variables["params"],
+        frozen_prefixes=("hubert/feature_extractor",),
+    )
+    state = TrainState.create(
+        apply_fn=None, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+    )
     frozen_before = jax.device_get(state.params["hubert"]["feature_extractor"])
     state = sharding.replicate(state, mesh)
     scaling = finetune.LabelScaling("unit")
     step = finetune.make_train_step(model, "arousal", scaling, mesh)
     losses = []
     for i in range(60):
-        state, metrics = step(state, sharding.shard_batch(batches[i % 3], mesh),
-                              jax.random.PRNGKey(0))
+        state, metrics = step(
+            state, sharding.shard_batch(batches[i % 3], mesh), jax.random.PRNGKey(0)
+        )
         losses.append(float(metrics["loss"]))
     assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.2, losses
     frozen_after = jax.device_get(state.params["hubert"]["feature_extractor"])
