@@ -438,3 +438,29 @@ def write_report(
                 r, out / f"{r.stem}_pred_vs_true.png"
             )
     return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m papt_jax.report --out FILE SUMMARY.json [SUMMARY.json ...]`.
+
+    Writes the across-systems comparison (paper Tables 2 and 3 shape) and prints it.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("summaries", nargs="+", help="summary.json files, in row order")
+    parser.add_argument("--out", required=True, help="markdown file to write")
+    parser.add_argument(
+        "--pldc_systems", default="", help="comma-separated systems with PLDC rows (default: last)"
+    )
+    args = parser.parse_args(argv)
+    missing = [p for p in args.summaries if not Path(p).is_file()]
+    if missing:
+        parser.error(f"no such summary file(s): {missing}")
+    pldc_systems = [s for s in args.pldc_systems.split(",") if s] or None
+    path = write_comparison(args.summaries, args.out, pldc_systems=pldc_systems)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
