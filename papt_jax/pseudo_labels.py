@@ -112,7 +112,7 @@ def _keys(batch) -> list[str]:
     ]
 
 
-def _chosen(key: str, fraction: float, seed: int) -> bool:
+def chosen_for_fit(key: str, fraction: float, seed: int) -> bool:
     """Deterministic, order-independent choice of fitting utterances."""
     if fraction >= 1.0:
         return True
@@ -156,7 +156,7 @@ def compute_pseudo_labels(
     else:
         chunks = []
         for batch in tqdm(batches(), total=total_batches, desc="pseudo-labels: features"):
-            keep = [_chosen(k, config.fit_fraction, config.seed) for k in _keys(batch)]
+            keep = [chosen_for_fit(k, config.fit_fraction, config.seed) for k in _keys(batch)]
             if any(keep):
                 chunks.extend(f for f, k in zip(feature_fn(batch), keep, strict=True) if k)
         if not chunks:
