@@ -43,8 +43,16 @@ def test_smoke_pipeline_writes_every_output_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     # The results table is printed.
     assert "| + (μ, σ) shift |" in proc.stdout
-    for stage in ("corpus", "prepare", "bootstrap", "pseudo_labels", "pretrain", "finetune",
-                  "evaluate", "report"):
+    for stage in (
+        "corpus",
+        "prepare",
+        "bootstrap",
+        "pseudo_labels",
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "report",
+    ):
         assert (workdir / stage / "DONE").is_file(), stage
     # Pseudo-labels and adapted encoder.
     assert (workdir / "pseudo_labels" / "labels.npz").is_file()
@@ -60,8 +68,12 @@ def test_smoke_pipeline_writes_every_output_and_resumes(tmp_path):
     assert set(summary["splits"]) == {"test-b", "test-c"}
     for split in ("test-b", "test-c"):
         for dim in ("arousal", "valence"):
-            for suffix in ("predictions.csv", "per_speaker.csv", "speaker_ccc.png",
-                           "pred_vs_true.png"):
+            for suffix in (
+                "predictions.csv",
+                "per_speaker.csv",
+                "speaker_ccc.png",
+                "pred_vs_true.png",
+            ):
                 assert (report / f"{split}_{dim}_{suffix}").is_file()
     assert "## test-c" in (report / "results.md").read_text()
 

@@ -33,26 +33,24 @@ class Checkpoints:
         self.latest = ocp.CheckpointManager(os.path.join(directory, "latest"), options=options)
         self.best = ocp.CheckpointManager(os.path.join(directory, "best"), options=options)
 
-    def save_latest(self, step: int, state, meta: dict[str, Any]) -> None:
-        """Saves the full state and JSON metadata (blocking, so a kill cannot tear it)."""
-        self.latest.save(
+    def _save(self, manager, step: int, state, meta: dict[str, Any]) -> None:
+        # Blocking, so a kill right after cannot leave a torn checkpoint behind.
+        manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
             ),
             force=True,
         )
-        self.latest.wait_until_finished()
+        manager.wait_until_finished()
+
+    def save_latest(self, step: int, state, meta: dict[str, Any]) -> None:
+        """Saves the full state and JSON metadata (data-iterator state, counters)."""
+        self._save(self.latest, step, state, meta)
 
     def save_best(self, step: int, state, meta: dict[str, Any]) -> None:
-        self.best.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self.best.wait_until_finished()
+        """Saves the state of a new best evaluation, with its scores in `meta`."""
+        self._save(self.best, step, state, meta)
 
     def _restore(self, manager, target_state):
         step = manager.latest_step()

@@ -10,7 +10,6 @@ from collections.abc import Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh
 
 from papt_jax.losses import ccc_loss
@@ -20,8 +19,14 @@ from papt_jax.models.tasks import HubertForRegression
 from papt_jax.train.checkpoint import Checkpoints
 from papt_jax.train.logging import MetricWriter
 from papt_jax.train.loop import LoopConfig, run_loop
-from papt_jax.train.sharding import data_sharded, replicate, replicated, shard_batch
-from papt_jax.train.state import TrainState, make_optimizer
+from papt_jax.train.sharding import (
+    data_sharded,
+    jit_train_step,
+    replicate,
+    replicated,
+    shard_batch,
+)
+from papt_jax.train.state import TrainState, guarded_update, make_optimizer
 
 # MSP-Podcast attribute scores lie on a 1..7 scale.
 LABEL_MIN, LABEL_MAX = 1.0, 7.0
@@ -72,20 +77,11 @@ def make_train_step(model: HubertForRegression, dimension: str, scaling: LabelSc
             return ccc_loss(preds, labels, batch["example_mask"]), updates["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-        # NaN guard: keep the previous state when this update is not finite.
-        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite.astype(jnp.float32)}
+        new_state, grad_norm, finite = guarded_update(state, grads, loss, batch_stats=batch_stats)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
         return new_state, metrics
 
-    return jax.jit(
-        train_step,
-        in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    return jit_train_step(train_step, mesh)
 
 
 def make_predict_step(model: HubertForRegression, scaling: LabelScaling, mesh: Mesh):

@@ -14,7 +14,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh
 
 from papt_jax.losses import masked_prediction_loss
@@ -26,8 +25,14 @@ from papt_jax.models.tasks import HubertForPretraining
 from papt_jax.train.checkpoint import Checkpoints
 from papt_jax.train.logging import MetricWriter
 from papt_jax.train.loop import LoopConfig, run_loop
-from papt_jax.train.sharding import data_sharded, replicate, replicated, shard_batch
-from papt_jax.train.state import TrainState, make_optimizer
+from papt_jax.train.sharding import (
+    data_sharded,
+    jit_train_step,
+    replicate,
+    replicated,
+    shard_batch,
+)
+from papt_jax.train.state import TrainState, guarded_update, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -99,26 +104,17 @@ def make_train_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, m
             return _forward(model, loss_cfg, params, batch, mask_key, dropout_key, False)
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new_state = state.apply_gradients(grads=grads)
-        # NaN guard: keep the previous state when this update is not finite.
-        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        new_state, grad_norm, finite = guarded_update(state, grads, loss)
         metrics = {
             "loss": loss,
             "accuracy": stats["correct"] / jnp.maximum(stats["count"], 1.0),
             "features_pen": stats["features_pen"],
             "grad_norm": grad_norm,
-            "finite": finite.astype(jnp.float32),
+            "finite": finite,
         }
         return new_state, metrics
 
-    return jax.jit(
-        train_step,
-        in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
-        donate_argnums=(0,),
-    )
+    return jit_train_step(train_step, mesh)
 
 
 def make_eval_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, mesh: Mesh):

@@ -64,3 +64,14 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
             )
         out[name] = jax.make_array_from_process_local_data(sharding, np.asarray(value))
     return out
+
+
+def jit_train_step(step_fn, mesh: Mesh):
+    """Jits `(state, batch, rng) -> (state, metrics)`: state replicated and donated,
+    batch split over the data axis."""
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=(0,),
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 from flax.training import train_state
@@ -14,6 +16,22 @@ class TrainState(train_state.TrainState):
     """Flax's TrainState plus BatchNorm statistics (empty for pre-training)."""
 
     batch_stats: Any = None
+
+
+def guarded_update(state: TrainState, grads, loss, **updates):
+    """Applies `grads` unless the loss or gradient norm is NaN/inf (then keeps `state`).
+
+    Skipping inside the step keeps the state finite without a host sync; the loop sees
+    `finite == 0` at its next metric read and stops.
+
+    Returns:
+      (new state, global gradient norm, finite flag as float32 0/1).
+    """
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = state.apply_gradients(grads=grads, **updates)
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    return new_state, grad_norm, finite.astype(jnp.float32)
 
 
 def warmup_linear_schedule(peak_lr: float, total_steps: int, warmup_fraction: float):
