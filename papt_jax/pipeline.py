@@ -564,16 +564,48 @@ STAGES = {
 }
 
 
+def prerequisites(config: ml_collections.ConfigDict, stage: str) -> tuple[str, ...]:
+    """Stages whose outputs `stage` reads (given this config)."""
+    needs = {
+        "corpus": (),
+        "prepare": ("corpus",),
+        "bootstrap": ("prepare",),
+        "pseudo_labels": ("prepare", "bootstrap"),
+        "pretrain": ("prepare", "bootstrap", "pseudo_labels"),
+        "finetune": ("prepare", "bootstrap")
+        + (("pretrain",) if config.finetune.init == "pretrain" else ()),
+        "evaluate": ("prepare", "bootstrap", "finetune"),
+        "report": ("evaluate",),
+    }
+    return needs[stage]
+
+
+def plan_stages(config: ml_collections.ConfigDict, ws: Workspace) -> tuple[str, ...]:
+    """The requested stages plus every incomplete prerequisite, in pipeline order.
+
+    So `--config.stages=pseudo_labels,pretrain` works on a fresh workdir: the corpus
+    and dataset stages run first (and are skipped later once done).
+    """
+    wanted = set(parse_stages(config.stages))
+    pending = list(wanted)
+    while pending:
+        for need in prerequisites(config, pending.pop()):
+            if need not in wanted and not ws.is_done(need):
+                log.info("stage %s is needed first (not complete yet)", need)
+                wanted.add(need)
+                pending.append(need)
+    return tuple(s for s in ALL_STAGES if s in wanted)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> bool:
     """Runs the configured stages; returns False when a stage stopped early (resumable)."""
-    stages = parse_stages(config.stages)
-    check_config(config, stages)
+    check_config(config, parse_stages(config.stages))
     ws = Workspace(config, workdir)
+    stages = plan_stages(config, ws)
+    check_config(config, stages)
     (ws.workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
     log.info("workdir %s, %d device(s), stages %s", ws.workdir, ws.mesh.size, ",".join(stages))
-    for name in ALL_STAGES:
-        if name not in stages:
-            continue
+    for name in stages:
         if ws.is_done(name):
             log.info("stage %s: already complete, skipped", name)
             continue

@@ -101,3 +101,24 @@ def test_fit_fraction_choice_is_deterministic_and_close_to_the_fraction():
     chosen = [pseudo_labels.chosen_for_fit(k, 0.1, seed=3) for k in keys]
     assert chosen == [pseudo_labels.chosen_for_fit(k, 0.1, seed=3) for k in keys]
     assert 0.08 < np.mean(chosen) < 0.12
+
+
+def test_requested_stages_pull_in_incomplete_prerequisites(tmp_path):
+    from papt_jax.pipeline import Workspace, plan_stages
+
+    config = apply_embedded_corpus(base_config(), "smoke")
+    config.stages = "pseudo_labels,pretrain"
+    ws = Workspace(config, str(tmp_path))
+    assert plan_stages(config, ws) == (
+        "corpus",
+        "prepare",
+        "bootstrap",
+        "pseudo_labels",
+        "pretrain",
+    )
+    for done in ("corpus", "prepare", "bootstrap"):
+        ws.mark_done(done)
+    assert plan_stages(config, ws) == ("pseudo_labels", "pretrain")
+    config.stages = "finetune"
+    config.finetune.init = "model"  # Vanilla-FT: no pre-training needed
+    assert plan_stages(config, ws) == ("finetune",)
