@@ -1,0 +1,455 @@
+"""Benchmark: the Flax HuBERT encoder and its train steps against PyTorch `transformers`.
+
+Run:
+  /work/venv/bin/python benchmarks/encoder.py --quick                 # base, B=2, 2 s
+  /work/venv/bin/python benchmarks/encoder.py --model base --batch 4 --seconds 4
+  /work/venv/bin/python benchmarks/encoder.py --quick --dtype bfloat16
+  /work/venv/bin/python benchmarks/encoder.py --quick --profile /tmp/prof --parts finetune
+
+Three workloads, each on both sides with the same shapes:
+
+- `forward`: the encoder alone in inference mode (jitted `HubertModel` vs
+  `transformers.HubertModel` in `eval()` under `torch.no_grad()`).
+- `finetune`: one fine-tuning step: encoder + masked mean pooling + the paper's regression
+  head (Linear128-ReLU-BN-Dropout-Linear32-ReLU-BN-Dropout-Linear1), loss 1 - CCC,
+  backward, global-norm clipping at 10 and Adam; the CNN feature extractor is frozen on
+  both sides. Ours is `papt_jax.train.finetune.make_train_step`.
+- `pretrain`: one masked-prediction step: encoder with masked frames replaced by the
+  learned mask embedding, `final_proj`, cosine logits / 0.1 against 500 label
+  embeddings, cross-entropy on masked frames, clipping and Adam. Ours is
+  `papt_jax.train.pretrain.make_train_step` (feature penalty weight 0 on both sides, as
+  in fairseq's base recipe); it draws the span masks on the device inside the step,
+  while the PyTorch side gets a mask drawn with NumPy outside the timed region.
+
+The two sides run interleaved (JAX step, PyTorch step, JAX step, ...) so that load from
+other jobs on a shared machine hits both alike; the ratio PyTorch/JAX from one run is
+the figure to read. Compile time (the first call, which traces, lowers and compiles) is
+reported apart from the steady state (median over `--steps` calls after `--warmup`).
+PyTorch gets `torch.set_num_threads(--threads)` (default: every core); XLA's CPU
+backend uses every core on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import os
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+from papt_jax.models import HubertModel, get_preset
+from papt_jax.models.config import HubertConfig, to_hf_config
+from papt_jax.models.heads import PretrainHeadConfig
+from papt_jax.models.tasks import HubertForPretraining, HubertForRegression
+from papt_jax.train import finetune, pretrain, sharding
+from papt_jax.train.state import TrainState, make_optimizer
+
+SAMPLE_RATE = 16_000
+NUM_CLUSTERS = 500
+FINAL_DIM = 256
+CLIP_NORM = 10.0
+LEARNING_RATE = 5e-5
+PARTS = ("forward", "finetune", "pretrain")
+# Trace events that wrap the XLA ops rather than being ones.
+RUNTIME_EVENTS = ("ThunkExecutor", "PjitFunction", "trace", "TraceMe", "Execute")
+
+
+@dataclasses.dataclass
+class Timing:
+    """Wall-clock seconds of one workload on one side."""
+
+    first: float
+    steady: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return 1e3 * statistics.median(self.steady)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def make_batch(cfg: HubertConfig, batch: int, samples: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch of noise waveforms; the last row is 3/4 long so masking paths run.
+
+    Returns:
+      audio (batch, samples), audio_mask, speaker, arousal, valence, example_mask and
+      targets (batch, frames) of random cluster ids.
+    """
+    rs = np.random.RandomState(seed)
+    audio = 0.1 * rs.randn(batch, samples).astype(np.float32)
+    mask = np.ones((batch, samples), bool)
+    mask[-1, (3 * samples) // 4 :] = False
+    frames = cfg.num_frames(samples)
+    return {
+        "audio": np.where(mask, audio, 0).astype(np.float32),
+        "audio_mask": mask,
+        "speaker": np.zeros(batch, np.int32),
+        "arousal": rs.uniform(1, 7, batch).astype(np.float32),
+        "valence": rs.uniform(1, 7, batch).astype(np.float32),
+        "example_mask": np.ones(batch, bool),
+        "targets": rs.randint(0, NUM_CLUSTERS, (batch, frames)).astype(np.int32),
+    }
+
+
+def span_mask(frames: int, batch: int, rs: np.random.RandomState) -> np.ndarray:
+    """(batch, frames) bool: HuBERT-like spans of 10 frames covering about half the frames."""
+    mask = np.zeros((batch, frames), bool)
+    starts = max(1, int(0.065 * frames))
+    for row in range(batch):
+        for s in rs.choice(max(frames - 10, 1), starts, replace=False):
+            mask[row, s : s + 10] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------- JAX side
+
+
+def block(tree):
+    return jax.block_until_ready(tree)
+
+
+def jax_forward(cfg: HubertConfig, batch, mesh):
+    """Returns a no-argument callable running one jitted encoder forward."""
+    model = HubertModel(cfg)
+    audio = jnp.asarray(batch["audio"])
+    mask = jnp.asarray(batch["audio_mask"])
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), audio[:1], mask[:1])["params"]
+    params = sharding.replicate(params, mesh)
+    apply = jax.jit(lambda p, a, m: model.apply({"params": p}, a, m).last_hidden_state)
+    return lambda: block(apply(params, audio, mask))
+
+
+def jax_finetune(cfg: HubertConfig, batch, mesh):
+    """Returns a no-argument callable running one jitted fine-tuning step."""
+    model = HubertForRegression(cfg)
+    variables = finetune.init_variables(model, jax.random.PRNGKey(0))
+    tx = make_optimizer(
+        LEARNING_RATE,
+        1000,
+        schedule="constant",
+        clip_norm=CLIP_NORM,
+        params=variables["params"],
+        frozen_prefixes=("hubert/feature_extractor",),
+    )
+    state = TrainState.create(
+        apply_fn=None, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+    )
+    holder = {"state": sharding.replicate(state, mesh)}
+    step = finetune.make_train_step(model, "arousal", finetune.LabelScaling("none"), mesh)
+    device_batch = sharding.shard_batch(batch, mesh)
+    rng = jax.random.PRNGKey(1)
+
+    def run():
+        holder["state"], metrics = step(holder["state"], device_batch, rng)
+        block(metrics)
+
+    return run
+
+
+def jax_pretrain(cfg: HubertConfig, batch, mesh):
+    """Returns a no-argument callable running one jitted pre-training step."""
+    model = HubertForPretraining(cfg, PretrainHeadConfig(FINAL_DIM, NUM_CLUSTERS))
+    params = pretrain.init_params(model, jax.random.PRNGKey(0))
+    tx = make_optimizer(LEARNING_RATE, 1000, schedule="constant", clip_norm=CLIP_NORM)
+    state = TrainState.create(apply_fn=None, params=params, tx=tx)
+    holder = {"state": sharding.replicate(state, mesh)}
+    loss_cfg = pretrain.PretrainLossConfig(mask_prob=0.65, features_pen_weight=0.0)
+    step = pretrain.make_train_step(model, loss_cfg, mesh)
+    device_batch = sharding.shard_batch(batch, mesh)
+    rng = jax.random.PRNGKey(1)
+
+    def run():
+        holder["state"], metrics = step(holder["state"], device_batch, rng)
+        block(metrics)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- PyTorch side
+
+
+def torch_encoder(cfg: HubertConfig, masked: bool = False) -> transformers.HubertModel:
+    """The HF encoder; `masked` creates `masked_spec_embed` for explicit frame masks.
+
+    HF only creates the mask embedding when `mask_time_prob > 0`; with explicit
+    `mask_time_indices` it never draws masks of its own, so the value is irrelevant.
+    """
+    values = to_hf_config(cfg)
+    values.update(
+        apply_spec_augment=masked, mask_time_prob=0.05 if masked else 0.0, mask_feature_prob=0.0
+    )
+    return transformers.HubertModel(transformers.HubertConfig(**values))
+
+
+def frame_mask_torch(encoder: transformers.HubertModel, audio_mask: torch.Tensor, frames: int):
+    # A private helper of transformers, but it is what the encoder itself uses.
+    return encoder._get_feature_vector_attention_mask(frames, audio_mask.long()).bool()
+
+
+class TorchRegressor(torch.nn.Module):
+    """HF encoder + masked mean pooling + the paper's regression head."""
+
+    def __init__(self, cfg: HubertConfig, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = torch_encoder(cfg)
+        layers, width = [], cfg.hidden_size
+        for out in (128, 32):
+            layers += [
+                torch.nn.Linear(width, out),
+                torch.nn.ReLU(),
+                torch.nn.BatchNorm1d(out),
+                torch.nn.Dropout(dropout),
+            ]
+            width = out
+        self.head = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
+
+    def forward(self, audio, audio_mask):
+        hidden = self.encoder(audio, attention_mask=audio_mask.long()).last_hidden_state
+        frames = frame_mask_torch(self.encoder, audio_mask, hidden.shape[1])[..., None].float()
+        pooled = (hidden * frames).sum(1) / frames.sum(1).clamp(min=1.0)
+        return self.head(pooled)[:, 0]
+
+
+def torch_ccc_loss(pred, label):
+    pm, lm = pred.mean(), label.mean()
+    cov = ((pred - pm) * (label - lm)).mean()
+    return 1.0 - 2 * cov / (pred.var(unbiased=False) + label.var(unbiased=False) + (pm - lm) ** 2)
+
+
+class TorchPretrainer(torch.nn.Module):
+    """HF encoder + fairseq's final_proj and cosine logits against label embeddings."""
+
+    def __init__(self, cfg: HubertConfig):
+        super().__init__()
+        self.encoder = torch_encoder(cfg, masked=True)
+        self.final_proj = torch.nn.Linear(cfg.hidden_size, FINAL_DIM)
+        self.label_embs = torch.nn.Parameter(torch.rand(NUM_CLUSTERS, FINAL_DIM))
+
+    def forward(self, audio, audio_mask, mask_time, targets):
+        hidden = self.encoder(
+            audio, attention_mask=audio_mask.long(), mask_time_indices=mask_time
+        ).last_hidden_state
+        proj = self.final_proj(hidden)
+        # Cosine similarity as normalised matmul (what fairseq's broadcast computes),
+        # which avoids materialising a (batch, frames, clusters, dim) tensor.
+        unit_proj = proj / proj.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        unit_embs = self.label_embs / self.label_embs.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        logits = unit_proj @ unit_embs.T / 0.1
+        frames = frame_mask_torch(self.encoder, audio_mask, hidden.shape[1])
+        chosen = mask_time & frames
+        return torch.nn.functional.cross_entropy(logits[chosen], targets[chosen])
+
+
+def torch_forward(cfg: HubertConfig, batch):
+    encoder = torch_encoder(cfg).eval()
+    audio = torch.from_numpy(batch["audio"])
+    mask = torch.from_numpy(batch["audio_mask"]).long()
+
+    def run():
+        with torch.no_grad():
+            encoder(audio, attention_mask=mask)
+
+    return run
+
+
+def _torch_step(model, loss_fn):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=LEARNING_RATE)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+        opt.step()
+
+    return run
+
+
+def torch_finetune(cfg: HubertConfig, batch):
+    model = TorchRegressor(cfg).train()
+    model.encoder.feature_extractor._freeze_parameters()
+    audio = torch.from_numpy(batch["audio"])
+    mask = torch.from_numpy(batch["audio_mask"])
+    label = torch.from_numpy(batch["arousal"])
+    return _torch_step(model, lambda: torch_ccc_loss(model(audio, mask), label))
+
+
+def torch_pretrain(cfg: HubertConfig, batch):
+    model = TorchPretrainer(cfg).train()
+    audio = torch.from_numpy(batch["audio"])
+    mask = torch.from_numpy(batch["audio_mask"])
+    targets = torch.from_numpy(batch["targets"]).long()
+    mask_time = torch.from_numpy(
+        span_mask(targets.shape[1], targets.shape[0], np.random.RandomState(0))
+    )
+    return _torch_step(model, lambda: model(audio, mask, mask_time, targets))
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_interleaved(jax_fn, torch_fn, warmup: int, steps: int) -> tuple[Timing, Timing]:
+    """First call of each side, `warmup` untimed pairs, then `steps` timed pairs."""
+    jax_first = timed(jax_fn)
+    torch_first = timed(torch_fn)
+    for _ in range(warmup):
+        jax_fn()
+        torch_fn()
+    jax_times, torch_times = [], []
+    for _ in range(steps):
+        jax_times.append(timed(jax_fn))
+        torch_times.append(timed(torch_fn))
+    return Timing(jax_first, jax_times), Timing(torch_first, torch_times)
+
+
+def capture_profile(jax_fn, directory: str, steps: int = 3) -> Path | None:
+    """Traces `steps` steady calls with jax.profiler; returns the Perfetto trace file."""
+    with jax.profiler.trace(directory, create_perfetto_trace=True):
+        for _ in range(steps):
+            jax_fn()
+    found = sorted(Path(directory).rglob("*.trace.json.gz"), key=os.path.getmtime)
+    return found[-1] if found else None
+
+
+def top_ops(trace_file: Path, count: int = 12) -> list[tuple[str, float, float]]:
+    """(name, total ms, share of all op time) of the most expensive XLA op events."""
+    with gzip.open(trace_file, "rt") as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    totals: Counter[str] = Counter()
+    for event in events:
+        name = event.get("name", "?")
+        # Python frames ('$file:line fn') and runtime wrappers enclose the XLA ops.
+        if name.startswith("$") or any(w in name for w in RUNTIME_EVENTS):
+            continue
+        if event.get("ph") == "X" and "dur" in event:
+            totals[name] += float(event["dur"])
+    total = sum(totals.values()) or 1.0
+    return [(name, us / 1e3, us / total) for name, us in totals.most_common(count)]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+WORKLOADS = {
+    "forward": (jax_forward, torch_forward),
+    "finetune": (jax_finetune, torch_finetune),
+    "pretrain": (jax_pretrain, torch_pretrain),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("base", "large", "small"), default="base")
+    parser.add_argument("--batch", type=int, default=4, help="utterances per batch")
+    parser.add_argument("--seconds", type=float, default=4.0, help="audio length per utterance")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per side")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated workloads")
+    parser.add_argument("--quick", action="store_true", help="B=2, 2 s, 3 timed steps")
+    parser.add_argument("--profile", default=None, help="write a jax.profiler trace here")
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.seconds, args.steps = 2, 2.0, 3
+    parts = tuple(p for p in args.parts.split(",") if p)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown --parts {sorted(unknown)}; choose from {PARTS}")
+    if args.batch < 1 or args.seconds <= 0 or args.steps < 1:
+        parser.error("--batch, --seconds and --steps must be positive")
+    args.parts = parts
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = get_preset(args.model, dtype=args.dtype)
+    samples = int(args.seconds * SAMPLE_RATE)
+    batch = make_batch(cfg, args.batch, samples)
+    mesh = sharding.make_mesh(1)
+    print(
+        f"model={args.model} batch={args.batch} seconds={args.seconds} "
+        f"frames={cfg.num_frames(samples)} jax_dtype={args.dtype} torch=float32 "
+        f"torch_threads={torch.get_num_threads()} cpus={os.cpu_count()} "
+        f"jax={jax.__version__} torch={torch.__version__} transformers={transformers.__version__} "
+        f"device={jax.devices()[0].device_kind}",
+        flush=True,
+    )
+    rows = []
+    for part in args.parts:
+        make_jax, make_torch = WORKLOADS[part]
+        jax_fn = make_jax(cfg, batch, mesh)
+        torch_fn = make_torch(cfg, batch)
+        jax_t, torch_t = run_interleaved(jax_fn, torch_fn, args.warmup, args.steps)
+        row = {
+            "part": part,
+            "jax_first_s": jax_t.first,
+            "jax_ms": jax_t.median_ms,
+            "torch_first_s": torch_t.first,
+            "torch_ms": torch_t.median_ms,
+            "torch_over_jax": torch_t.median_ms / jax_t.median_ms,
+            "jax_all_ms": [1e3 * t for t in jax_t.steady],
+            "torch_all_ms": [1e3 * t for t in torch_t.steady],
+        }
+        rows.append(row)
+        print(
+            f"  {part}: jax {row['jax_ms']:.0f} ms (first {jax_t.first:.1f} s), "
+            f"torch {row['torch_ms']:.0f} ms (first {torch_t.first:.1f} s)",
+            flush=True,
+        )
+        if args.profile and part == args.parts[-1]:
+            profile_dir = os.path.join(args.profile, part)
+            trace = capture_profile(jax_fn, profile_dir)
+            print(f"profile of {part} written under {profile_dir}")
+            if trace is not None:
+                print("top events of the trace (total ms over 3 steps, share):")
+                for name, ms, share in top_ops(trace):
+                    print(f"  {ms:10.1f} ms  {100 * share:5.1f}%  {name[:90]}")
+        del jax_fn, torch_fn
+    print_table(rows)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print()
+    print(
+        "| workload | JAX compile+first (s) | JAX ms/step | PyTorch first (s) | PyTorch ms/step "
+        "| PyTorch/JAX |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['part']} | {r['jax_first_s']:.1f} | {r['jax_ms']:.0f} | "
+            f"{r['torch_first_s']:.2f} | {r['torch_ms']:.0f} | {r['torch_over_jax']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Multi-node data-parallel run under SLURM: one task (JAX process) per node, all local GPUs
+# per process. jax.distributed.initialize() (called by --distributed) reads the coordinator
+# address, process count and process id from SLURM's environment.
+#
+#   sbatch launch/slurm_multinode.sh                      # PAPT, paper setting
+#   CONFIG=configs/tapt.py sbatch launch/slurm_multinode.sh
+#
+#SBATCH --job-name=papt_jax
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=32
+#SBATCH --time=24:00:00
+#SBATCH --output=slurm-%x-%j.out
+set -euo pipefail
+
+# Python interpreter with papt_jax installed (same path on every node).
+PYTHON="${PYTHON:-python}"
+# Experiment config (append :demo for the embedded corpus).
+CONFIG="${CONFIG:-configs/papt.py}"
+# Shared filesystem directory for checkpoints and logs; every process must see it.
+WORKDIR="${WORKDIR:-runs/papt_${SLURM_JOB_ID:-local}}"
+# MSP-Podcast v1.6 on the shared filesystem.
+CORPUS_DIR="${CORPUS_DIR:-/data/MSP-Podcast-1.6}"
+# Labels of the newer release (unseen-speaker test set).
+NEW_LABELS="${NEW_LABELS:-/data/MSP-Podcast-1.10/Labels/labels_consensus.csv}"
+# Converted Flax checkpoints (see launch/local.sh convert).
+CKPT="${CKPT:-ckpt}"
+# Let XLA take most of each GPU's memory up front (JAX's default is 75 %).
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
+
+srun --kill-on-bad-exit=1 "$PYTHON" -m papt_jax.main --distributed \
+  --config="$CONFIG" --workdir="$WORKDIR" \
+  --config.data.corpus_dir="$CORPUS_DIR" \
+  --config.data.new_labels_file="$NEW_LABELS" \
+  --config.model.init="converted:$CKPT/hubert_large" \
+  --config.pseudo_labels.teacher="converted:$CKPT/hubert_base"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Data-parallel run on a Cloud TPU pod slice: the same command on every worker VM;
+# jax.distributed.initialize() (called by --distributed) finds the pod's topology itself.
+#
+#   TPU_NAME=my-v4-32 ZONE=us-central2-b launch/tpu_pod.sh
+#
+# The repository must already be on every worker at $REPO_DIR with papt_jax installed,
+# e.g. via `gcloud compute tpus tpu-vm scp --worker=all`, and the data and converted
+# checkpoints on storage every worker can read (GCS fuse or a persistent disk).
+set -euo pipefail
+
+# Name of the TPU VM (pod slice) and its zone.
+TPU_NAME="${TPU_NAME:?set TPU_NAME to the TPU VM name}"
+ZONE="${ZONE:?set ZONE to the TPU VM zone}"
+# Google Cloud project (defaults to gcloud's configured project).
+PROJECT="${PROJECT:-$(gcloud config get-value project 2>/dev/null)}"
+# Checkout of this repository on every worker.
+REPO_DIR="${REPO_DIR:-~/papt_jax}"
+# Python interpreter on the workers.
+PYTHON="${PYTHON:-python3}"
+# Experiment config.
+CONFIG="${CONFIG:-configs/papt.py}"
+# Output directory shared by all workers (e.g. a GCS fuse mount).
+WORKDIR="${WORKDIR:-/mnt/shared/runs/papt}"
+# MSP-Podcast v1.6 and the newer labels file, readable by every worker.
+CORPUS_DIR="${CORPUS_DIR:-/mnt/shared/MSP-Podcast-1.6}"
+NEW_LABELS="${NEW_LABELS:-/mnt/shared/MSP-Podcast-1.10/Labels/labels_consensus.csv}"
+# Converted Flax checkpoints.
+CKPT="${CKPT:-/mnt/shared/ckpt}"
+
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --project="$PROJECT" --worker=all \
+  --command "cd $REPO_DIR && $PYTHON -m papt_jax.main --distributed \
+    --config=$CONFIG --workdir=$WORKDIR \
+    --config.data.corpus_dir=$CORPUS_DIR \
+    --config.data.new_labels_file=$NEW_LABELS \
+    --config.model.init=converted:$CKPT/hubert_large \
+    --config.pseudo_labels.teacher=converted:$CKPT/hubert_base"
