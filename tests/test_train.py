@@ -231,7 +231,7 @@ def test_finetune_step_lowers_ccc_loss_and_predicts():
     batches = [tone_batch(rs, 8) for _ in range(3)]
     mesh = sharding.make_mesh(1)
     cfg = get_preset("tiny")
-    model = HubertForRegression(cfg, head_dropout=0.0)
+    model = HubertForRegression(cfg, head_dropout=0.0, freeze_feature_extractor=True)
     variables = finetune.init_variables(model, jax.random.PRNGKey(0))
     tx = make_optimizer(
         3e-3,
@@ -264,8 +264,14 @@ def test_finetune_step_lowers_ccc_loss_and_predicts():
         predict_step, {"params": state.params, "batch_stats": state.batch_stats}, batches, mesh
     )
     assert out["prediction"].shape == (24,) and out["pooled"].shape == (24, cfg.hidden_size)
-    # Predictions come back on the 1..7 label scale.
-    assert 0.0 < np.mean(out["prediction"]) < 8.0
+    # Predictions come back on the 1..7 label scale: 1 + 6 * raw model output.
+    raw, _ = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        batches[0]["audio"],
+        batches[0]["audio_mask"],
+        train=False,
+    )
+    np.testing.assert_allclose(out["prediction"][:8], 1.0 + 6.0 * np.asarray(raw), rtol=1e-5)
 
 
 def test_masked_prediction_loss_ignores_unlabelled_and_unmasked_frames():

@@ -421,6 +421,7 @@ class HubertModel(nn.Module):
         mask_time_indices: jax.Array | None = None,
         deterministic: bool = True,
         output_hidden_states: bool = False,
+        freeze_feature_extractor: bool = False,
     ) -> HubertOutput:
         """Encodes a batch of waveforms.
 
@@ -432,6 +433,8 @@ class HubertModel(nn.Module):
             `masked_spec_embed` (HuBERT's masked prediction).
           deterministic: disables dropout when True.
           output_hidden_states: also return the L+1 hidden states.
+          freeze_feature_extractor: stop gradients at the CNN output, so a frozen CNN
+            costs no backward pass (its parameters get zero gradients).
 
         Returns:
           A `HubertOutput`.
@@ -451,6 +454,8 @@ class HubertModel(nn.Module):
 
         lengths = audio_mask.sum(-1).astype(jnp.int32)
         features = self.feature_extractor(audio, lengths)
+        if freeze_feature_extractor:
+            features = jax.lax.stop_gradient(features)
         frame_lengths = conv_output_lengths(lengths, cfg.conv_kernel, cfg.conv_stride)
         frame_mask = lengths_to_mask(frame_lengths, features.shape[1])
 

@@ -49,6 +49,8 @@ class HubertForRegression(nn.Module):
     config: HubertConfig
     head_dims: tuple[int, ...] = (128, 32)
     head_dropout: float = 0.1
+    # Stop gradients at the CNN output (the optimiser also leaves its weights alone).
+    freeze_feature_extractor: bool = False
 
     def setup(self):
         self.hubert = HubertModel(self.config)
@@ -62,6 +64,12 @@ class HubertForRegression(nn.Module):
         train: bool = False,
     ) -> tuple[jax.Array, jax.Array]:
         """Returns predictions (batch,) and pooled representations (batch, dim)."""
-        out = self.hubert(audio, audio_mask=audio_mask, speaker=speaker, deterministic=not train)
+        out = self.hubert(
+            audio,
+            audio_mask=audio_mask,
+            speaker=speaker,
+            deterministic=not train,
+            freeze_feature_extractor=self.freeze_feature_extractor,
+        )
         pooled = masked_mean(out.last_hidden_state, out.frame_mask)
         return self.head(pooled, train=train), pooled

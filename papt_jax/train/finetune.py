@@ -193,7 +193,11 @@ class FinetuneRun:
             raise ValueError(f"dimension must be 'arousal' or 'valence', got {self.dimension!r}")
 
     def model(self) -> HubertForRegression:
-        return HubertForRegression(self.encoder_config, head_dropout=self.head_dropout)
+        return HubertForRegression(
+            self.encoder_config,
+            head_dropout=self.head_dropout,
+            freeze_feature_extractor=self.freeze_feature_extractor,
+        )
 
 
 def validation_ccc(predict_step, variables, batches, mesh, dimension: str) -> dict[str, float]:
