@@ -132,7 +132,7 @@ def jax_forward(cfg: HubertConfig, batch, mesh):
 
 def jax_finetune(cfg: HubertConfig, batch, mesh):
     """Returns a no-argument callable running one jitted fine-tuning step."""
-    model = HubertForRegression(cfg)
+    model = HubertForRegression(cfg, freeze_feature_extractor=True)
     variables = finetune.init_variables(model, jax.random.PRNGKey(0))
     tx = make_optimizer(
         LEARNING_RATE,

@@ -76,7 +76,7 @@ def abstract_batch(batch: int, samples: int) -> dict[str, jax.ShapeDtypeStruct]:
 
 def analyse(cfg: HubertConfig, batch: int, samples: int) -> dict[str, float]:
     """Compiles one fine-tuning step for `cfg` and returns its memory figures in bytes."""
-    model = HubertForRegression(cfg)
+    model = HubertForRegression(cfg, freeze_feature_extractor=True)
     mesh = sharding.make_mesh(1)
     step = finetune.make_train_step(model, "arousal", finetune.LabelScaling("none"), mesh)
     state = abstract_state(model)

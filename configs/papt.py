@@ -11,11 +11,11 @@ Transformer output). Needs the corpus and a converted HuBERT-large:
       --config.model.init=converted:ckpt/hubert_large \
       --config.pseudo_labels.teacher=converted:ckpt/hubert_base
 
-Embedded synthetic corpus (no downloads; about 15 minutes on 2 CPU cores):
+Embedded synthetic corpus (no downloads; measured 31 min on 2 shared CPU cores, target 15):
 
   python -m papt_jax.main --config=configs/papt.py:demo --workdir=runs/papt_demo
 
-`:smoke` is a one-minute version for tests.
+`:smoke` is a tiny version for tests (a few minutes on 2 cores).
 """
 
 from papt_jax.config_defaults import apply_embedded_corpus, base_config
