@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Iterable
 
 import jax
@@ -16,9 +15,7 @@ from papt_jax.losses import ccc_loss
 from papt_jax.metrics import ccc
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.tasks import HubertForRegression
-from papt_jax.train.checkpoint import Checkpoints
-from papt_jax.train.logging import MetricWriter
-from papt_jax.train.loop import LoopConfig, run_loop
+from papt_jax.train.loop import LoopConfig, train_in_workdir
 from papt_jax.train.sharding import (
     data_sharded,
     jit_train_step,
@@ -244,8 +241,6 @@ def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workd
     state = replicate(state, mesh)
     train_step = make_train_step(model, run.dimension, scaling, mesh)
     predict_step = make_predict_step(model, scaling, mesh)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
-    writer = MetricWriter(os.path.join(workdir, "logs"))
     loop_cfg = LoopConfig(
         total_steps=total_steps,
         eval_every=steps_per_epoch,
@@ -260,26 +255,17 @@ def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workd
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         return validation_ccc(predict_step, variables, eval_batches(), mesh, run.dimension)
 
-    try:
-        result = run_loop(
-            state=state,
-            train_step=train_step,
-            evaluate=evaluate,
-            train_iter=train_data.iterator(),
-            mesh=mesh,
-            rng=rng,
-            checkpoints=checkpoints,
-            writer=writer,
-            config=loop_cfg,
-            description=f"finetune[{run.dimension}]",
-        )
-        best = None
-        if result.finished:
-            best_state, _ = checkpoints.restore_best(result.state)
-            best = jax.device_get(
-                {"params": best_state.params, "batch_stats": best_state.batch_stats}
-            )
-    finally:
-        writer.close()
-        checkpoints.close()
-    return result, best
+    result, best = train_in_workdir(
+        state=state,
+        train_step=train_step,
+        evaluate=evaluate,
+        train_data=train_data,
+        mesh=mesh,
+        rng=rng,
+        workdir=workdir,
+        config=loop_cfg,
+        description=f"finetune[{run.dimension}]",
+    )
+    if best is None:
+        return result, None
+    return result, {"params": best.params, "batch_stats": best.batch_stats}

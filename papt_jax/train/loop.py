@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -204,3 +205,50 @@ def run_loop(
     finally:
         progress.close()
     return LoopResult(state, step, best, history, True, stopped_early)
+
+
+def train_in_workdir(
+    *,
+    state,
+    train_step: Callable,
+    evaluate: Callable[[Any], dict[str, float]],
+    train_data,
+    mesh: Mesh,
+    rng: jax.Array,
+    workdir: str,
+    config: LoopConfig,
+    description: str,
+):
+    """`run_loop` with checkpoints in `<workdir>/checkpoints` and logs in `<workdir>/logs`.
+
+    Args:
+      train_data: A `BatchPipeline`; its iterator state goes into the checkpoints.
+      Others: as in `run_loop`.
+
+    Returns:
+      (LoopResult, best state on the host) — None for the state when the run was
+      stopped by `stop_after_steps` before the end.
+    """
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+    writer = MetricWriter(os.path.join(workdir, "logs"))
+    try:
+        result = run_loop(
+            state=state,
+            train_step=train_step,
+            evaluate=evaluate,
+            train_iter=train_data.iterator(),
+            mesh=mesh,
+            rng=rng,
+            checkpoints=checkpoints,
+            writer=writer,
+            config=config,
+            description=description,
+        )
+        best = None
+        if result.finished:
+            best, _ = checkpoints.restore_best(result.state)
+            best = jax.device_get(best)
+    finally:
+        writer.close()
+        checkpoints.close()
+    return result, best

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +21,7 @@ from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHeadConfig
 from papt_jax.models.hubert import conv_output_lengths, lengths_to_mask
 from papt_jax.models.tasks import HubertForPretraining
-from papt_jax.train.checkpoint import Checkpoints
-from papt_jax.train.logging import MetricWriter
-from papt_jax.train.loop import LoopConfig, run_loop
+from papt_jax.train.loop import LoopConfig, train_in_workdir
 from papt_jax.train.sharding import (
     data_sharded,
     jit_train_step,
@@ -255,8 +252,6 @@ def run_pretraining(run: PretrainRun, train_data, eval_batches, mesh: Mesh, work
     state = replicate(TrainState.create(apply_fn=None, params=params, tx=tx), mesh)
     train_step = make_train_step(model, run.loss, mesh)
     eval_step = make_eval_step(model, run.loss, mesh)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
-    writer = MetricWriter(os.path.join(workdir, "logs"))
     loop_cfg = LoopConfig(
         total_steps=total_steps,
         eval_every=steps_per_epoch,
@@ -265,24 +260,15 @@ def run_pretraining(run: PretrainRun, train_data, eval_batches, mesh: Mesh, work
         best_mode="min",
         stop_after_steps=run.stop_after_steps or None,
     )
-    try:
-        result = run_loop(
-            state=state,
-            train_step=train_step,
-            evaluate=lambda s: evaluate_loss(eval_step, s.params, eval_batches(), mesh, run.seed),
-            train_iter=train_data.iterator(),
-            mesh=mesh,
-            rng=rng,
-            checkpoints=checkpoints,
-            writer=writer,
-            config=loop_cfg,
-            description="pretrain",
-        )
-        best_params = None
-        if result.finished:
-            best_state, _ = checkpoints.restore_best(result.state)
-            best_params = jax.device_get(best_state.params)
-    finally:
-        writer.close()
-        checkpoints.close()
-    return result, best_params
+    result, best = train_in_workdir(
+        state=state,
+        train_step=train_step,
+        evaluate=lambda s: evaluate_loss(eval_step, s.params, eval_batches(), mesh, run.seed),
+        train_data=train_data,
+        mesh=mesh,
+        rng=rng,
+        workdir=workdir,
+        config=loop_cfg,
+        description="pretrain",
+    )
+    return result, None if best is None else best.params
