@@ -147,7 +147,8 @@ def _assign_chunk(centroids: jax.Array, x: jax.Array):
 def _assign(centroids, x, chunk_size: int):
     """Streams `x` through `_assign_chunk` in fixed-size chunks (one compiled shape).
 
-    Yields (labels, sq_dist) device arrays of the valid rows of each chunk.
+    Yields (labels, sq_dist) device arrays of each whole chunk: the distances of padded
+    rows are zero, and their labels are meaningless (`predict` cuts them off).
     """
     centroids = jnp.asarray(centroids, jnp.float32)
     _check_data(x)
@@ -167,7 +168,11 @@ def _assign(centroids, x, chunk_size: int):
         if valid < chunk_size:
             chunk = xp.pad(chunk, ((0, chunk_size - valid), (0, 0)))
         labels, dist = _assign_chunk(centroids, chunk)
-        yield labels[:valid], dist[:valid]
+        if valid < chunk_size:
+            # Zero the padded rows' distances rather than slicing on the device: a
+            # slice compiles once per distinct length. `predict` cuts the labels.
+            dist = jnp.where(jnp.arange(chunk_size) < valid, dist, 0.0)
+        yield labels, dist
 
 
 def predict(centroids, x, chunk_size: int = PREDICT_CHUNK) -> np.ndarray:
@@ -184,7 +189,7 @@ def predict(centroids, x, chunk_size: int = PREDICT_CHUNK) -> np.ndarray:
     """
     # Chunks are dispatched asynchronously and fetched together at the end.
     labels = [chunk_labels for chunk_labels, _ in _assign(centroids, x, chunk_size)]
-    return np.concatenate(jax.device_get(labels))
+    return np.concatenate(jax.device_get(labels))[: x.shape[0]]
 
 
 def inertia(centroids, x, chunk_size: int = PREDICT_CHUNK) -> float:

@@ -188,8 +188,12 @@ def compute_pseudo_labels(
     centroids_dev = jnp.asarray(centroids)
     for batch in tqdm(batches(), total=total_batches, desc="pseudo-labels: labelling"):
         lengths = batch["audio_mask"].sum(-1)[batch["example_mask"]]
-        for key, feats, n in zip(_keys(batch), feature_fn(batch), lengths, strict=True):
-            frame_labels = kmeans.predict(centroids_dev, feats).astype(np.int16)
+        feats = feature_fn(batch)
+        # One device call per batch: every utterance's frames together, split on the host
+        # (one call per utterance costs a dispatch and a host sync each).
+        assigned = kmeans.predict(centroids_dev, np.concatenate(feats)).astype(np.int16)
+        per_utterance = np.split(assigned, np.cumsum([len(f) for f in feats])[:-1])
+        for key, frame_labels, n in zip(_keys(batch), per_utterance, lengths, strict=True):
             labels[key] = _to_encoder_rate(frame_labels, rate, int(n))
     np.savez(os.path.join(out_dir, LABELS_FILE), **labels)
     usage = np.bincount(np.concatenate(list(labels.values())), minlength=config.num_clusters)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from papt_jax import evaluate, pseudo_labels
+from papt_jax import evaluate, kmeans, pseudo_labels
 from papt_jax.config_defaults import apply_embedded_corpus, base_config
 from papt_jax.pipeline import ConfigError, check_config, parse_stages
 
@@ -81,7 +81,15 @@ def test_mfcc_pseudo_labels_cover_every_encoder_frame(tmp_path):
     loaded = pseudo_labels.load_pseudo_labels(str(tmp_path))
     for key, value in labels.items():
         np.testing.assert_array_equal(loaded[key], value)
-    assert np.load(tmp_path / "centroids.npy").shape == (8, 39)
+    centroids = np.load(tmp_path / "centroids.npy")
+    assert centroids.shape == (8, 39)
+    # Labelling a whole batch in one call equals labelling each utterance on its own.
+    for batch in batches:
+        lengths_b = batch["audio_mask"].sum(-1)
+        for key, feats, n in zip(batch["key"], feature_fn(batch), lengths_b, strict=True):
+            alone = kmeans.predict(centroids, feats)
+            expected = pseudo_labels._to_encoder_rate(alone, rate, int(n))
+            np.testing.assert_array_equal(labels[key], expected)
     # Precomputed centroids are used as given.
     fixed = pseudo_labels.compute_pseudo_labels(
         lambda: iter(batches),

@@ -43,6 +43,9 @@ def test_smoke_pipeline_writes_every_output_and_resumes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     # The results table is printed.
     assert "| + (μ, σ) shift |" in proc.stdout
+    # Orbax's INFO chatter (dozens of lines per checkpoint) is filtered out by default.
+    orbax_info = [line for line in proc.stderr.splitlines() if "checkpoint_manager.py" in line]
+    assert not orbax_info, orbax_info[:3]
     for stage in (
         "corpus",
         "prepare",

@@ -285,3 +285,15 @@ def test_masked_prediction_loss_ignores_unlabelled_and_unmasked_frames():
     # Only frame 0 is masked and labelled; it is predicted confidently and correctly.
     assert float(stats["count"]) == 1.0 and float(stats["correct"]) == 1.0
     assert float(loss) < 1e-3
+
+
+@pytest.mark.parametrize("mode, centre", [("none", 4.0), ("unit", 0.5)])
+def test_regression_head_starts_at_the_centre_of_the_label_scale(mode, centre):
+    model = HubertForRegression(get_preset("tiny"), head_dropout=0.0)
+    head = finetune.init_variables(model, jax.random.PRNGKey(0))["params"]["head"]
+    centred = finetune.centre_output_bias(head, finetune.LabelScaling(mode))
+    np.testing.assert_array_equal(centred["output"]["bias"], [centre])
+    # Everything else is untouched, and the input tree is not modified in place.
+    assert float(head["output"]["bias"][0]) == 0.0
+    np.testing.assert_array_equal(centred["output"]["kernel"], head["output"]["kernel"])
+    np.testing.assert_array_equal(centred["dense_0"]["kernel"], head["dense_0"]["kernel"])

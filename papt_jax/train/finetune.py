@@ -27,6 +27,7 @@ from papt_jax.train.state import TrainState, guarded_update, make_optimizer
 
 # MSP-Podcast attribute scores lie on a 1..7 scale.
 LABEL_MIN, LABEL_MAX = 1.0, 7.0
+LABEL_CENTRE = (LABEL_MIN + LABEL_MAX) / 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +148,22 @@ def init_variables(model: HubertForRegression, rng: jax.Array, num_samples: int 
     return _init_variables(model, rng, audio, jnp.ones_like(audio, bool))
 
 
+def centre_output_bias(head_params: dict, scaling: LabelScaling) -> dict:
+    """Head parameters whose output bias starts at the centre of the label scale.
+
+    1 - CCC penalises the squared gap between the prediction and label means as much as
+    a lack of correlation. A zero-initialised bias is 4 points below the 1..7 labels, and
+    Adam at the paper's 5e-5 moves it about 5e-5 per step, so thousands of steps would go
+    to closing that gap instead of learning the covariance. Starting at the scale's centre
+    removes the gap (the paper does not say how its head is initialised).
+    """
+    head = dict(head_params)
+    output = dict(head["output"])
+    output["bias"] = jnp.full_like(output["bias"], scaling.to_model(LABEL_CENTRE))
+    head["output"] = output
+    return head
+
+
 @dataclasses.dataclass(frozen=True)
 class FinetuneRun:
     """Everything one fine-tuning run needs besides the data.
@@ -223,6 +240,7 @@ def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workd
     variables = init_variables(model, rng)
     params = dict(variables["params"])
     params["hubert"] = run.encoder_params
+    params["head"] = centre_output_bias(variables["params"]["head"], scaling)
     steps_per_epoch = train_data.batches_per_epoch
     total_steps = run.epochs * steps_per_epoch
     frozen = ("hubert/feature_extractor",) if run.freeze_feature_extractor else ()
