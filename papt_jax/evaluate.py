@@ -105,12 +105,33 @@ def proxy_speakers(
     return {str(s): int(train_unique[j]) for s, j in zip(test_unique, nearest, strict=True)}
 
 
-def _calibrate(preds, test_speaker_id, test_vecs, train, train_vecs, dimension, k):
+def _calibrated_result(
+    test: dict, test_vecs, train: dict, train_vecs, dimension: str, split: str, k: int
+) -> EvalResult:
+    """PLDC of `test`'s predictions with speakers retrieved by the given vectors.
+
+    Args:
+      test: `predict` output on the test split (with 'speaker_id').
+      test_vecs: (N, D) retrieval vectors of the test utterances, in `test`'s order.
+      train: `predict` output on the training split (labels and speaker indices).
+      train_vecs: (M, D) retrieval vectors of the training utterances.
+      dimension, split, k: As in `evaluate_seen`.
+    """
     train_unique, train_dense = dense_ids(train["speaker"])
-    _, test_dense = dense_ids(test_speaker_id)
+    _, test_dense = dense_ids(test["speaker_id"])
     k = min(k, len(train_unique))
-    out = pldc.pldc(preds, test_dense, test_vecs, train_vecs, train[dimension], train_dense, k)
-    return {mode: np.asarray(v) for mode, v in out.items()}
+    out = pldc.pldc(
+        test["prediction"], test_dense, test_vecs, train_vecs, train[dimension], train_dense, k
+    )
+    return EvalResult(
+        dimension,
+        split,
+        test["key"],
+        test["speaker_id"],
+        test[dimension],
+        test["prediction"],
+        {mode: np.asarray(v) for mode, v in out.items()},
+    )
 
 
 def evaluate_seen(
@@ -136,24 +157,7 @@ def evaluate_seen(
       split: Name in reports.
     """
     test = predict(predict_step, variables, batches, mesh, extra_keys=("speaker_id",))
-    calibrated = _calibrate(
-        test["prediction"],
-        test["speaker_id"],
-        test["pooled"],
-        train,
-        train["pooled"],
-        dimension,
-        k,
-    )
-    return EvalResult(
-        dimension,
-        split,
-        test["key"],
-        test["speaker_id"],
-        test[dimension],
-        test["prediction"],
-        calibrated,
-    )
+    return _calibrated_result(test, test["pooled"], train, train["pooled"], dimension, split, k)
 
 
 def evaluate_unseen(
@@ -200,21 +204,6 @@ def evaluate_unseen(
     )
     order = {str(k): i for i, k in enumerate(original_test["key"])}
     rows = np.asarray([order[str(k)] for k in test["key"]])
-    calibrated = _calibrate(
-        test["prediction"],
-        test["speaker_id"],
-        original_test["pooled"][rows],
-        train,
-        original_train["pooled"],
-        dimension,
-        k,
-    )
-    return EvalResult(
-        dimension,
-        split,
-        test["key"],
-        test["speaker_id"],
-        test[dimension],
-        test["prediction"],
-        calibrated,
+    return _calibrated_result(
+        test, original_test["pooled"][rows], train, original_train["pooled"], dimension, split, k
     )
