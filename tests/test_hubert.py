@@ -278,3 +278,44 @@ def test_bfloat16_compute_is_close_to_float32(converted_models):
     assert np.isfinite(got).all()
     rel = np.linalg.norm(got - want) / np.linalg.norm(want)
     assert rel < 0.05, f"bf16 relative error {rel}"
+
+
+@pytest.mark.parametrize("taps, groups, channels", [(128, 16, 64), (9, 4, 8), (2, 1, 6)])
+def test_grouped_conv_gradients_match_xla_and_torch(taps, groups, channels):
+    from papt_jax.models.grouped_conv import grouped_conv1d
+
+    rs = np.random.RandomState(taps)
+    x = rs.randn(3, 150, channels).astype(np.float32)
+    kernel = (rs.randn(taps, channels // groups, channels) / np.sqrt(taps)).astype(np.float32)
+    weights = rs.randn(3, 150 + 1 - taps % 2, channels).astype(np.float32)
+    pad = taps // 2
+
+    def plain(x, k):
+        return jax.lax.conv_general_dilated(
+            x,
+            k,
+            (1,),
+            [(pad, pad)],
+            dimension_numbers=("NWC", "WIO", "NWC"),
+            feature_group_count=groups,
+        )
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(conv(x, k) * weights)
+
+    ours = jax.jit(jax.grad(loss(lambda x, k: grouped_conv1d(x, k, groups, pad)), (0, 1)))(
+        x, kernel
+    )
+    xla = jax.jit(jax.grad(loss(plain), (0, 1)))(x, kernel)
+    np.testing.assert_allclose(
+        grouped_conv1d(x, kernel, groups, pad), plain(x, kernel), rtol=1e-5, atol=1e-5
+    )
+    for a, b in zip(ours, xla, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # PyTorch, independently: conv1d weight layout (out, in/groups, taps), NCW data.
+    tx = torch.tensor(x.transpose(0, 2, 1), requires_grad=True)
+    tk = torch.tensor(kernel.transpose(2, 1, 0).copy(), requires_grad=True)
+    out = torch.nn.functional.conv1d(tx, tk, padding=pad, groups=groups)
+    (out * torch.tensor(weights.transpose(0, 2, 1))).sum().backward()
+    np.testing.assert_allclose(ours[0], tx.grad.numpy().transpose(0, 2, 1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours[1], tk.grad.numpy().transpose(2, 1, 0), rtol=1e-4, atol=1e-4)
