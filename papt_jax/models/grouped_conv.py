@@ -7,7 +7,8 @@ in `benchmarks/encoder.py --profile` (see BENCHMARKS.md). The forward pass and t
 input gradient are ordinary convolutions and stay as they are; only the kernel gradient
 is rewritten here, as an einsum over shifted copies of the input, a few taps at a time.
 The result is the same sum of products, so values match the plain convolution's
-gradient to float rounding (tested in `tests/test_hubert.py`).
+gradient to float rounding (tested in `tests/test_hubert.py`). `models/hubert.py` uses it
+on the CPU only; on GPUs and TPUs XLA's own gradient has fast kernels.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import jax.numpy as jnp
 TAPS_PER_CHUNK = 8
 
 
-def _conv(x: jax.Array, kernel: jax.Array, groups: int, pad: int) -> jax.Array:
+def plain_grouped_conv1d(x: jax.Array, kernel: jax.Array, groups: int, pad: int) -> jax.Array:
+    """The same convolution with XLA's own gradient (arguments as in `grouped_conv1d`)."""
     return jax.lax.conv_general_dilated(
         x,
         kernel,
@@ -46,11 +48,11 @@ def grouped_conv1d(x: jax.Array, kernel: jax.Array, groups: int, pad: int) -> ja
     Returns:
       (batch, time + 2 * pad - taps + 1, features).
     """
-    return _conv(x, kernel, groups, pad)
+    return plain_grouped_conv1d(x, kernel, groups, pad)
 
 
 def _forward(x, kernel, groups, pad):
-    return _conv(x, kernel, groups, pad), (x, kernel)
+    return plain_grouped_conv1d(x, kernel, groups, pad), (x, kernel)
 
 
 def kernel_gradient(x: jax.Array, dy: jax.Array, taps: int, groups: int, pad: int) -> jax.Array:
@@ -79,7 +81,7 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, taps: int, groups: int, pad: in
 
 def _backward(groups, pad, residuals, dy):
     x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x_: _conv(x_, kernel, groups, pad), x)
+    _, input_vjp = jax.vjp(lambda x_: plain_grouped_conv1d(x_, kernel, groups, pad), x)
     (dx,) = input_vjp(dy)
     dkernel = kernel_gradient(x, dy, kernel.shape[0], groups, pad)
     return dx, dkernel.astype(kernel.dtype)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from papt_jax.models.config import HubertConfig
-from papt_jax.models.grouped_conv import grouped_conv1d
+from papt_jax.models.grouped_conv import grouped_conv1d, plain_grouped_conv1d
 
 # PyTorch's GELU is the exact erf form; `jax.nn.gelu` defaults to the tanh approximation.
 _gelu = jax.nn.gelu
@@ -221,11 +221,11 @@ class WeightNormConv1D(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         norm = jnp.sqrt((weight_v**2).sum(axis=(1, 2), keepdims=True))
         kernel = weight_g[:, None, None] * weight_v / norm
-        # Same values as lax.conv_general_dilated; its kernel gradient is computed as
-        # matrix products, which XLA's CPU backend runs far faster (see grouped_conv.py).
-        y = grouped_conv1d(
-            x.astype(self.dtype), kernel.astype(self.dtype), self.groups, self.kernel // 2
-        )
+        # On the CPU the kernel gradient is computed as matrix products, which XLA's CPU
+        # backend runs far faster than its own lowering (see grouped_conv.py); GPUs and
+        # TPUs keep XLA's gradient (cuDNN and the TPU compiler have kernels for it).
+        conv = grouped_conv1d if jax.default_backend() == "cpu" else plain_grouped_conv1d
+        y = conv(x.astype(self.dtype), kernel.astype(self.dtype), self.groups, self.kernel // 2)
         return y + bias.astype(self.dtype)
 
 
