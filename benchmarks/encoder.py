@@ -119,6 +119,20 @@ def block(tree):
     return jax.block_until_ready(tree)
 
 
+def repeated_step(step, state, batch, mesh):
+    """A no-argument callable taking one train step on the same batch, carrying the state
+    (the step donates it) from call to call."""
+    holder = {"state": sharding.replicate(state, mesh)}
+    device_batch = sharding.shard_batch(batch, mesh)
+    rng = jax.random.PRNGKey(1)
+
+    def run():
+        holder["state"], metrics = step(holder["state"], device_batch, rng)
+        block(metrics)
+
+    return run
+
+
 def jax_forward(cfg: HubertConfig, batch, mesh):
     """Returns a no-argument callable running one jitted encoder forward."""
     model = HubertModel(cfg)
@@ -145,16 +159,8 @@ def jax_finetune(cfg: HubertConfig, batch, mesh):
     state = TrainState.create(
         apply_fn=None, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
     )
-    holder = {"state": sharding.replicate(state, mesh)}
     step = finetune.make_train_step(model, "arousal", finetune.LabelScaling("none"), mesh)
-    device_batch = sharding.shard_batch(batch, mesh)
-    rng = jax.random.PRNGKey(1)
-
-    def run():
-        holder["state"], metrics = step(holder["state"], device_batch, rng)
-        block(metrics)
-
-    return run
+    return repeated_step(step, state, batch, mesh)
 
 
 def jax_pretrain(cfg: HubertConfig, batch, mesh):
@@ -163,17 +169,9 @@ def jax_pretrain(cfg: HubertConfig, batch, mesh):
     params = pretrain.init_params(model, jax.random.PRNGKey(0))
     tx = make_optimizer(LEARNING_RATE, 1000, schedule="constant", clip_norm=CLIP_NORM)
     state = TrainState.create(apply_fn=None, params=params, tx=tx)
-    holder = {"state": sharding.replicate(state, mesh)}
     loss_cfg = pretrain.PretrainLossConfig(mask_prob=0.65, features_pen_weight=0.0)
     step = pretrain.make_train_step(model, loss_cfg, mesh)
-    device_batch = sharding.shard_batch(batch, mesh)
-    rng = jax.random.PRNGKey(1)
-
-    def run():
-        holder["state"], metrics = step(holder["state"], device_batch, rng)
-        block(metrics)
-
-    return run
+    return repeated_step(step, state, batch, mesh)
 
 
 # ----------------------------------------------------------------------------- PyTorch side
