@@ -186,9 +186,29 @@ def evaluate_loss(eval_step, params, batches, mesh, seed: int = 0) -> dict[str, 
     return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
 
 
-@dataclasses.dataclass(frozen=True)
+# fairseq's HuBERT pre-training recipe, examples/hubert/config/pretrain/hubert_large_librivox.yaml
+# (facebookresearch/fairseq): `optimizer: adam` with `adam_betas: (0.9,0.98)`, `adam_eps: 1e-06`,
+# `weight_decay: 0.01` (fairseq's Adam decays decoupled, like AdamW), `optimization.clip_norm:
+# 1.0`, and `lr_scheduler: polynomial_decay` (power 1, end 0: linear warm-up then linear decay).
+# hubert_base_librispeech.yaml has the same Adam settings but `clip_norm: 10.0`. The paper (PAPT)
+# keeps "all other settings identical to HuBERT's pre-training configurations". One difference
+# from fairseq remains: its Adam adds eps to sqrt(v) before bias correction, we (as
+# torch.optim.AdamW and optax) after it; this matters only while sqrt(v_hat) is near 1e-6.
+FAIRSEQ_HUBERT_LARGE_ADAM = {
+    "adam_b1": 0.9,
+    "adam_b2": 0.98,
+    "adam_eps": 1e-6,
+    "weight_decay": 0.01,
+    "clip_norm": 1.0,
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class PretrainRun:
-    """Everything one pre-training run needs besides the data.
+    """Everything one pre-training run needs besides the data (keyword arguments only).
+
+    The optimiser settings have no defaults: a config must state them (see
+    `FAIRSEQ_HUBERT_LARGE_ADAM` for fairseq's HuBERT-large values).
 
     Attributes:
       encoder_config: Architecture of the initial encoder, speaker fusion included.
@@ -197,7 +217,11 @@ class PretrainRun:
       head_params: Its parameters, or None for a fresh head.
       loss: Masking and loss weights.
       epochs: Passes over the training data.
-      peak_lr, warmup_fraction, weight_decay, clip_norm: Optimiser settings.
+      peak_lr: Peak learning rate of the warm-up + linear-decay schedule.
+      warmup_fraction: Share of the steps spent warming up.
+      adam_b1, adam_b2, adam_eps: Adam's moment decay rates and denominator constant.
+      weight_decay: Decoupled (AdamW) weight decay on every parameter; 0 disables it.
+      clip_norm: Global gradient-norm clipping threshold; 0 disables it.
       log_every: Steps between metric reads.
       stop_after_steps: Stop (resumable) at this step; 0 disables.
       seed: Init, masking and dropout seed.
@@ -210,12 +234,28 @@ class PretrainRun:
     loss: PretrainLossConfig
     epochs: int
     peak_lr: float
-    warmup_fraction: float = 0.05
-    weight_decay: float = 0.0
-    clip_norm: float = 10.0
+    warmup_fraction: float
+    adam_b1: float
+    adam_b2: float
+    adam_eps: float
+    weight_decay: float
+    clip_norm: float
     log_every: int = 10
     stop_after_steps: int = 0
     seed: int = 0
+
+    def optimizer(self, total_steps: int):
+        """The run's optax transformation for `total_steps` steps."""
+        return make_optimizer(
+            self.peak_lr,
+            total_steps,
+            self.warmup_fraction,
+            weight_decay=self.weight_decay,
+            clip_norm=self.clip_norm,
+            b1=self.adam_b1,
+            b2=self.adam_b2,
+            eps=self.adam_eps,
+        )
 
 
 def run_pretraining(run: PretrainRun, train_data, eval_batches, mesh: Mesh, workdir: str):
@@ -242,13 +282,7 @@ def run_pretraining(run: PretrainRun, train_data, eval_batches, mesh: Mesh, work
         params["head"] = run.head_params
     steps_per_epoch = train_data.batches_per_epoch
     total_steps = run.epochs * steps_per_epoch
-    tx = make_optimizer(
-        run.peak_lr,
-        total_steps,
-        run.warmup_fraction,
-        run.weight_decay,
-        run.clip_norm,
-    )
+    tx = run.optimizer(total_steps)
     state = replicate(TrainState.create(apply_fn=None, params=params, tx=tx), mesh)
     train_step = make_train_step(model, run.loss, mesh)
     eval_step = make_eval_step(model, run.loss, mesh)

@@ -55,6 +55,10 @@ def trainable_mask(params, frozen_prefixes: Sequence[str]):
     return traverse_util.unflatten_dict(mask, sep="/")
 
 
+# PyTorch's `torch.optim.Adam` defaults, which fine-tuning keeps (the paper: "Adam").
+TORCH_ADAM_B1, TORCH_ADAM_B2, TORCH_ADAM_EPS = 0.9, 0.999, 1e-8
+
+
 def make_optimizer(
     peak_lr: float,
     total_steps: int,
@@ -64,18 +68,29 @@ def make_optimizer(
     schedule: str = "linear",
     params=None,
     frozen_prefixes: Sequence[str] = (),
+    b1: float = TORCH_ADAM_B1,
+    b2: float = TORCH_ADAM_B2,
+    eps: float = TORCH_ADAM_EPS,
 ) -> optax.GradientTransformation:
     """Adam(W) with the paper's schedule, optional clipping and frozen sub-trees.
+
+    With `weight_decay > 0` this is `torch.optim.AdamW`: the decay is decoupled
+    (`p -= lr * weight_decay * p`, applied to every trainable parameter, biases and norms
+    included, as fairseq's Adam does) and `eps` is added to the bias-corrected
+    `sqrt(v_hat)`. Clipping scales the gradients by `clip_norm / global_norm` when the
+    norm exceeds `clip_norm`, before Adam sees them.
 
     Args:
       peak_lr: Peak learning rate.
       total_steps: Steps of the whole run (for the schedule).
       warmup_fraction: Share of steps spent warming up ('linear' schedule).
-      weight_decay: Decoupled weight decay (0: plain Adam, as in the paper).
-      clip_norm: Global-norm gradient clipping (None: off).
+      weight_decay: Decoupled weight decay (0: plain Adam).
+      clip_norm: Global-norm gradient clipping (None or 0: off).
       schedule: 'linear' (warm-up + linear decay) or 'constant'.
       params: Needed with `frozen_prefixes`, to build the mask.
       frozen_prefixes: Parameter paths (e.g. 'hubert/feature_extractor') not updated.
+      b1, b2: Adam's moment decay rates.
+      eps: Adam's denominator constant.
     """
     if schedule == "linear":
         lr = warmup_linear_schedule(peak_lr, total_steps, warmup_fraction)
@@ -83,10 +98,21 @@ def make_optimizer(
         lr = peak_lr
     else:
         raise ValueError(f"unknown schedule {schedule!r}; use 'linear' or 'constant'")
+    for name, value in (("b1", b1), ("b2", b2)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"Adam {name} must be in [0, 1), got {value}")
+    if eps <= 0 or weight_decay < 0 or (clip_norm is not None and clip_norm < 0):
+        raise ValueError(
+            f"need eps > 0, weight_decay >= 0 and clip_norm >= 0, got {eps}, {weight_decay}, "
+            f"{clip_norm}"
+        )
     parts = []
     if clip_norm:
         parts.append(optax.clip_by_global_norm(clip_norm))
-    parts.append(optax.adamw(lr, weight_decay=weight_decay) if weight_decay else optax.adam(lr))
+    if weight_decay:
+        parts.append(optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    else:
+        parts.append(optax.adam(lr, b1=b1, b2=b2, eps=eps))
     tx = optax.chain(*parts)
     if frozen_prefixes:
         if params is None:
