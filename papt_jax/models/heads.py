@@ -60,26 +60,81 @@ class PretrainHead(nn.Module):
         return dots / jnp.maximum(norms, 1e-8) / cfg.logit_temp
 
 
+class TorchBatchNorm(nn.Module):
+    """BatchNorm over the batch axis with `torch.nn.BatchNorm1d`'s conventions.
+
+    Training normalises with the batch mean and biased variance, and updates the running
+    statistics with the *unbiased* batch variance (`var * n / (n - 1)`), as PyTorch does;
+    Flax's `nn.BatchNorm` stores the biased one. `momentum` is PyTorch's (weight of the new
+    batch, 0.1), i.e. Flax's 0.9. Parameter and statistic names (`scale`, `bias`, `mean`,
+    `var`) are Flax's, so checkpoints of `nn.BatchNorm` heads load unchanged.
+
+    Rows with `mask == False` (the padding rows of a partly filled batch) take no part in
+    the batch statistics; they are still normalised. A batch with fewer than two real rows
+    (where PyTorch refuses to train) leaves the running statistics unchanged.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, use_running_average: bool, mask: jax.Array | None = None
+    ) -> jax.Array:
+        """(batch, features) -> (batch, features); `mask` is an optional (batch,) bool."""
+        features = x.shape[-1]
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            w = jnp.ones(x.shape[:1], x.dtype) if mask is None else mask.astype(x.dtype)
+            n = w.sum()
+            mean = (w[:, None] * x).sum(0) / jnp.maximum(n, 1.0)
+            # Centred second pass: E[x^2] - E[x]^2 loses digits in float32.
+            var = (w[:, None] * (x - mean) ** 2).sum(0) / jnp.maximum(n, 1.0)
+            if not self.is_initializing():
+                unbiased = var * n / jnp.maximum(n - 1.0, 1.0)
+                update = n > 1.0
+                m = self.momentum
+                ra_mean.value = jnp.where(update, (1 - m) * ra_mean.value + m * mean, ra_mean.value)
+                ra_var.value = jnp.where(
+                    update, (1 - m) * ra_var.value + m * unbiased, ra_var.value
+                )
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
 class RegressionHead(nn.Module):
     """The paper's light head on a pooled utterance vector.
 
     Linear(128) -> ReLU -> BatchNorm -> Dropout -> Linear(32) -> ReLU -> BatchNorm ->
-    Dropout -> Linear(1). BatchNorm follows PyTorch's defaults (momentum 0.1 in
-    PyTorch's convention, which is Flax's 0.9; eps 1e-5).
+    Dropout -> Linear(1). BatchNorm is `TorchBatchNorm`: PyTorch's `BatchNorm1d` defaults
+    (momentum 0.1, eps 1e-5, unbiased running variance).
     """
 
     hidden_dims: tuple[int, ...] = (128, 32)
     dropout: float = 0.1
 
     @nn.compact
-    def __call__(self, pooled: jax.Array, train: bool) -> jax.Array:
-        """(batch, dim) -> (batch,) predictions."""
+    def __call__(
+        self, pooled: jax.Array, train: bool, example_mask: jax.Array | None = None
+    ) -> jax.Array:
+        """(batch, dim) -> (batch,) predictions.
+
+        Args:
+          pooled: (batch, dim) utterance vectors.
+          train: Batch statistics and dropout (True) or running statistics (False).
+          example_mask: Optional (batch,) bool, False on padding rows, which then stay out
+            of the BatchNorm batch statistics.
+        """
         x = pooled.astype(jnp.float32)
         for i, width in enumerate(self.hidden_dims):
             x = nn.Dense(width, name=f"dense_{i}")(x)
             x = nn.relu(x)
-            x = nn.BatchNorm(
-                use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"batch_norm_{i}"
-            )(x)
+            x = TorchBatchNorm(name=f"batch_norm_{i}")(
+                x, use_running_average=not train, mask=example_mask
+            )
             x = nn.Dropout(self.dropout)(x, deterministic=not train)
         return nn.Dense(1, name="output")(x)[:, 0]
