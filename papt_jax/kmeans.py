@@ -4,8 +4,12 @@ The fit mirrors scikit-learn's `MiniBatchKMeans` (Sculley 2010), the estimator f
 `examples/hubert/simple_kmeans/learn_kmeans.py` uses:
 
 * k-means++ (greedy, `2 + int(ln k)` candidates per centre) on a random subset of
-  `init_size` points (default `3 * batch_size`); with `n_init > 1` the init with the
-  lowest inertia on a second random subset wins.
+  `init_size` points (default `3 * batch_size`), repeated `n_init` times, each on its own
+  subset; the init with the lowest inertia on one shared validation subset of `init_size`
+  points wins, and only that one is fitted (scikit-learn's `MiniBatchKMeans` semantics of
+  `n_init`, unlike `KMeans`, which fits every restart). All `n_init` inits run in one
+  jitted computation (vmapped over their keys; the validation scores one init at a time,
+  so peak memory stays at one `init_size x k` distance matrix).
 * each step draws `batch_size` points with replacement, assigns them to the nearest
   centre and moves every centre to the running mean of all points it was ever assigned
   (a per-centre learning rate of 1 / count);
@@ -14,9 +18,9 @@ The fit mirrors scikit-learn's `MiniBatchKMeans` (Sculley 2010), the estimator f
   `max_no_improvement` steps, or when the squared centre shift drops to
   `tol * mean feature variance` (`tol > 0` only), both exactly as scikit-learn does.
 
-Defaults follow fairseq's recipe (batch 10 000, 100 passes, `max_no_improvement=100`,
-`tol=0`, no random reassignment of small clusters) except `n_init`, which defaults to 1
-(scikit-learn's 'auto' for k-means++) instead of fairseq's 20.
+Defaults follow fairseq's recipe, examples/hubert/simple_kmeans/learn_kmeans.py (batch
+10 000, 100 passes, `max_no_improvement=100`, `tol=0`, `n_init=20`, no random reassignment
+of small clusters).
 
 The whole fit loop is one jitted `lax.while_loop`, so the data (N, D) must fit in
 device memory: subsample first (fairseq fits on ~10 % of the utterances). `predict` and
@@ -59,12 +63,18 @@ class KMeansResult(NamedTuple):
       n_iter: Passes over the data, counted like scikit-learn's `n_iter_`
         (ceil(n_steps * batch_size / n)).
       n_steps: Mini-batch steps taken.
+      init_inertias: (n_init,) float validation-subset inertia of every k-means++ init
+        (empty when `init_centroids` were given).
+      chosen_init: Index of the init that was fitted (its inertia is the lowest), -1 when
+        `init_centroids` were given.
     """
 
     centroids: jax.Array
     inertia: float
     n_iter: int
     n_steps: int
+    init_inertias: np.ndarray = np.zeros((0,))
+    chosen_init: int = -1
 
 
 def _sq_distances(x: jax.Array, centroids: jax.Array, c_sq: jax.Array | None = None):
@@ -283,7 +293,7 @@ def fit_minibatch_kmeans(
     max_no_improvement: int | None = 100,
     tol: float = 0.0,
     init_size: int | None = None,
-    n_init: int = 1,
+    n_init: int = 20,
     init_centroids=None,
 ) -> KMeansResult:
     """Mini-batch k-means (scikit-learn's `MiniBatchKMeans` algorithm) in JAX.
@@ -300,8 +310,8 @@ def fit_minibatch_kmeans(
         per-feature variance of `x`; 0 disables it.
       init_size: Points the k-means++ init sees (default `3 * batch_size`, at least
         `3 * k`, at most n).
-      n_init: k-means++ inits to try; the lowest inertia on a random validation subset
-        of `init_size` points wins.
+      n_init: k-means++ inits to try (fairseq: 20), all in one jitted computation; the
+        lowest inertia on a random validation subset of `init_size` points wins.
       init_centroids: Optional (k, dim) starting centres (e.g. `load_centroids(path)`),
         which skips k-means++.
 
@@ -321,11 +331,13 @@ def fit_minibatch_kmeans(
     init_size = max(min(init_size, n), k)
     key_valid, key_init, key_fit = jax.random.split(key, 3)
 
+    init_inertias, chosen = np.zeros((0,)), -1
     if init_centroids is not None:
         centers = _checked_centroids(np.asarray(init_centroids), k, dim, "init_centroids")
         centers = jnp.asarray(centers, jnp.float32)
     else:
-        centers = _best_init(key_valid, key_init, x, k, init_size, n_init)
+        centers, scores, best = _best_init(key_valid, key_init, x, k, init_size, n_init)
+        init_inertias, chosen = np.asarray(scores, np.float64), int(best)
 
     n_steps = max((max_iter * n) // batch_size, 1)
     patience = n_steps + 1 if max_no_improvement is None else max_no_improvement
@@ -337,20 +349,45 @@ def fit_minibatch_kmeans(
         inertia=inertia(centers, x),
         n_iter=math.ceil(steps * batch_size / n),
         n_steps=steps,
+        init_inertias=init_inertias,
+        chosen_init=chosen,
     )
 
 
-def _best_init(key_valid, key_init, x, k: int, init_size: int, n_init: int) -> jax.Array:
-    """Lowest-validation-inertia k-means++ init over `n_init` random subsets, (k, dim)."""
+@functools.partial(jax.jit, static_argnames=("k", "init_size", "n_local_trials"))
+def _init_candidates(keys, x, valid, k: int, init_size: int, n_local_trials: int):
+    """k-means++ inits for every key at once.
+
+    Args:
+      keys: (n_init,) PRNG keys, one per init (its row subset and its seeding).
+      x: (n, dim) data.
+      valid: (m, dim) validation rows shared by all inits.
+
+    Returns:
+      ((n_init, k, dim) centres, (n_init,) float32 validation inertias).
+    """
+
+    def seed(key):
+        key_rows, key_pp = jax.random.split(key)
+        return _kmeans_plus_plus(key_pp, _random_rows(key_rows, x, init_size), k, n_local_trials)
+
+    centers = jax.vmap(seed)(keys)
+    # One init's (m, k) distances at a time: vmapping this too would hold n_init of them.
+    scores = jax.lax.map(lambda c: jnp.sum(jnp.min(_sq_distances(valid, c), axis=1)), centers)
+    return centers, scores
+
+
+def _best_init(key_valid, key_init, x, k: int, init_size: int, n_init: int):
+    """The lowest-validation-inertia of `n_init` k-means++ inits.
+
+    Returns:
+      ((k, dim) centres, (n_init,) validation inertias, index of the chosen init).
+    """
     valid = _random_rows(key_valid, x, init_size)
-    best, best_inertia = None, math.inf
-    for i in range(n_init):
-        key_rows, key_pp = jax.random.split(jax.random.fold_in(key_init, i))
-        centers = kmeans_plus_plus_init(key_pp, _random_rows(key_rows, x, init_size), k)
-        score = inertia(centers, valid) if n_init > 1 else 0.0
-        if score < best_inertia:
-            best, best_inertia = centers, score
-    return best
+    keys = jax.vmap(lambda i: jax.random.fold_in(key_init, i))(jnp.arange(n_init))
+    centers, scores = _init_candidates(keys, x, valid, k, init_size, 2 + int(math.log(k)))
+    best = int(jnp.argmin(scores))
+    return centers[best], scores, best
 
 
 def _checked_centroids(centroids: np.ndarray, k: int | None, dim: int | None, what: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.cluster import MiniBatchKMeans
@@ -81,16 +82,14 @@ def test_fit_inertia_within_one_percent_of_sklearn(case):
     k = 50
     # Same settings on both sides; best of two seeds each, both scored by the same
     # full-data inertia.
-    settings = dict(batch_size=2_000, max_iter=100, max_no_improvement=20)
+    settings = dict(batch_size=2_000, max_iter=100, max_no_improvement=20, n_init=1)
     ours = min(
         fit_minibatch_kmeans(jax.random.key(seed), x, k, tol=0.0, **settings).inertia
         for seed in range(2)
     )
     theirs = min(
         inertia(
-            MiniBatchKMeans(
-                k, random_state=seed, n_init=1, reassignment_ratio=0.0, tol=0.0, **settings
-            )
+            MiniBatchKMeans(k, random_state=seed, reassignment_ratio=0.0, tol=0.0, **settings)
             .fit(x)
             .cluster_centers_,
             x,
@@ -115,6 +114,39 @@ def test_fit_is_deterministic_and_reports_consistent_numbers():
     # Early stopping ended the run well before max_iter passes (1000 steps).
     assert 1 < result.n_steps < 1_000
     assert result.n_iter == -(-result.n_steps * 200 // 2_000)
+
+
+def test_restarts_run_together_and_the_best_init_is_kept():
+    x = jnp.asarray(_small_mixture())
+    k, init_size, n_init = 8, 300, 6
+    key_valid, key_init = jax.random.key(7), jax.random.key(8)
+    centers, scores, best = kmeans._best_init(key_valid, key_init, x, k, init_size, n_init)
+    # The vmapped inits equal one-at-a-time k-means++ on the same keys and rows, and each
+    # score is that init's inertia on the shared validation rows.
+    valid = kmeans._random_rows(key_valid, x, init_size)
+    expected = []
+    for i in range(n_init):
+        key_rows, key_pp = jax.random.split(jax.random.fold_in(key_init, i))
+        alone = kmeans_plus_plus_init(key_pp, kmeans._random_rows(key_rows, x, init_size), k)
+        expected.append(inertia(alone, valid))
+        if i == best:
+            np.testing.assert_allclose(np.asarray(centers), np.asarray(alone), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(scores), expected, rtol=1e-5)
+    assert best == int(np.argmin(expected))
+    assert np.ptp(expected) > 0.01 * np.min(expected)  # the restarts differ: the choice matters
+
+
+def test_fit_reports_its_restarts_and_is_deterministic():
+    x = _small_mixture()
+    settings = dict(batch_size=200, max_no_improvement=5, init_size=300)
+    result = fit_minibatch_kmeans(jax.random.key(9), x, 8, **settings)
+    assert result.init_inertias.shape == (20,)  # fairseq's n_init by default
+    assert result.chosen_init == int(np.argmin(result.init_inertias))
+    again = fit_minibatch_kmeans(jax.random.key(9), x, 8, **settings)
+    np.testing.assert_array_equal(np.asarray(result.centroids), np.asarray(again.centroids))
+    np.testing.assert_array_equal(result.init_inertias, again.init_inertias)
+    given = fit_minibatch_kmeans(jax.random.key(9), x, 8, init_centroids=x[:8], **settings)
+    assert given.init_inertias.shape == (0,) and given.chosen_init == -1
 
 
 def test_tolerance_stops_early_and_init_centroids_are_used():
