@@ -16,17 +16,30 @@ logger = logging.getLogger(__name__)
 
 
 def ccc(predictions, labels) -> float:
-    """CCC of two 1-D sequences (numpy or jax arrays); 0-length input is an error."""
+    """CCC of two 1-D sequences (numpy or jax arrays).
+
+    Undefined cases give NaN, never a number that looks like a score: NaN or inf in either
+    input, or a single sample. When either input is constant (exact check) the CCC is 0,
+    which is what the formula gives there (zero covariance); round-off in the means cannot
+    turn it into a tiny non-zero value. Both constant and equal (the formula's 0/0) is also
+    0: a constant prediction earns no credit.
+
+    Raises:
+      ValueError: for inputs of different lengths or empty inputs.
+    """
     x = np.asarray(predictions, dtype=np.float64).reshape(-1)
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
     if x.shape != y.shape:
         raise ValueError(f"predictions and labels differ in length: {x.shape} vs {y.shape}")
     if x.size == 0:
         raise ValueError("CCC of empty arrays is undefined")
+    if x.size < 2 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
+    if x.max() == x.min() or y.max() == y.min():
+        return 0.0
     mx, my = x.mean(), y.mean()
     cov = ((x - mx) * (y - my)).mean()
-    denom = x.var() + y.var() + (mx - my) ** 2
-    return float(2.0 * cov / denom) if denom > 0 else 0.0
+    return float(2.0 * cov / (x.var() + y.var() + (mx - my) ** 2))
 
 
 def ccc_jnp(predictions: jnp.ndarray, labels: jnp.ndarray, weights: jnp.ndarray | None = None):
@@ -53,14 +66,14 @@ def ccc_jnp(predictions: jnp.ndarray, labels: jnp.ndarray, weights: jnp.ndarray 
 
 # --- Per-speaker aggregates -------------------------------------------------------------------
 #
-# A speaker takes part in A-CCC only when its CCC is informative:
-#   * it has at least 2 utterances, and
-#   * its labels are not all identical, and
-#   * its predictions are not all identical.
-# "Identical" is an exact check (max == min within the speaker), not a variance threshold, so
-# float round-off in a mean can never turn a constant speaker into a tiny non-zero variance.
-# With constant labels CCC is 0 whatever the model does, and with constant predictions it is 0
-# whatever the labels are, so such speakers would only add zeros that measure nothing.
+# A-CCC averages every speaker with at least 2 utterances, as the paper averages every test
+# speaker. A speaker whose predictions are all identical counts as CCC 0 (the formula's value:
+# its covariance is 0), and so does one whose labels are all identical; when both are constant
+# the formula is 0/0 only if they are equal, and that speaker counts as 0 too (a constant
+# prediction earns no credit). "Identical" is an exact check (max == min within the speaker), so
+# float round-off in a mean can never turn a constant speaker into a tiny non-zero score. How
+# many speakers were constant is counted and reported. A speaker with one utterance has no CCC
+# (NaN) and is left out of A-CCC, counted as excluded.
 MIN_UTTERANCES = 2
 
 
@@ -74,8 +87,8 @@ class PerSpeakerCCC:
       ccc: (S,) float64, the speaker's CCC; NaN where the speaker is excluded.
       valid: (S,) bool, True where the speaker takes part in A-CCC.
       few_utterances: (S,) bool, excluded because it has fewer than 2 utterances.
-      constant_labels: (S,) bool, excluded because all its labels are identical.
-      constant_predictions: (S,) bool, excluded because all its predictions are identical.
+      constant_labels: (S,) bool, all its labels identical (CCC 0, taking part).
+      constant_predictions: (S,) bool, all its predictions identical (CCC 0, taking part).
     """
 
     speakers: np.ndarray
@@ -115,7 +128,7 @@ def overall_ccc(predictions, labels) -> float:
       labels: (N,) ground truth.
 
     Returns:
-      The pooled CCC (0.0 when both inputs are constant and equal, where CCC is 0/0).
+      The pooled CCC, as `ccc` (0.0 when either input is constant; NaN for one utterance).
     """
     x, y = _as_pair(predictions, labels)
     return ccc(x, y)
@@ -136,7 +149,7 @@ def per_speaker_ccc(predictions, labels, speaker_ids) -> PerSpeakerCCC:
       speaker_ids: (N,) speaker of each utterance (ints or strings; any sortable ids).
 
     Returns:
-      A `PerSpeakerCCC`; excluded speakers (see the module note) have NaN CCC.
+      A `PerSpeakerCCC`; excluded speakers (see the note above) have NaN CCC.
     """
     x, y = _as_pair(predictions, labels)
     ids = np.asarray(speaker_ids).reshape(-1)
@@ -158,11 +171,13 @@ def per_speaker_ccc(predictions, labels, speaker_ids) -> PerSpeakerCCC:
     few = counts < MIN_UTTERANCES
     const_y = _segment_is_constant(y, order, starts)
     const_x = _segment_is_constant(x, order, starts)
-    valid = ~(few | const_y | const_x)
+    valid = ~few
+    varying = valid & ~(const_x | const_y)
 
     denom = vx + vy + (mx - my) ** 2
     values = np.full(num, np.nan)
-    values[valid] = 2.0 * cov[valid] / denom[valid]
+    values[valid] = 0.0
+    values[varying] = 2.0 * cov[varying] / denom[varying]
     return PerSpeakerCCC(
         speakers=speakers,
         counts=counts,
@@ -174,10 +189,29 @@ def per_speaker_ccc(predictions, labels, speaker_ids) -> PerSpeakerCCC:
     )
 
 
-def average_ccc(predictions, labels, speaker_ids) -> tuple[float, float, int, int]:
-    """A-CCC: mean of the per-speaker CCCs, with their spread.
+@dataclasses.dataclass(frozen=True)
+class AverageCCC:
+    """A-CCC with the speaker counts a report needs.
 
-    Speakers excluded by the module note are counted and logged, never silently dropped.
+    Attributes:
+      mean: Mean of the per-speaker CCCs (NaN when no speaker qualifies).
+      std: Their population std (ddof=0; NaN when no speaker qualifies).
+      n_used: Speakers averaged (at least 2 utterances).
+      n_excluded: Speakers left out (fewer than 2 utterances).
+      n_constant_predictions: Speakers used whose predictions are all identical (CCC 0).
+      n_constant_labels: Speakers used whose labels are all identical (CCC 0).
+    """
+
+    mean: float
+    std: float
+    n_used: int
+    n_excluded: int
+    n_constant_predictions: int
+    n_constant_labels: int
+
+
+def a_ccc(predictions, labels, speaker_ids) -> AverageCCC:
+    """A-CCC: mean and std of the per-speaker CCCs, with the speaker counts.
 
     Args:
       predictions: (N,) model outputs.
@@ -185,25 +219,34 @@ def average_ccc(predictions, labels, speaker_ids) -> tuple[float, float, int, in
       speaker_ids: (N,) speaker of each utterance.
 
     Returns:
-      (mean, std, n_used, n_excluded): mean and population std (ddof=0) of the CCCs of the
-      speakers used; both are NaN when no speaker qualifies.
+      An `AverageCCC` (see the note above for who counts and how).
     """
     per = per_speaker_ccc(predictions, labels, speaker_ids)
     n_used = int(per.valid.sum())
     n_excluded = int(per.valid.size - n_used)
-    if n_excluded:
+    n_const_x = int((per.constant_predictions & per.valid).sum())
+    n_const_y = int((per.constant_labels & per.valid).sum())
+    if n_excluded or n_const_x or n_const_y:
         logger.info(
-            "A-CCC: excluded %d of %d speakers (%d with < %d utterances, %d with constant "
-            "labels, %d with constant predictions)",
-            n_excluded,
+            "A-CCC over %d of %d speakers: %d excluded (< %d utterances); %d with constant "
+            "predictions and %d with constant labels count as CCC 0",
+            n_used,
             per.valid.size,
-            int(per.few_utterances.sum()),
+            n_excluded,
             MIN_UTTERANCES,
-            int(per.constant_labels.sum()),
-            int(per.constant_predictions.sum()),
+            n_const_x,
+            n_const_y,
         )
     if n_used == 0:
-        logger.warning("A-CCC: no speaker qualifies; returning NaN")
-        return float("nan"), float("nan"), 0, n_excluded
+        logger.warning("A-CCC: no speaker has %d utterances; returning NaN", MIN_UTTERANCES)
+        return AverageCCC(float("nan"), float("nan"), 0, n_excluded, 0, 0)
     used = per.ccc[per.valid]
-    return float(used.mean()), float(used.std()), n_used, n_excluded
+    return AverageCCC(
+        float(used.mean()), float(used.std()), n_used, n_excluded, n_const_x, n_const_y
+    )
+
+
+def average_ccc(predictions, labels, speaker_ids) -> tuple[float, float, int, int]:
+    """A-CCC as the tuple (mean, std, n_used, n_excluded); `a_ccc` has the full counts."""
+    result = a_ccc(predictions, labels, speaker_ids)
+    return result.mean, result.std, result.n_used, result.n_excluded

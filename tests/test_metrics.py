@@ -72,28 +72,56 @@ def test_per_speaker_ccc_matches_loop():
     assert set(per.as_dict()) == set(str_ids)
 
 
-def test_exclusions_are_counted_by_reason():
+def test_constant_speakers_count_as_zero_and_are_counted():
     rng = np.random.default_rng(2)
     x, y, ids = make_speakers(rng, 6)
     # Speaker 100: one utterance. 101: constant labels. 102: constant predictions.
-    # 103: both constant (counted in both reason masks, excluded once).
+    # 103: both constant and equal (the formula's 0/0).
     x = np.concatenate([x, [3.0], [1.0, 2.0, 3.0], [4.0, 4.0, 4.0], [2.0, 2.0]])
     y = np.concatenate([y, [3.0], [5.0, 5.0, 5.0], [1.0, 2.0, 3.0], [2.0, 2.0]])
     ids = np.concatenate([ids, [100], [101] * 3, [102] * 3, [103] * 2])
     per = metrics.per_speaker_ccc(x, y, ids)
     by_id = dict(zip(per.speakers.tolist(), range(per.speakers.size), strict=True))
     assert per.few_utterances[by_id[100]]
+    assert not per.valid[by_id[100]] and np.isnan(per.ccc[by_id[100]])
     assert per.constant_labels[by_id[101]] and not per.constant_predictions[by_id[101]]
     assert per.constant_predictions[by_id[102]] and not per.constant_labels[by_id[102]]
     assert per.constant_labels[by_id[103]] and per.constant_predictions[by_id[103]]
-    for s in (100, 101, 102, 103):
-        assert not per.valid[by_id[s]] and np.isnan(per.ccc[by_id[s]])
+    for s in (101, 102, 103):
+        assert per.valid[by_id[s]] and per.ccc[by_id[s]] == 0.0
+    # The covariance form of the formula agrees: zero covariance, positive denominator.
+    cov = np.cov([4.0, 4.0, 4.0], [1.0, 2.0, 3.0], bias=True)
+    assert 2 * cov[0, 1] / (cov[0, 0] + cov[1, 1] + (4.0 - 2.0) ** 2) == 0.0
+    assert metrics.ccc([4.0, 4.0, 4.0], [1.0, 2.0, 3.0]) == 0.0
 
-    mean, std, n_used, n_excluded = metrics.average_ccc(x, y, ids)
-    assert (n_used, n_excluded) == (6, 4)
-    kept = [reference_ccc(x[ids == s], y[ids == s]) for s in range(6)]
-    assert mean == pytest.approx(np.mean(kept), abs=1e-10)
-    assert std == pytest.approx(np.std(kept), abs=1e-10)
+    result = metrics.a_ccc(x, y, ids)
+    assert (result.n_used, result.n_excluded) == (9, 1)
+    assert (result.n_constant_predictions, result.n_constant_labels) == (2, 2)
+    kept = [reference_ccc(x[ids == s], y[ids == s]) for s in range(6)] + [0.0, 0.0, 0.0]
+    assert result.mean == pytest.approx(np.mean(kept), abs=1e-10)
+    assert result.std == pytest.approx(np.std(kept), abs=1e-10)
+    assert metrics.average_ccc(x, y, ids) == (result.mean, result.std, 9, 1)
+
+
+def test_a_ccc_is_not_nan_when_a_speaker_predicts_a_constant():
+    # Before: a constant-prediction speaker was dropped, which flattered a model that
+    # collapses on some speakers. Now it pulls the mean down as a CCC of 0.
+    y = np.array([1.0, 2.0, 3.0, 1.0, 2.0, 3.0])
+    x = np.array([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    result = metrics.a_ccc(x, y, [0, 0, 0, 1, 1, 1])
+    assert result.mean == pytest.approx(0.5) and result.n_constant_predictions == 1
+
+
+def test_ccc_of_non_finite_or_single_input_is_nan_not_zero():
+    # Before: 0.0, which early stopping read as a poor epoch.
+    assert np.isnan(metrics.ccc([1.0, np.nan, 3.0], [1.0, 2.0, 3.0]))
+    assert np.isnan(metrics.ccc([1.0, 2.0, 3.0], [1.0, np.inf, 3.0]))
+    assert np.isnan(metrics.ccc([np.nan] * 3, [np.nan] * 3))
+    assert np.isnan(metrics.ccc([2.0], [5.0]))
+    assert np.isnan(metrics.ccc([2.0], [2.0]))
+    # Defined cases stay numbers.
+    assert metrics.ccc([1.0, 2.0], [1.0, 2.0]) == pytest.approx(1.0)
+    assert metrics.ccc([3.0, 3.0], [3.0, 3.0]) == 0.0
 
 
 def test_constant_check_is_exact_not_roundoff():
@@ -107,6 +135,7 @@ def test_constant_check_is_exact_not_roundoff():
 def test_average_ccc_without_valid_speakers_is_nan():
     mean, std, n_used, n_excluded = metrics.average_ccc([1.0, 2.0], [1.0, 2.0], [0, 1])
     assert np.isnan(mean) and np.isnan(std) and (n_used, n_excluded) == (0, 2)
+    assert metrics.a_ccc([1.0, 2.0], [1.0, 2.0], [0, 1]).n_excluded == 2
 
 
 def test_per_speaker_ccc_rejects_mismatched_ids():
