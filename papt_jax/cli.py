@@ -1,0 +1,96 @@
+"""Shared command-line behaviour for every `python -m papt_jax...` tool.
+
+Each tool defines its absl flags and a `main(argv)`, then calls `cli.run(main)`, which:
+
+* accepts `--flag-name` as well as `--flag_name` (absl spells flags with underscores);
+* prints a flag-parsing mistake (unknown flag, missing required flag, bad value) as one
+  line and exits with code 2;
+* prints a `papt_jax.errors.UserError` raised by `main` as `error: ...` (plus its hint)
+  on stderr and exits with code 2;
+* leaves every other exception alone, so a bug shows its traceback;
+* `--traceback` shows the traceback of user errors too (for bug reports).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from absl import app, flags
+
+from papt_jax.errors import UserError
+
+USER_ERROR_EXIT_CODE = 2
+
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "Show the full Python traceback of expected user errors too."
+)
+
+
+def _normalise_flag_names(argv: Sequence[str]) -> list[str]:
+    """`--allow-unsafe-pickle` -> `--allow_unsafe_pickle`; values and `--config.a.b` kept."""
+    out = [argv[0]] if argv else []
+    for arg in argv[1:]:
+        if arg.startswith("--") and not arg.startswith("--config"):
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
+
+
+def fail(message: str, hint: str | None = None) -> NoReturn:
+    """Prints one user-error message (and hint) to stderr and exits with code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def _last_line(text: str) -> str:
+    """The flag name and the error's last line: config files report whole tracebacks."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return text.strip()
+    return f"{lines[0].rstrip(':')} {lines[-1]}"
+
+
+def _unknown_config_key(text: str, argv: Sequence[str]) -> tuple[str, str | None]:
+    """(message, hint) for an override of a config key that does not exist."""
+    names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    culprit = next((o for o in overrides if o.split(".")[-1] in names), None)
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f"did you mean `{suggestion.group(1)}`?" if suggestion else "list the keys with --help"
+    return f"{culprit or 'a --config override'}: no such config key", hint
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+    """absl flag parsing where a mistake is one line and exit code 2, not a usage dump."""
+    try:
+        return flags.FLAGS(_normalise_flag_names(argv))
+    except flags.Error as e:
+        fail(_last_line(str(e)), "run with --help to list the flags")
+    except (AttributeError, KeyError) as e:  # ml_collections: --config.KEY that does not exist
+        if "--traceback" in argv:
+            raise
+        fail(*_unknown_config_key(str(e), argv))
+    except UserError as e:  # e.g. a config file's own validation
+        if "--traceback" in argv:
+            raise
+        fail(e.message, e.hint)
+
+
+def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
+    """Runs `main` under absl with papt_jax's error conventions (see the module docstring)."""
+
+    def guarded(args: list[str]) -> int | None:
+        try:
+            return main(args)
+        except UserError as e:
+            if _TRACEBACK.value:
+                raise
+            fail(e.message, e.hint)
+
+    app.run(guarded, argv=list(sys.argv if argv is None else argv), flags_parser=parse_flags)
