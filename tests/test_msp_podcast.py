@@ -6,8 +6,14 @@ import os
 
 import pytest
 from fixtures.corpus_files import row, write_corpus, write_fake_durations, write_labels, write_wav
+from fixtures.msp_releases import write_release_with_test3, write_two_releases
 
 from papt_jax.data import msp_podcast as mp
+from papt_jax.errors import UserError
+
+# Hand-made corpora below hold no test rows; an unused group is configured as ().
+NO_TEST = {"train": ("Train",), "validation": ("Development",), "test": ()}
+TRAIN_ONLY = {"train": ("Train",), "validation": (), "test": ()}
 
 
 def _keys(utterances):
@@ -151,7 +157,7 @@ def test_bad_rows_raise_one_error_listing_each(tmp_path):
     root = write_corpus(tmp_path / "c", rows)
     write_labels(root / "Labels" / "labels_consensus.csv", [*rows, row("gone.wav", 1, "Train")])
     with pytest.raises(mp.BadRowsError) as info:
-        mp.load_corpus(mp.CorpusConfig(corpus_dir=root))
+        mp.load_corpus(mp.CorpusConfig(corpus_dir=root, splits=NO_TEST))
     reasons = {(bad.line, bad.key, bad.reason) for bad in info.value.bad_rows}
     assert reasons == {
         (3, "nan.wav", "bad_label"),
@@ -176,7 +182,9 @@ def test_bad_rows_skip_logs_counts_per_reason(tmp_path, caplog):
     ]
     root = write_corpus(tmp_path / "c", rows)
     with caplog.at_level(logging.WARNING, logger="papt_jax.data.msp_podcast"):
-        corpus = mp.load_corpus(mp.CorpusConfig(corpus_dir=root, on_bad_rows="skip"))
+        corpus = mp.load_corpus(
+            mp.CorpusConfig(corpus_dir=root, splits=TRAIN_ONLY, on_bad_rows="skip")
+        )
     assert _keys(corpus.splits["train"]) == ["good.wav"]
     assert "skipped 3 bad row(s): {'bad_label': 1, 'duplicate_file': 2}" in caplog.text
 
@@ -185,7 +193,7 @@ def test_error_lists_first_rows_and_counts_the_rest(tmp_path):
     rows = [row(f"r{i:02d}.wav", 1, "Train", act=9) for i in range(25)]
     root = write_corpus(tmp_path / "c", rows)
     with pytest.raises(mp.BadRowsError, match=r"25 bad row\(s\)") as info:
-        mp.load_corpus(mp.CorpusConfig(corpus_dir=root))
+        mp.load_corpus(mp.CorpusConfig(corpus_dir=root, splits=TRAIN_ONLY))
     assert "r19.wav" in str(info.value) and "r20.wav" not in str(info.value)
     assert "... and 5 more" in str(info.value)
 
@@ -214,7 +222,7 @@ def test_bad_audio_headers_are_skipped_with_reasons_or_raise(tmp_path):
     write_wav(audios / "short.wav", 399)
     write_wav(audios / "empty.wav", 0)
     (audios / "junk.wav").write_bytes(b"not a wav file at all")
-    corpus = mp.load_corpus(mp.CorpusConfig(corpus_dir=root))
+    corpus = mp.load_corpus(mp.CorpusConfig(corpus_dir=root, splits=TRAIN_ONLY))
     assert _keys(corpus.splits["train"]) == ["ok.wav"]
     assert {(s.key, s.reason) for s in corpus.skipped_audio} == {
         ("rate.wav", "wrong_sample_rate"),
@@ -223,11 +231,13 @@ def test_bad_audio_headers_are_skipped_with_reasons_or_raise(tmp_path):
         ("empty.wav", "empty"),
         ("junk.wav", "corrupt"),
     }
-    relaxed = mp.load_corpus(mp.CorpusConfig(corpus_dir=root, resample=True, channels="mean"))
+    relaxed = mp.load_corpus(
+        mp.CorpusConfig(corpus_dir=root, splits=TRAIN_ONLY, resample=True, channels="mean")
+    )
     assert _keys(relaxed.splits["train"]) == ["ok.wav", "rate.wav", "stereo.wav"]
     assert relaxed.splits["train"][1].duration == pytest.approx(0.2)
     with pytest.raises(mp.BadAudioError, match="5 bad audio file"):
-        mp.load_corpus(mp.CorpusConfig(corpus_dir=root, on_bad_audio="error"))
+        mp.load_corpus(mp.CorpusConfig(corpus_dir=root, splits=TRAIN_ONLY, on_bad_audio="error"))
 
 
 def test_duration_cache_is_used_and_refreshed_on_change(corpus_dir, tmp_path):
@@ -239,7 +249,9 @@ def test_duration_cache_is_used_and_refreshed_on_change(corpus_dir, tmp_path):
     # s5_d is now 0.1 s: test_b is still s5_d (a+b+c >= 200) but with its real duration.
     assert corpus.splits["test_b"][0].duration == pytest.approx(0.1)
     cached = json.loads((tmp_path / "cache.json").read_text())["files"]
-    assert cached["s5_d.wav"]["frames"] == 1600 and cached["s5_a.wav"]["frames"] == 90 * 16000
+    audios = (corpus_dir / "Audios").resolve()
+    assert cached[str(audios / "s5_d.wav")]["frames"] == 1600
+    assert cached[str(audios / "s5_a.wav")]["frames"] == 90 * 16000
     assert not list(corpus_dir.rglob("*.json"))  # nothing written inside the corpus
 
 
@@ -250,3 +262,135 @@ def test_config_validation(tmp_path):
         mp.CorpusConfig(corpus_dir=tmp_path, columns={"file": "FileName"})
     with pytest.raises(ValueError, match="test_a_seconds"):
         mp.CorpusConfig(corpus_dir=tmp_path, test_a_seconds=0)
+
+
+# ----------------------------------------------------------------------------- releases
+
+
+@pytest.fixture
+def releases(tmp_path):
+    return write_two_releases(tmp_path)
+
+
+def test_v16_and_v110_side_by_side_read_test_c_audio_from_the_newer_folder(releases, caplog):
+    config = mp.CorpusConfig(
+        corpus_dir=releases.old, new_corpus_dir=releases.new, test_a_seconds=0.1
+    )
+    with caplog.at_level(logging.INFO, logger="papt_jax.data.msp_podcast"):
+        corpus = mp.load_corpus(config)
+    # v1.6: misspelt labels file, dev split "Validation", Unknown dropped, Test2 unused.
+    assert _keys(corpus.splits["train"]) == [
+        "MSP-PODCAST_0001_0001.wav",
+        "MSP-PODCAST_0001_0002.wav",
+        "MSP-PODCAST_0002_0001.wav",
+    ]
+    assert _keys(corpus.splits["validation"]) == ["MSP-PODCAST_0003_0001.wav"]
+    assert _keys(corpus.splits["test_a"]) == [
+        "MSP-PODCAST_0004_0001.wav",
+        "MSP-PODCAST_0005_0001.wav",
+    ]
+    assert _keys(corpus.splits["test_b"]) == ["MSP-PODCAST_0004_0002.wav"]
+    assert corpus.speakers == ("1", "2", "3", "4", "5")
+    # test_c: v1.10 Test1 minus v1.6 test speaker 4, audio from v1.10's own Audios/.
+    test_c = corpus.splits["test_c"]
+    assert tuple(_keys(test_c)) == releases.test_c_keys
+    assert all(u.path.parent == (releases.new / "Audios").resolve() for u in test_c)
+    assert all(not (releases.old / "Audios" / k).exists() for k in releases.test_c_keys)
+    assert [u.speaker_index for u in test_c] == [-1, -1, -1]
+    assert [u.arousal for u in test_c] == [3.0, 2.0, 4.0]
+    # The v1.10 Train rows (empty labels, missing audio) were not validated, only counted.
+    assert "not validated" in caplog.text and "'Train': 6" in caplog.text
+    # Shared file names keep the main corpus's audio for the older splits.
+    assert corpus.splits["train"][0].path.parent == (releases.old / "Audios").resolve()
+
+
+def test_new_corpus_dir_labels_override_and_split_names(releases):
+    # v1.10 labels copied under another name inside the new release: relative to it.
+    custom = releases.new / "Labels" / "my_labels.csv"
+    custom.write_text((releases.new / "Labels" / "labels_consensus.csv").read_text())
+    config = mp.CorpusConfig(
+        corpus_dir=releases.old,
+        new_corpus_dir=releases.new,
+        new_labels_file="Labels/my_labels.csv",
+        test_c_splits=("Test1", "Test2"),
+        test_a_seconds=0.1,
+    )
+    corpus = mp.load_corpus(config)
+    # Speaker 6 was in v1.6's Test2, which is not the configured older test set (Test1).
+    assert _keys(corpus.splits["test_c"]) == [
+        "MSP-PODCAST_0006_0001.wav",
+        *releases.test_c_keys,
+        "MSP-PODCAST_0010_0001.wav",
+    ]
+
+
+def test_new_labels_file_inside_another_release_is_refused_with_a_hint(releases):
+    # The old README command: labels of v1.10, audio looked up in v1.6.
+    config = mp.CorpusConfig(
+        corpus_dir=releases.old,
+        new_labels_file=releases.new / "Labels" / "labels_consensus.csv",
+    )
+    with pytest.raises(mp.CorpusError, match="another release folder") as info:
+        mp.load_corpus(config)
+    assert info.value.hint.startswith(f"set data.new_corpus_dir={releases.new}")
+
+
+def test_split_name_matching_no_row_lists_the_names_present(releases):
+    config = mp.CorpusConfig(
+        corpus_dir=releases.new, splits={**mp.DEFAULT_SPLITS, "test": ("Test",)}
+    )
+    with pytest.raises(mp.CorpusError) as info:
+        mp.load_corpus(config)
+    labels = releases.new / "Labels" / "labels_consensus.csv"
+    assert info.value.message == (
+        f"data.test_splits='Test' matches no row of {labels}; "
+        "Split_Set values present: Development, Test1, Test2, Train"
+    )
+    config = mp.CorpusConfig(
+        corpus_dir=releases.old, new_corpus_dir=releases.new, test_c_splits=("Test3",)
+    )
+    with pytest.raises(mp.CorpusError, match="data.new_test_splits='Test3' matches no row"):
+        mp.load_corpus(config)
+    # Only one of a group's names has to occur ("Development" or "Validation").
+    assert mp.load_corpus(mp.CorpusConfig(corpus_dir=releases.old, test_a_seconds=0.1))
+
+
+def test_test3_rows_with_withheld_labels_are_ignored_unless_used(tmp_path):
+    release = write_release_with_test3(tmp_path)
+    corpus = mp.load_corpus(mp.CorpusConfig(corpus_dir=release, test_a_seconds=0.1))
+    assert _keys(corpus.splits["test_a"]) == ["c.wav"]
+    used = mp.CorpusConfig(
+        corpus_dir=release, splits={**mp.DEFAULT_SPLITS, "test": ("Test1", "Test3")}
+    )
+    with pytest.raises(mp.BadRowsError) as info:
+        mp.load_corpus(used)
+    assert {(r.key, r.reason) for r in info.value.bad_rows} == {
+        ("e.wav", "missing_value"),
+        ("f.wav", "missing_value"),
+    }
+    assert "labels withheld" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "absent", "does not exist"),
+        (lambda p: p / "empty", "is empty"),
+        (lambda p: (p / "file.txt", p.joinpath("file.txt").write_text("x"))[0], "not a folder"),
+        (lambda p: (p / "labels_only", write_labels(p / "labels_only" / "x.csv", []))[0], "Audios"),
+    ],
+)
+def test_unusable_corpus_folders_are_user_errors(tmp_path, make, message):
+    (tmp_path / "empty").mkdir()
+    path = make(tmp_path)
+    with pytest.raises(UserError, match=message) as info:
+        mp.load_corpus(mp.CorpusConfig(corpus_dir=path))
+    assert "data.corpus_dir" in info.value.message and str(path) in info.value.message
+    good = write_release_with_test3(tmp_path / "good")
+    with pytest.raises(UserError, match="data.new_corpus_dir"):
+        mp.load_corpus(mp.CorpusConfig(corpus_dir=good, new_corpus_dir=path))
+
+
+def test_reader_errors_are_user_errors_and_still_value_errors():
+    for cls in (mp.CorpusError, mp.BadRowsError, mp.BadAudioError):
+        assert issubclass(cls, UserError) and issubclass(cls, ValueError)

@@ -1,89 +1,38 @@
-"""Audio checks (papt_jax.data.audio) and the TFDS builder (papt_jax.data.prepare)."""
+"""The TFDS builder (papt_jax.data.prepare) and its command line."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile
+from absl import flags
 from fixtures.corpus_files import row, write_corpus, write_labels, write_wav
+from fixtures.msp_releases import write_two_releases
 
-from papt_jax.data import audio, prepare
 from papt_jax.data import msp_podcast as mp
+from papt_jax.data import prepare
 
-# ----------------------------------------------------------------------------- audio
-
-
-def test_read_audio_returns_the_int16_samples(tmp_path):
-    samples = write_wav(tmp_path / "a.wav", 1000)
-    out = audio.read_audio(tmp_path / "a.wav")
-    assert out.dtype == np.int16
-    np.testing.assert_array_equal(out, samples)
-    as_float = audio.read_audio(tmp_path / "a.wav", dtype="float32")
-    np.testing.assert_allclose(as_float, samples / 32768.0, rtol=0, atol=1e-7)
-
-
-@pytest.mark.parametrize(
-    ("make", "error"),
-    [
-        (lambda p: write_wav(p, 1600, rate=8000), audio.WrongSampleRate),
-        (lambda p: write_wav(p, 1600, channels=2), audio.MultiChannelAudio),
-        (lambda p: write_wav(p, 0), audio.EmptyAudio),
-        (lambda p: write_wav(p, 399), audio.TooShortAudio),
-        (lambda p: p.write_bytes(b"RIFF\x00\x00garbage"), audio.CorruptAudio),
-    ],
-)
-def test_each_audio_problem_raises_its_class(tmp_path, make, error):
-    path = tmp_path / "x.wav"
-    make(path)
-    with pytest.raises(error) as info:
-        audio.read_audio(path)
-    assert isinstance(info.value, audio.AudioError)
-    assert info.value.path == str(path) and str(path) in str(info.value)
-
-
-def test_missing_file_is_corrupt_audio(tmp_path):
-    with pytest.raises(audio.CorruptAudio):
-        audio.read_audio(tmp_path / "absent.wav")
-
-
-def test_channel_policies_and_resampling(tmp_path):
-    stereo = write_wav(tmp_path / "s.wav", 800, channels=2)
-    np.testing.assert_array_equal(
-        audio.read_audio(tmp_path / "s.wav", channels="first"), stereo[:, 0]
-    )
-    mean = audio.read_audio(tmp_path / "s.wav", channels="mean")
-    np.testing.assert_allclose(mean, stereo.mean(axis=1), atol=1.0)
-    # 8 kHz -> 16 kHz doubles the length; a 300-sample file becomes 600 (>= 400) and passes.
-    write_wav(tmp_path / "r.wav", 300, rate=8000)
-    up = audio.read_audio(tmp_path / "r.wav", resample=True)
-    assert up.dtype == np.int16 and up.shape == (600,)
-    write_wav(tmp_path / "tiny.wav", 150, rate=8000)
-    with pytest.raises(audio.TooShortAudio):
-        audio.read_audio(tmp_path / "tiny.wav", resample=True)
-    with pytest.raises(ValueError, match="channels"):
-        audio.read_audio(tmp_path / "s.wav", channels="left")
-
-
-def test_resampled_sine_keeps_its_frequency(tmp_path):
-    t = np.arange(22050) / 22050
-    soundfile.write(str(tmp_path / "sine.wav"), 0.5 * np.sin(2 * np.pi * 440 * t), 22050)
-    out = audio.read_audio(tmp_path / "sine.wav", resample=True, dtype="float32")
-    assert out.shape == (16000,)
-    peak = np.argmax(np.abs(np.fft.rfft(out)))  # 1 s of audio: bin index = Hz
-    assert peak == 440
-
+# A float wav at 0.6 of full scale, stored by the builder as int16 at that scale.
+FLOAT_TONE = 0.6 * np.sin(2 * np.pi * 300 * np.arange(3200) / 16000)
 
 # ----------------------------------------------------------------------------- builder
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """A corpus with two bad files and a new release, built once for the builder tests."""
+    """A corpus with bad files of each kind and a new release, built once for these tests."""
     tmp = tmp_path_factory.mktemp("prep")
     rows = [
         row("tr_a.wav", 1, "Train", act=2.5, val=5.5, dom=3.5, gender="Male"),
         row("tr_b.wav", 2, "Train"),
         row("tr_bad.wav", 2, "Train"),
+        row("tr_float.wav", 2, "Train"),
+        row("tr_nan.wav", 2, "Train"),
+        row("tr_silent.wav", 2, "Train"),
+        row("tr_loud.wav", 2, "Train"),
+        row("tr_cut.wav", 2, "Train"),
         row("dev_a.wav", 3, "Development"),
         row("te_a.wav", 4, "Test1"),
         row("te_b.wav", 4, "Test1"),
@@ -99,6 +48,13 @@ def built(tmp_path_factory):
     root = write_corpus(tmp / "corpus", rows, lengths)
     (root / "Audios" / "tr_bad.wav").write_bytes(b"garbage bytes, not audio")
     write_wav(root / "Audios" / "te_short.wav", 100)
+    audios = root / "Audios"
+    soundfile.write(str(audios / "tr_float.wav"), FLOAT_TONE, 16000, subtype="FLOAT")
+    soundfile.write(str(audios / "tr_nan.wav"), np.r_[FLOAT_TONE, np.nan], 16000, subtype="FLOAT")
+    soundfile.write(str(audios / "tr_silent.wav"), np.zeros(2000), 16000, subtype="PCM_16")
+    soundfile.write(str(audios / "tr_loud.wav"), 2 * FLOAT_TONE, 16000, subtype="FLOAT")
+    cut = (audios / "tr_cut.wav").read_bytes()
+    (audios / "tr_cut.wav").write_bytes(cut[: len(cut) - 1000])
     write_wav(root / "Audios" / "new_a.wav", 2000, seed=9)
     write_labels(
         root / "Labels_new" / "labels_consensus.csv",
@@ -120,7 +76,12 @@ def test_builder_writes_all_splits_and_side_files(built, capsys):
     assert {(s["key"], s["reason"]) for s in skipped} == {
         ("tr_bad.wav", "corrupt"),
         ("te_short.wav", "too_short"),
+        ("tr_cut.wav", "truncated"),
+        ("tr_nan.wav", "non_finite"),
+        ("tr_silent.wav", "silent"),
+        ("tr_loud.wav", "clipping"),
     }
+    assert all(s["detail"] and s["path"].endswith(s["key"]) for s in skipped)
     assert json.loads((out / "speakers.json").read_text()) == {"speakers": ["1", "2", "3", "4"]}
     index = json.loads((out / "index" / "test_a.json").read_text())
     assert index == {"keys": ["te_a.wav"], "num_samples": [16000]}
@@ -136,7 +97,11 @@ def test_records_match_the_corpus(built):
         prepare.DATASET_NAME, split="train", data_dir=str(data_dir), download=False
     )
     records = {r["key"].decode(): r for r in (train[i] for i in range(len(train)))}
-    assert sorted(records) == ["tr_a.wav", "tr_b.wav"]
+    assert sorted(records) == ["tr_a.wav", "tr_b.wav", "tr_float.wav"]
+    # Float audio at full 16-bit scale (peak ~0.6 * 32768), not cast to near-silence.
+    stored = records["tr_float.wav"]["audio"]
+    np.testing.assert_array_equal(stored, np.round(FLOAT_TONE.astype(np.float32) * 32768))
+    assert 19000 < np.abs(stored).max() < 20000
     rec = records["tr_a.wav"]
     expected = soundfile.read(str(config.corpus_dir / "Audios" / "tr_a.wav"), dtype="int16")[0]
     np.testing.assert_array_equal(rec["audio"], expected)
@@ -157,8 +122,25 @@ def test_records_match_the_corpus(built):
 def test_rebuild_reuses_or_refuses(built):
     config, data_dir, out = built
     assert prepare.prepare(config, data_dir) == out
-    with pytest.raises(ValueError, match="other options"):
+    with pytest.raises(prepare.PrepareError, match="differing: new_labels_file, test_a_seconds"):
         prepare.prepare(mp.CorpusConfig(corpus_dir=config.corpus_dir, test_a_seconds=5.0), data_dir)
+
+
+def _cli_flags(*args: str) -> flags.FlagValues:
+    """The CLI's flags parsed from `args`, in their own FlagValues (not the global one)."""
+    fv = flags.FlagValues()
+    prepare.define_flags(fv)
+    fv(["prepare", *args])
+    return fv
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "papt_jax.data.prepare", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_without_new_release_and_bad_audio_error(tmp_path, capsys):
@@ -170,30 +152,78 @@ def test_cli_without_new_release_and_bad_audio_error(tmp_path, capsys):
     ]
     root = write_corpus(tmp_path / "corpus", rows)
     write_wav(root / "Audios" / "d.wav", 1600, rate=22050)
-    prepare.main(
-        ["--corpus", str(root), "--out", str(tmp_path / "data"), "--test_a_seconds", "0.05"]
+    data = tmp_path / "data"
+    prepare.prepare_from_flags(
+        _cli_flags("--corpus_dir", str(root), "--out", str(data), "--test_a_seconds=0.05")
     )
     printed = capsys.readouterr().out
     assert "test_c not built" in printed
     assert "skipped 1 audio file(s) {'wrong_sample_rate': 1}" in printed
-    out = prepare.dataset_dir(tmp_path / "data")
+    out = prepare.dataset_dir(data)
     assert not list(out.glob("*test_c*")) and not list(out.glob("*test_b*"))
     with pytest.raises(mp.BadAudioError, match="wrong_sample_rate"):
-        prepare.main(
-            ["--corpus", str(root), "--out", str(tmp_path / "data2"), "--on_bad_audio", "error"]
+        prepare.prepare_from_flags(
+            _cli_flags("--corpus_dir", str(root), "--out", str(data) + "2", "--on_bad_audio=error")
         )
-    prepare.main(
-        [
-            "--corpus",
-            str(root),
-            "--out",
-            str(tmp_path / "data3"),
-            "--resample",
-            "--test_a_seconds",
-            "0.05",
-        ]
+    resampled = _cli_flags(
+        "--corpus_dir", str(root), "--out", str(data) + "3", "--resample", "--test_a_seconds=0.05"
     )
-    index = json.loads(
-        (prepare.dataset_dir(tmp_path / "data3") / "index" / "test_b.json").read_text()
-    )
+    prepare.prepare_from_flags(resampled)
+    index = json.loads((prepare.dataset_dir(str(data) + "3") / "index" / "test_b.json").read_text())
     assert index["keys"] == ["d.wav"] and index["num_samples"] == [1161]  # 1600 * 16000/22050
+
+
+def test_bad_audio_found_while_reading_is_a_bad_audio_error_under_error(tmp_path):
+    rows = [row("a.wav", 1, "Train"), row("b.wav", 2, "Development"), row("c.wav", 3, "Test1")]
+    root = write_corpus(tmp_path / "corpus", rows)
+    soundfile.write(str(root / "Audios" / "a.wav"), np.zeros(1600), 16000, subtype="FLOAT")
+    config = mp.CorpusConfig(corpus_dir=root, on_bad_audio="error")
+    with pytest.raises(mp.BadAudioError, match="a.wav: silent"):
+        prepare.prepare(config, tmp_path / "data")
+
+
+def test_two_release_folders_side_by_side(tmp_path):
+    releases = write_two_releases(tmp_path / "corpora")
+    data = tmp_path / "data"
+    out = prepare.prepare_from_flags(
+        _cli_flags(
+            f"--corpus_dir={releases.old}",
+            f"--new_corpus_dir={releases.new}",
+            f"--out={data}",
+            "--test_a_seconds=0.1",
+        )
+    )
+    index = json.loads((out / "index" / "test_c.json").read_text())
+    assert sorted(index["keys"]) == sorted(releases.test_c_keys)
+    import tensorflow_datasets as tfds
+
+    test_c = tfds.data_source(prepare.DATASET_NAME, split="test_c", data_dir=str(data))
+    for record in test_c:
+        key = record["key"].decode()
+        expected = soundfile.read(str(releases.new / "Audios" / key), dtype="int16")[0]
+        np.testing.assert_array_equal(record["audio"], expected)
+    built = json.loads((out / "build_config.json").read_text())
+    assert built["new_corpus_dir"] == str(releases.new.resolve())
+
+
+def test_cli_user_errors_print_one_line_and_exit_2(tmp_path):
+    releases = write_two_releases(tmp_path / "corpora")
+    cases = [
+        (["--corpus_dir", str(tmp_path / "nope"), "--out", str(tmp_path / "d1")], "does not exist"),
+        (
+            [f"--corpus_dir={releases.old}", f"--out={tmp_path / 'd2'}", "--test_splits=Test"],
+            "data.test_splits='Test' matches no row",
+        ),
+        (["--out", str(tmp_path / "d3")], "corpus_dir"),
+    ]
+    stderr = []
+    for args, expected in cases:
+        proc = _run_cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        # Progress logs may precede it; the error itself is one line (plus its hint).
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and expected in errors[0], proc.stderr
+        assert "Traceback" not in proc.stderr
+        stderr.append(proc.stderr)
+    assert "Split_Set values present: Test1, Test2, Train, Validation" in stderr[1]
+    assert "hint: set data.test_splits (--test_splits)" in stderr[1]

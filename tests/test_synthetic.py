@@ -8,14 +8,18 @@ import hashlib
 import json
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import scipy.signal
 import soundfile as sf
+from absl import flags
 
 from papt_jax import metrics
 from papt_jax.data import synthetic
+from papt_jax.errors import UserError
 
 SPLITS = {"Train", "Development", "Test1", "Test2"}
 
@@ -56,9 +60,17 @@ def truth(corpus):
 # --------------------------------------------------------------------------- determinism
 
 
+def _cli_flags(*args: str) -> flags.FlagValues:
+    """The CLI's flags parsed from `args`, in their own FlagValues (not the global one)."""
+    fv = flags.FlagValues()
+    synthetic.define_flags(fv)
+    fv(["synthetic", *args])
+    return fv
+
+
 def test_same_seed_is_byte_identical_and_cli_matches_library(corpus, tmp_path, capsys):
     out = tmp_path / "again"
-    assert synthetic.main(["--preset", "smoke", "--out", str(out), "--seed", "0"]) == 0
+    synthetic.generate_from_flags(_cli_flags("--preset", "smoke", "--out", str(out), "--seed=0"))
     assert "wrote" in capsys.readouterr().out
     assert _digest(out) == _digest(corpus)
 
@@ -233,7 +245,8 @@ def test_refuses_non_empty_dir_unless_overwrite(tmp_path):
     (out / "something").write_text("x")
     with pytest.raises(FileExistsError, match="overwrite"):
         synthetic.generate_corpus(out, "smoke")
-    assert synthetic.main(["--out", str(out)]) == 1
+    with pytest.raises(UserError, match="overwrite"):
+        synthetic.generate_from_flags(_cli_flags("--out", str(out)))
     tiny = dataclasses.replace(
         synthetic.PRESETS["smoke"],
         name="tiny",
@@ -246,6 +259,25 @@ def test_refuses_non_empty_dir_unless_overwrite(tmp_path):
     )
     synthetic.generate_corpus(out, tiny, overwrite=True)
     assert (out / "ground_truth.json").is_file() and (out / "something").is_file()
+
+
+def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "x").write_text("x")
+    for args, expected in (
+        (["--out", str(out)], "is not empty"),
+        (["--out", str(out), "--preset", "huge"], "preset"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "papt_jax.data.synthetic", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error: ") and expected in proc.stderr.splitlines()[0]
+        assert "Traceback" not in proc.stderr
 
 
 def test_bad_presets_raise():

@@ -3,26 +3,57 @@
 Every audio file that enters the dataset goes through `probe_audio` (header only, cheap) and
 `read_audio` (samples). Problems raise a named subclass of `AudioError` so callers can skip a
 file with a precise reason instead of crashing later inside a jitted step.
+
+Formats: anything libsndfile reads (wav with PCM_16/24/32, PCM_U8, FLOAT, DOUBLE, u-law,
+a-law; flac; ogg/vorbis; ...). Samples are always decoded as float32 by libsndfile, which
+divides integer subtypes by their full scale (2**15 for PCM_16, 2**23 for PCM_24, ...) and
+leaves float subtypes as stored, so every file arrives in [-1, 1] whatever its subtype, and
+`read_audio(..., dtype="int16")` stores it at full 16-bit scale (PCM_16 files bit-exactly).
+
+Checks and their `reason` tags (the skip report's vocabulary):
+
+    corrupt            libsndfile cannot parse the header or the samples
+    truncated          the header promises more sample data than the file holds
+    empty              no samples at all
+    wrong_sample_rate  rate differs from the expected one and resampling is off
+    multi_channel      more than one channel under the channel policy "error"
+    too_short          shorter than one HuBERT frame at the target rate
+    non_finite         NaN or infinite samples (float files)
+    clipping           float samples beyond [-1, 1] that would be clipped by int16 storage
+    silent             every sample is zero at 16-bit resolution
+
+Header checks (the first six) run when the corpus is read; the sample checks (truncated
+again, non_finite, clipping, silent) when the audio is read into the dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import soundfile
 
+from papt_jax.errors import UserError
+
 # One HuBERT frame needs 400 samples (25 ms at 16 kHz); shorter audio yields no frame at all.
 MIN_SAMPLES = 400
+# int16 storage rounds x * 32768: a peak up to half a step above 1.0 still maps to the
+# largest magnitude, so only larger peaks lose information.
+CLIP_LIMIT = 1.0 + 0.5 / 32768
+# A peak below half an int16 step stores as all zeros.
+SILENCE_LIMIT = 0.5 / 32768
+# RIFF sizes that writers use for "unknown length" (streamed output); not a truncation.
+_UNKNOWN_RIFF_SIZES = (0, 0xFFFFFFFF)
 
 ChannelPolicy = Literal["error", "mean", "first"]
 CHANNEL_POLICIES = ("error", "mean", "first")
 
 
-class AudioError(Exception):
+class AudioError(UserError):
     """Base class of every audio problem; `reason` is a short stable tag for reports."""
 
     reason = "audio_error"
@@ -30,7 +61,7 @@ class AudioError(Exception):
     def __init__(self, path: str | Path, detail: str):
         self.path = str(path)
         self.detail = detail
-        super().__init__(f"{self.path}: {detail}")
+        super().__init__(f"{self.path}: {detail} ({self.reason})")
 
 
 class WrongSampleRate(AudioError):
@@ -63,6 +94,30 @@ class CorruptAudio(AudioError):
     reason = "corrupt"
 
 
+class TruncatedAudio(AudioError):
+    """The header promises more sample data than the file holds (e.g. an interrupted copy)."""
+
+    reason = "truncated"
+
+
+class NonFiniteAudio(AudioError):
+    """Some samples are NaN or infinite."""
+
+    reason = "non_finite"
+
+
+class ClippedAudio(AudioError):
+    """Float samples exceed [-1, 1] by more than int16 rounding absorbs."""
+
+    reason = "clipping"
+
+
+class SilentAudio(AudioError):
+    """Every sample is zero at 16-bit resolution."""
+
+    reason = "silent"
+
+
 @dataclasses.dataclass(frozen=True)
 class AudioInfo:
     """Header facts of one audio file.
@@ -83,16 +138,55 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
+def _wav_data_shortfall(path: str | Path) -> tuple[int, int, int] | None:
+    """Walks the RIFF chunks of a wav file to compare its `data` chunk with the file size.
+
+    libsndfile silently shortens a wav whose `data` chunk runs past the end of the file, so
+    the header's promise has to be read here.
+
+    Returns:
+      (promised frames, present frames, bytes per frame) when the `data` chunk declares more
+      bytes than follow it, else None (also for non-RIFF files and unknown-length headers).
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align, pos = 0, 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            chunk_id, chunk_size = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if chunk_id == b"fmt ":
+                block_align = int.from_bytes(f.read(14)[12:14], "little")
+            elif chunk_id == b"data":
+                present = size - pos - 8
+                if chunk_size in _UNKNOWN_RIFF_SIZES or chunk_size <= present or not block_align:
+                    return None
+                return chunk_size // block_align, present // block_align, block_align
+            pos += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to even sizes
+    return None
+
+
 def probe_audio(path: str | Path) -> AudioInfo:
-    """Reads only the header of `path`.
+    """Reads only the header of `path` (and, for wav, the chunk sizes).
 
     Raises:
       CorruptAudio: the header cannot be parsed (or the file cannot be opened).
+      TruncatedAudio: a wav header promises more frames than the file holds.
     """
     try:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError, OSError) as err:
         raise CorruptAudio(path, f"cannot read header ({err})") from err
+    if info.format in ("WAV", "WAVEX"):
+        shortfall = _wav_data_shortfall(path)
+        if shortfall is not None:
+            promised, present, _ = shortfall
+            raise TruncatedAudio(
+                path, f"header promises {promised} frames, the file holds {present}"
+            )
     return AudioInfo(
         frames=int(info.frames), sample_rate=int(info.samplerate), channels=info.channels
     )
@@ -138,12 +232,30 @@ def _mix_down(samples: np.ndarray, channels: ChannelPolicy) -> np.ndarray:
         return samples
     if channels == "first":
         return samples[:, 0]
-    return samples.mean(axis=1)
+    return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
 
 
 def _to_int16(samples: np.ndarray) -> np.ndarray:
-    """Float samples in [-1, 1] -> int16 with clipping (resampling can overshoot slightly)."""
+    """Float samples in [-1, 1] -> int16 (resampling can overshoot slightly: clipped)."""
     return np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def _check_samples(samples: np.ndarray, path: str | Path) -> None:
+    """Sample-level checks on (frames,) float samples: non_finite, clipping, silent."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = int(samples.size - np.count_nonzero(finite))
+        raise NonFiniteAudio(path, f"{bad} of {samples.size} samples are NaN or infinite")
+    peak = float(np.max(np.abs(samples)))
+    if peak > CLIP_LIMIT:
+        over = int(np.count_nonzero(np.abs(samples) > CLIP_LIMIT))
+        raise ClippedAudio(
+            path,
+            f"peak {peak:.4g} exceeds 1.0 ({over} samples): float audio must lie in [-1, 1] "
+            "to be stored as 16-bit; rescale the file",
+        )
+    if peak < SILENCE_LIMIT:
+        raise SilentAudio(path, f"all {samples.size} samples are zero at 16-bit resolution")
 
 
 def read_audio(
@@ -153,16 +265,16 @@ def read_audio(
     channels: ChannelPolicy = "error",
     dtype: Literal["int16", "float32"] = "int16",
 ) -> np.ndarray:
-    """Reads a mono waveform at `expected_rate`.
+    """Reads a mono waveform at `expected_rate`, at full scale whatever the file's subtype.
 
     Args:
-      path: audio file (anything libsndfile reads; wav in practice).
+      path: audio file (anything libsndfile reads, see the module docstring).
       expected_rate: sample rate the result must have.
       resample: if True, other rates are converted with `scipy.signal.resample_poly`;
         if False they raise `WrongSampleRate`.
       channels: multi-channel policy: "error" raises `MultiChannelAudio`, "mean" averages the
         channels, "first" keeps channel 0.
-      dtype: "int16" (what the dataset stores) or "float32" in [-1, 1).
+      dtype: "int16" (what the dataset stores) or "float32" in [-1, 1].
 
     Returns:
       (samples,) array of `dtype`.
@@ -172,26 +284,25 @@ def read_audio(
     """
     info = probe_audio(path)
     check_audio_info(info, path, expected_rate, resample, channels)
-    plain = info.sample_rate == expected_rate and (info.channels == 1 or channels == "first")
     try:
-        # int16 files read as int16 are bit-exact; everything else goes through float.
-        samples = soundfile.read(str(path), dtype="int16" if plain else "float64", always_2d=False)[
-            0
-        ]
+        # float32 decoding scales integer subtypes to [-1, 1) and keeps float ones as stored;
+        # PCM_16 round-trips exactly (x / 32768 is exact in float32).
+        samples = soundfile.read(str(path), dtype="float32", always_2d=False)[0]
     except (soundfile.LibsndfileError, RuntimeError, OSError) as err:
         raise CorruptAudio(path, f"cannot read samples ({err})") from err
-    samples = _mix_down(samples, channels)
     if samples.shape[0] != info.frames:
-        raise CorruptAudio(path, f"header says {info.frames} frames, read {samples.shape[0]}")
+        raise TruncatedAudio(
+            path, f"header promises {info.frames} frames, {samples.shape[0]} could be read"
+        )
+    samples = _mix_down(samples, channels)
+    _check_samples(samples, path)
     if info.sample_rate != expected_rate:
         from scipy.signal import resample_poly  # deferred: scipy.signal is slow to import
 
         g = math.gcd(info.sample_rate, expected_rate)
-        samples = resample_poly(samples, expected_rate // g, info.sample_rate // g)
+        samples = resample_poly(
+            samples.astype(np.float64), expected_rate // g, info.sample_rate // g
+        ).astype(np.float32)
     if dtype == "float32":
-        if samples.dtype == np.int16:
-            return samples.astype(np.float32) / 32768.0
-        return samples.astype(np.float32)
-    if samples.dtype == np.int16:
         return samples
     return _to_int16(samples)

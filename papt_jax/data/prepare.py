@@ -2,14 +2,19 @@
 
 Usage:
 
-    python -m papt_jax.data.prepare --corpus CORPUS_DIR --out DATA_DIR \
-        [--new_labels Labels_new/labels_consensus.csv] [--test_a_seconds 200] \
+    python -m papt_jax.data.prepare --corpus_dir /data/MSP-Podcast-1.6 --out DATA_DIR \
+        [--new_corpus_dir /data/MSP-Podcast-1.10 | --new_labels_file Labels_new/labels.csv] \
+        [--test_splits Test1] [--new_test_splits Test1] [--test_a_seconds 200] \
         [--on_bad_audio skip|error] [--on_bad_rows error|skip] [--resample]
+
+The flags mirror the pipeline's `data.*` config keys; run with --help for all of them.
 
 The dataset lands in DATA_DIR/papt_msp_podcast/<VERSION>/ next to these files:
 
 * speakers.json: the speaker index (see `msp_podcast.build_speaker_index`).
-* skipped.json: audio files left out, each with its reason.
+* skipped.json: audio files left out, each with its reason tag (see `papt_jax.data.audio`:
+  corrupt, truncated, empty, wrong_sample_rate, multi_channel, too_short, non_finite,
+  clipping, silent).
 * index/<split>.json: key and number of samples of every record, in record order, so the
   pipeline can bucket by length without reading the audio.
 * build_config.json: the reader options the dataset was built with; building again into
@@ -19,30 +24,35 @@ The corpus directory reaches TFDS the standard way for manually downloaded data
 (`DownloadConfig(manual_dir=...)`); the other reader options travel as a builder keyword
 argument (`corpus_config`), so they need no registered BuilderConfig. Audio is stored as
 `tfds.features.Tensor(shape=(None,), dtype=int16)` because `tfds.features.Audio` needs
-TensorFlow.
+TensorFlow; `audio.read_audio` brings every subtype (integer or float) to full 16-bit scale.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
 import logging
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
 
+from papt_jax import cli
 from papt_jax.data import audio as audio_lib
 from papt_jax.data import msp_podcast
+from papt_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
 DATASET_NAME = "papt_msp_podcast"
 FILE_FORMAT = "array_record"
+
+
+class PrepareError(UserError, ValueError):
+    """The output directory holds a dataset that cannot be reused."""
 
 
 class PaptMspPodcast(tfds.core.GeneratorBasedBuilder):
@@ -54,8 +64,9 @@ class PaptMspPodcast(tfds.core.GeneratorBasedBuilder):
     MSP-Podcast is licence-gated: request it from the MSP lab (UT Dallas) and unpack it so that
     CORPUS/Audios/ holds the wav files and CORPUS/Labels/labels_consensus.csv (or
     labels_concensus.csv) the labels. Pass CORPUS as the manual directory:
-    `python -m papt_jax.data.prepare --corpus CORPUS --out DATA_DIR`. For test_c, add the newer
-    release's labels file with --new_labels (its audio must be in the same Audios/ folder).
+    `python -m papt_jax.data.prepare --corpus_dir CORPUS --out DATA_DIR`. For test_c, add the
+    newer release's folder with --new_corpus_dir (its own Audios/ and Labels/), or a newer
+    labels file inside the same tree with --new_labels_file (audio then from CORPUS/Audios/).
     The embedded synthetic corpus (papt_jax.data.synthetic) has the same layout.
     """
     # TFDS looks for a download-checksums file next to the builder's code via importlib
@@ -120,11 +131,10 @@ class PaptMspPodcast(tfds.core.GeneratorBasedBuilder):
                     utt.path, config.sample_rate, config.resample, config.channels
                 )
             except audio_lib.AudioError as err:
+                problem = msp_podcast.SkippedAudio(utt.key, str(utt.path), err.reason, err.detail)
                 if config.on_bad_audio == "error":
-                    raise
-                self.skipped.append(
-                    msp_podcast.SkippedAudio(utt.key, str(utt.path), err.reason, err.detail)
-                )
+                    raise msp_podcast.BadAudioError([problem]) from err
+                self.skipped.append(problem)
                 continue
             yield (
                 utt.key,
@@ -152,6 +162,8 @@ def _config_record(config: msp_podcast.CorpusConfig) -> dict:
     record = dataclasses.asdict(config)
     record.pop("duration_cache")
     record["corpus_dir"] = str(Path(config.corpus_dir).resolve())
+    if config.new_corpus_dir is not None:
+        record["new_corpus_dir"] = str(Path(config.new_corpus_dir).resolve())
     return json.loads(json.dumps(record, default=str))
 
 
@@ -196,7 +208,8 @@ def prepare(config: msp_podcast.CorpusConfig, data_dir: str | Path) -> Path:
       The dataset directory (DATA_DIR/papt_msp_podcast/<VERSION>).
 
     Raises:
-      ValueError: a dataset built with other reader options is already in `data_dir`.
+      PrepareError: a dataset built with other reader options is already in `data_dir`.
+      msp_podcast.CorpusError: the corpus cannot be read (see `msp_podcast.load_corpus`).
     """
     data_dir = Path(data_dir)
     out = dataset_dir(data_dir)
@@ -205,20 +218,24 @@ def prepare(config: msp_podcast.CorpusConfig, data_dir: str | Path) -> Path:
     record = _config_record(config)
     if (out / "dataset_info.json").is_file():
         if not (out / "build_config.json").is_file():
-            raise ValueError(f"{out} is an incomplete build (no build_config.json); delete it")
+            raise PrepareError(f"{out} is an incomplete build (no build_config.json); delete it")
         built = json.loads((out / "build_config.json").read_text())
         if built != record:
-            raise ValueError(
-                f"{out} was built with other options ({built}); use another --out or delete it"
+            changed = sorted(k for k in {*built, *record} if built.get(k) != record.get(k))
+            raise PrepareError(
+                f"{out} was built with other options (differing: {', '.join(changed)})",
+                hint="use another output directory, or delete this one to rebuild",
             )
         log.info("%s is already built", out)
         return out
+    # TFDS would refuse a missing or empty manual directory with its own AssertionError.
+    msp_podcast.check_release_dir(config.corpus_dir, "data.corpus_dir")
     builder = PaptMspPodcast(corpus_config=config, data_dir=str(data_dir), file_format=FILE_FORMAT)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(config.corpus_dir))
     )
     if "test_c" not in builder.corpus.splits:
-        print("no new-release labels file given: test_c not built")
+        print("no newer release given (new_corpus_dir / new_labels_file): test_c not built")
     msp_podcast.write_speakers(builder.corpus, out / "speakers.json")
     _write_skipped(builder.skipped, out)
     _write_index(builder, out)
@@ -228,42 +245,85 @@ def prepare(config: msp_podcast.CorpusConfig, data_dir: str | Path) -> Path:
     return out
 
 
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", required=True, type=Path, help="corpus directory")
-    parser.add_argument("--out", required=True, type=Path, help="TFDS data directory")
-    parser.add_argument("--labels", type=Path, help="labels CSV (default: auto-detect)")
-    parser.add_argument("--new_labels", type=Path, help="newer release's labels CSV (test_c)")
-    parser.add_argument(
-        "--test_c_splits", default="Test1", help="comma-separated new-release test split names"
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command-line flags (named like the pipeline's `data.*` config keys).
+
+    Called only when this module is the program, so importing it defines no flags.
+    """
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("corpus_dir", None, "Release folder with Audios/ and Labels/.", **fv)
+    flags.DEFINE_string("out", None, "TFDS data directory to build into.", **fv)
+    flags.DEFINE_string(
+        "labels_file", None, "Labels CSV (default: Labels/labels_c[o|e]nsensus.csv).", **fv
     )
-    parser.add_argument("--test_a_seconds", type=float, default=200.0)
-    parser.add_argument("--on_bad_audio", choices=("skip", "error"), default="skip")
-    parser.add_argument("--on_bad_rows", choices=("skip", "error"), default="error")
-    parser.add_argument("--resample", action="store_true", help="resample other rates to 16 kHz")
-    parser.add_argument("--channels", choices=audio_lib.CHANNEL_POLICIES, default="error")
-    parser.add_argument("--duration_cache", type=Path, help="default: OUT/duration_cache.json")
-    return parser.parse_args(argv)
+    flags.DEFINE_string(
+        "new_corpus_dir", None, "Newer release folder for test_c (its own Audios/, Labels/).", **fv
+    )
+    flags.DEFINE_string(
+        "new_labels_file",
+        None,
+        "Newer labels CSV for test_c: inside the corpus tree (audio from --corpus_dir), or with "
+        "--new_corpus_dir an override of the labels file found there.",
+        **fv,
+    )
+    flags.DEFINE_list("train_splits", ["Train"], "Split_Set values of train.", **fv)
+    flags.DEFINE_list(
+        "validation_splits", ["Development", "Validation"], "... of validation.", **fv
+    )
+    flags.DEFINE_list("test_splits", ["Test1"], "... of the test set (test_a/test_b).", **fv)
+    flags.DEFINE_list("new_test_splits", ["Test1"], "... of the newer release's test set.", **fv)
+    flags.DEFINE_float("test_a_seconds", 200.0, "Per-speaker seconds in test_a.", **fv)
+    flags.DEFINE_enum("on_bad_audio", "skip", ["skip", "error"], "Bad audio policy.", **fv)
+    flags.DEFINE_enum("on_bad_rows", "error", ["skip", "error"], "Bad CSV row policy.", **fv)
+    flags.DEFINE_bool("resample", False, "Resample other rates to 16 kHz.", **fv)
+    flags.DEFINE_enum(
+        "channels", "error", list(audio_lib.CHANNEL_POLICIES), "Multi-channel policy.", **fv
+    )
+    flags.DEFINE_string("duration_cache", None, "Default: OUT/duration_cache.json.", **fv)
+    flags.mark_flags_as_required(["corpus_dir", "out"], flag_values=flag_values)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = msp_podcast.CorpusConfig(
-        corpus_dir=args.corpus,
-        labels_file=args.labels,
-        new_labels_file=args.new_labels,
-        test_c_splits=tuple(s for s in args.test_c_splits.split(",") if s),
-        test_a_seconds=args.test_a_seconds,
-        on_bad_rows=args.on_bad_rows,
-        on_bad_audio=args.on_bad_audio,
-        resample=args.resample,
-        channels=args.channels,
-        duration_cache=args.duration_cache,
+def config_from_flags(fv: flags.FlagValues) -> msp_podcast.CorpusConfig:
+    """The `CorpusConfig` the flags describe (flags as defined by `define_flags`)."""
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    return msp_podcast.CorpusConfig(
+        corpus_dir=Path(fv.corpus_dir),
+        labels_file=path(fv.labels_file),
+        new_corpus_dir=path(fv.new_corpus_dir),
+        new_labels_file=path(fv.new_labels_file),
+        splits={
+            "train": tuple(fv.train_splits),
+            "validation": tuple(fv.validation_splits),
+            "test": tuple(fv.test_splits),
+        },
+        test_c_splits=tuple(fv.new_test_splits),
+        test_a_seconds=fv.test_a_seconds,
+        on_bad_rows=fv.on_bad_rows,
+        on_bad_audio=fv.on_bad_audio,
+        resample=fv.resample,
+        channels=fv.channels,
+        duration_cache=path(fv.duration_cache),
     )
-    out = prepare(config, args.out)
+
+
+def prepare_from_flags(fv: flags.FlagValues) -> Path:
+    """Builds the dataset the flags (from `define_flags`) describe; returns its directory."""
+    out = prepare(config_from_flags(fv), fv.out)
     print(f"dataset written to {out}")
+    return out
+
+
+def main(argv: Sequence[str]) -> None:
+    """Entry point under `papt_jax.cli.run` (flags already parsed into `flags.FLAGS`)."""
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}", "run with --help")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    prepare_from_flags(flags.FLAGS)
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

@@ -33,12 +33,10 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import pathlib
 import shutil
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +44,10 @@ import numpy as np
 import scipy.signal
 import soundfile as sf
 import tqdm
+from absl import flags
+
+from papt_jax import cli
+from papt_jax.errors import UserError
 
 SAMPLE_RATE = 16_000
 CSV_COLUMNS = (
@@ -979,29 +981,43 @@ def generate_corpus(
     return out_dir
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m papt_jax.data.synthetic",
-        description="Generate the synthetic MSP-Podcast-layout corpus.",
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
-    parser.add_argument("--out", required=True, type=pathlib.Path, help="corpus directory")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    args = parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines the command-line flags; called only when this module is the program."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_enum("preset", "smoke", sorted(PRESETS), "Corpus size preset.", **fv)
+    flags.DEFINE_string("out", None, "Corpus directory to write.", **fv)
+    flags.DEFINE_integer("seed", 0, "Random seed (same seed: byte-identical corpus).", **fv)
+    flags.DEFINE_bool("overwrite", False, "Replace the corpus in a non-empty --out.", **fv)
+    flags.mark_flag_as_required("out", flag_values=flag_values)
+
+
+def generate_from_flags(fv: flags.FlagValues) -> pathlib.Path:
+    """Generates the corpus the flags (from `define_flags`) describe and prints a summary.
+
+    Raises:
+      UserError: --out is a file, or a non-empty directory without --overwrite.
+    """
+    out_dir = pathlib.Path(fv.out)
     try:
-        out = generate_corpus(args.out, args.preset, args.seed, args.overwrite, progress=True)
-    except FileExistsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        out = generate_corpus(out_dir, fv.preset, fv.seed, fv.overwrite, progress=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise UserError(str(err), hint="choose a new --out, or pass --overwrite") from err
     truth = json.loads((out / "ground_truth.json").read_text())
     total_s = sum(u["duration_s"] for u in truth["utterances"].values())
     print(
         f"wrote {len(truth['utterances'])} utterances ({total_s / 60.0:.1f} min) to {out}; "
         f"suggested test_a_seconds = {truth['test_a_seconds']}"
     )
-    return 0
+    return out
+
+
+def main(argv: Sequence[str]) -> None:
+    """Entry point under `papt_jax.cli.run` (flags already parsed into `flags.FLAGS`)."""
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}", "run with --help")
+    generate_from_flags(flags.FLAGS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    cli.run(main)
