@@ -394,3 +394,12 @@ def test_unusable_corpus_folders_are_user_errors(tmp_path, make, message):
 def test_reader_errors_are_user_errors_and_still_value_errors():
     for cls in (mp.CorpusError, mp.BadRowsError, mp.BadAudioError):
         assert issubclass(cls, UserError) and issubclass(cls, ValueError)
+
+
+def test_rows_without_split_name_are_reported_not_validated(tmp_path, caplog):
+    rows = [row("a.wav", 1, "Train"), row("b.wav", 2, "", act="")]
+    root = write_corpus(tmp_path / "c", rows)
+    with caplog.at_level(logging.INFO, logger="papt_jax.data.msp_podcast"):
+        corpus = mp.load_corpus(mp.CorpusConfig(corpus_dir=root, splits=TRAIN_ONLY))
+    assert _keys(corpus.splits["train"]) == ["a.wav"]
+    assert "1 row(s) have no Split_Set value" in caplog.text

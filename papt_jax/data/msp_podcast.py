@@ -454,6 +454,8 @@ def select_rows(
             labels_file,
             dict(sorted(unused.items())),
         )
+    if unused["<empty>"]:
+        log.warning("%s: %d row(s) have no Split_Set value", labels_file, unused["<empty>"])
     if unknown:
         log.info("%s: dropped %d utterance(s) of speaker %r", labels_file, unknown, UNKNOWN_SPEAKER)
     return kept
@@ -473,7 +475,7 @@ def _parse_label(value: str) -> float | None:
 def _check_row(line: int, raw: Mapping[str, str], audio_dir: Path) -> _Row | BadRow:
     """Validates one row's values (file existence is checked separately)."""
     key = raw["file"]
-    for name in ("file", "speaker", "split"):
+    for name in ("file", "speaker"):
         if not raw[name]:
             return BadRow(line, key, "missing_value", f"empty {name!r}")
     labels = {}

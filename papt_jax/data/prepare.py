@@ -162,7 +162,10 @@ def _config_record(config: msp_podcast.CorpusConfig) -> dict:
     record = dataclasses.asdict(config)
     record.pop("duration_cache")
     record["corpus_dir"] = str(Path(config.corpus_dir).resolve())
-    if config.new_corpus_dir is not None:
+    if config.new_corpus_dir is None:
+        # Absent rather than null, so datasets built before the option existed still match.
+        record.pop("new_corpus_dir")
+    else:
         record["new_corpus_dir"] = str(Path(config.new_corpus_dir).resolve())
     return json.loads(json.dumps(record, default=str))
 
