@@ -171,17 +171,18 @@ def _config_record(config: msp_podcast.CorpusConfig) -> dict:
 
 
 def _write_index(builder: PaptMspPodcast, out: Path) -> None:
-    """index/<split>.json: keys and lengths in record order (one pass over the records)."""
+    """index/<split>.json: keys, lengths and speaker ids in record order (one pass)."""
     (out / "index").mkdir(exist_ok=True)
     for split in builder.info.splits:
         source = builder.as_data_source(split)
-        keys, lengths = [], []
+        keys, lengths, speakers = [], [], []
         for i in range(len(source)):
             record = source[i]
             keys.append(record["key"].decode())
             lengths.append(int(record["num_samples"]))
+            speakers.append(record["speaker"].decode())
         (out / "index" / f"{split}.json").write_text(
-            json.dumps({"keys": keys, "num_samples": lengths})
+            json.dumps({"keys": keys, "num_samples": lengths, "speakers": speakers})
         )
 
 
