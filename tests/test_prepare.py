@@ -84,7 +84,7 @@ def test_builder_writes_all_splits_and_side_files(built, capsys):
     assert all(s["detail"] and s["path"].endswith(s["key"]) for s in skipped)
     assert json.loads((out / "speakers.json").read_text()) == {"speakers": ["1", "2", "3", "4"]}
     index = json.loads((out / "index" / "test_a.json").read_text())
-    assert index == {"keys": ["te_a.wav"], "num_samples": [16000]}
+    assert index == {"keys": ["te_a.wav"], "num_samples": [16000], "speakers": ["4"]}
     assert (data_dir / "duration_cache.json").is_file()
     assert not (config.corpus_dir / "duration_cache.json").exists()
 
