@@ -27,7 +27,7 @@ from papt_jax.convert import (
     params_to_torch,
     save_converted,
 )
-from papt_jax.convert.torch_io import parse_conv_feature_layers
+from papt_jax.convert.fairseq import parse_conv_feature_layers
 from papt_jax.models import PRESETS
 
 TINY = dict(
@@ -396,10 +396,10 @@ def test_full_unpickling_needs_the_opt_in(base_hf, tmp_path):
 
 def test_unsupported_fairseq_architecture_is_named(base_hf, tmp_path):
     hf, _ = base_hf
-    cfg = {**_fairseq_model_cfg("base"), "activation_fn": "relu", "untie_final_proj": True}
+    cfg = {**_fairseq_model_cfg("base"), "activation_fn": "relu", "target_glu": True}
     pt = tmp_path / "relu.pt"
     torch.save({"cfg": {"model": cfg}, "model": _fairseq_state_dict(hf, "base")}, pt)
-    with pytest.raises(ValueError, match="activation_fn='relu'.*untie_final_proj=True"):
+    with pytest.raises(ValueError, match="activation_fn='relu'.*target_glu=True"):
         load_pytorch_checkpoint(pt)
 
 
@@ -509,7 +509,7 @@ def test_cli_converts_and_exports(fairseq_pt, tmp_path):
 
 def test_presets_convert_from_their_hf_configs():
     # The HF config the exporter writes describes the same architecture again.
-    from papt_jax.models import from_hf_config, to_hf_config
+    from papt_jax.convert.hf_config import from_hf_config, to_hf_config
 
     for name in ("base", "large"):
         preset = PRESETS[name]

@@ -1,8 +1,10 @@
 """PyTorch (Hugging Face, fairseq) <-> Flax conversion of HuBERT checkpoints.
 
-The mapping lives in `papt_jax.convert.mapping` (one table plus rename layers),
-safe file reading in `papt_jax.convert.torch_io`, and the entry points below in
-`papt_jax.convert.api`. CLI: `python -m papt_jax.convert --help`.
+The mapping lives in `papt_jax.convert.mapping` (one table plus rename layers), safe
+pickle reading in `papt_jax.convert.safe_unpickle`, file formats in
+`papt_jax.convert.torch_io`, fairseq's checkpoint layout and config in
+`papt_jax.convert.fairseq`, Hugging Face configs in `papt_jax.convert.hf_config`, and
+the entry points below in `papt_jax.convert.api`. CLI: `python -m papt_jax.convert --help`.
 """
 
 from papt_jax.convert.api import (
@@ -16,19 +18,23 @@ from papt_jax.convert.api import (
     params_to_torch,
     save_converted,
 )
-from papt_jax.convert.mapping import ConversionError
-from papt_jax.convert.torch_io import (
+from papt_jax.convert.errors import (
     CheckpointFormatError,
+    CheckpointNotFoundError,
     ConfigInferenceError,
+    ConversionError,
+    OutputExistsError,
     UnsafePickleError,
     UnsafePickleWarning,
 )
 
 __all__ = [
     "CheckpointFormatError",
+    "CheckpointNotFoundError",
     "ConfigInferenceError",
     "ConversionError",
     "ConvertedCheckpoint",
+    "OutputExistsError",
     "UnsafePickleError",
     "UnsafePickleWarning",
     "abstract_params",

@@ -3,54 +3,54 @@
 python -m papt_jax.convert --source /ckpt/hubert_large_ll60k.pt --out /ckpt/flax_large
 python -m papt_jax.convert --source /ckpt/hubert-base-ls960 --out /ckpt/flax_base
 python -m papt_jax.convert --source model.safetensors --preset base --out /ckpt/flax_base
-python -m papt_jax.convert --to-hf --source /ckpt/flax_large --out /ckpt/hf_large
+python -m papt_jax.convert --to_hf --source /ckpt/flax_large --out /ckpt/hf_large
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import sys
 
-from papt_jax.convert import api
+from absl import flags
+
+from papt_jax import cli
+from papt_jax.errors import UserError
+from papt_jax.models.config import PRESETS
+
+_SOURCE = flags.DEFINE_string(
+    "source",
+    None,
+    "PyTorch checkpoint: a Hugging Face directory (possibly sharded), a .safetensors/.bin/"
+    ".pt file, or a fairseq .pt (pre-training or fine-tuned); with --to_hf, a directory "
+    "this tool wrote.",
+    required=True,
+)
+_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
+_PRESET = flags.DEFINE_enum(
+    "preset",
+    None,
+    sorted(PRESETS),
+    "Architecture for a bare state dict without a config (ignored when the checkpoint "
+    "carries its own config).",
+)
+_ALLOW_UNSAFE_PICKLE = flags.DEFINE_bool(
+    "allow_unsafe_pickle",
+    False,
+    "Fully unpickle a file that names classes outside the safe list. This runs code from "
+    "the file: trusted files only. Published fairseq and Hugging Face checkpoints do not "
+    "need it.",
+)
+_TO_HF = flags.DEFINE_bool(
+    "to_hf", False, "Export a converted Flax directory (--source) as a Hugging Face directory."
+)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace a non-empty output directory (one this tool wrote)."
+)
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m papt_jax.convert",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n" + "\n".join(__doc__.split("\n")[2:]),
-    )
-    parser.add_argument(
-        "--source",
-        required=True,
-        help="PyTorch checkpoint (HF dir, .safetensors/.bin/.pt, fairseq .pt); "
-        "with --to-hf, a directory written by this tool",
-    )
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument(
-        "--allow-unsafe-pickle",
-        action="store_true",
-        help="fully unpickle files the safe loader refuses (runs code from the file: "
-        "trusted files only)",
-    )
-    parser.add_argument(
-        "--preset",
-        choices=["base", "large"],
-        help="architecture for a bare state dict without a config",
-    )
-    parser.add_argument(
-        "--to-hf", action="store_true", help="export a converted Flax dir as a HF directory"
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace an existing converted directory"
-    )
-    return parser.parse_args(argv)
+def _summary(ckpt, out: str, action: str) -> str:
+    from papt_jax.convert import api
 
-
-def _summary(ckpt: api.ConvertedCheckpoint, out: str, action: str) -> str:
     config = ckpt.config
     lines = [
         f"{action}: {out}",
@@ -64,30 +64,34 @@ def _summary(ckpt: api.ConvertedCheckpoint, out: str, action: str) -> str:
             f"head: final_dim={head.final_dim} label rows={head.num_label_rows} "
             f"(offset {head.label_offset}, {api.count_params(ckpt.head_params):,} params)"
         )
+    lines.extend(f"note: {note}" for note in ckpt.notes)
     lines.append("config:")
     lines.extend(f"  {key} = {value}" for key, value in dataclasses.asdict(config).items())
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    # Our own steps at INFO; Orbax/absl chatter only when it is a warning.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}", hint="run with --help")
+    # Our own steps at INFO; other libraries only when they warn.
     logging.getLogger("papt_jax").setLevel(logging.INFO)
-    if args.to_hf:
-        ckpt = api.load_converted(args.source)
-        api.export_hf(ckpt.config, ckpt.params, args.out)
+    from papt_jax.convert import api  # Imports JAX: after the flags are known to be fine.
+
+    api.check_output_dir(_OUT.value, overwrite=_OVERWRITE.value, converted=not _TO_HF.value)
+    if _TO_HF.value:
+        ckpt = api.load_converted(_SOURCE.value)
+        api.export_hf(ckpt.config, ckpt.params, _OUT.value)
         if ckpt.head_params is not None:
             print("note: the pre-training head has no place in a HF HubertModel; not exported")
-        print(_summary(ckpt, args.out, "wrote Hugging Face directory"))
+        print(_summary(ckpt, _OUT.value, "wrote Hugging Face directory"))
         return 0
     ckpt = api.load_pytorch_checkpoint(
-        args.source, allow_unsafe_pickle=args.allow_unsafe_pickle, preset=args.preset
+        _SOURCE.value, allow_unsafe_pickle=_ALLOW_UNSAFE_PICKLE.value, preset=_PRESET.value
     )
-    api.save_converted(ckpt, args.out, overwrite=args.overwrite)
-    print(_summary(ckpt, args.out, "wrote converted Flax checkpoint"))
+    api.save_converted(ckpt, _OUT.value, overwrite=_OVERWRITE.value)
+    print(_summary(ckpt, _OUT.value, "wrote converted Flax checkpoint"))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -26,15 +26,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from papt_jax.convert import mapping, torch_io
-from papt_jax.models.config import HubertConfig, to_hf_config
+from papt_jax.convert import fairseq, mapping, torch_io
+from papt_jax.convert.errors import (
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    OutputExistsError,
+)
+from papt_jax.convert.hf_config import hf_config, saves_mask_embedding, to_hf_config
+from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHead, PretrainHeadConfig
 from papt_jax.models.hubert import HubertModel
 
 logger = logging.getLogger(__name__)
 
 # fairseq's dictionary puts 4 special symbols (<s>, <pad>, </s>, <unk>) before the labels.
-FAIRSEQ_LABEL_OFFSET = 4
+FAIRSEQ_LABEL_OFFSET = fairseq.DEFAULT_LABEL_OFFSET
 WEIGHT_NORM_STYLES = ("parametrizations", "legacy")
 
 _PARAMS_DIR = "params"
@@ -56,7 +62,9 @@ class ConvertedCheckpoint:
       head_config: fairseq's masked-prediction head, if the source had one.
       head_params: `PretrainHead` parameters, if the source had them.
       source_format: how the source was stored ('hf_safetensors', 'hf_bin',
-        'safetensors', 'state_dict', 'fairseq').
+        'safetensors', 'state_dict', 'fairseq', 'fairseq_finetuned').
+      notes: what the conversion dropped, initialised or assumed (also logged, and
+        stored in `conversion.json`).
     """
 
     config: HubertConfig
@@ -64,6 +72,7 @@ class ConvertedCheckpoint:
     head_config: PretrainHeadConfig | None
     head_params: Params | None
     source_format: str
+    notes: tuple[str, ...] = ()
 
 
 def count_params(params: Params) -> int:
@@ -110,8 +119,9 @@ def _build_config(
     state_dict: Mapping[str, np.ndarray],
     preset: str | None,
     overrides: dict[str, Any],
-) -> tuple[HubertConfig, int | None]:
-    """The encoder config (and fairseq's head width) from what the checkpoint carries."""
+    context: str,
+) -> HubertConfig:
+    """The encoder config from what the checkpoint carries (or its shapes and a preset)."""
     overrides = dict(overrides)
     if torch_io.SPEAKER_KEY in state_dict:
         overrides.setdefault("num_speakers", int(state_dict[torch_io.SPEAKER_KEY].shape[0]))
@@ -121,11 +131,14 @@ def _build_config(
     if has_config and preset is not None:
         logger.info("ignoring preset %r: the checkpoint carries its own config", preset)
     if raw.fairseq_model_cfg is not None:
-        config, final_dim = torch_io.fairseq_config(raw.fairseq_model_cfg, raw.fairseq_task_cfg)
-        return config.replace(**overrides), final_dim
+        config = fairseq.fairseq_config(raw.fairseq_model_cfg, raw.fairseq_task_cfg, context)
+        try:
+            return config.replace(**overrides)
+        except (TypeError, ValueError) as err:
+            raise CheckpointFormatError(f"config overrides {overrides}: {err}") from err
     if raw.hf_config is not None:
-        return torch_io.hf_config(raw.hf_config, raw.preprocessor, overrides), None
-    return torch_io.infer_config(state_dict, preset, overrides), None
+        return hf_config(raw.hf_config, raw.preprocessor, overrides)
+    return torch_io.infer_config(state_dict, preset, overrides)
 
 
 def _add_fresh_speaker_table(
@@ -143,31 +156,73 @@ def _add_fresh_speaker_table(
         state_dict[torch_io.SPEAKER_KEY] = np.zeros(shape, np.float32)
 
 
+# Seed of the mask embedding created for HF models saved without one.
+MASK_EMBEDDING_SEED = 0
+
+
+def _add_missing_mask_embedding(
+    raw: torch_io.RawCheckpoint, state_dict: dict[str, np.ndarray], hidden_size: int
+) -> str | None:
+    """Creates `masked_spec_embed` where transformers never saved one; returns a note.
+
+    transformers' `HubertModel` has the parameter only when `mask_time_prob` or
+    `mask_feature_prob` is positive. With both 0 nothing is saved; it is created here
+    as transformers creates it (uniform in [0, 1)), from a fixed seed. It only
+    matters if the model is trained with masking.
+    """
+    if "masked_spec_embed" in state_dict or raw.hf_config is None:
+        return None
+    if saves_mask_embedding(raw.hf_config):
+        return None  # It should be there: left to the key check, which reports it missing.
+    rng = np.random.default_rng(MASK_EMBEDDING_SEED)
+    state_dict["masked_spec_embed"] = rng.uniform(0.0, 1.0, hidden_size).astype(np.float32)
+    return (
+        "masked_spec_embed is not in the checkpoint (saved with mask_time_prob=0 and "
+        "mask_feature_prob=0): initialised uniform in [0, 1) as transformers does "
+        f"(seed {MASK_EMBEDDING_SEED}); it only matters when training with masking"
+    )
+
+
 def _convert_head(
-    head_state: dict[str, np.ndarray], final_dim: int | None, hidden_size: int, context: str
-) -> tuple[PretrainHeadConfig | None, Params | None]:
-    """fairseq's head; `final_dim` None (no config): read off `final_proj`, as fairseq would."""
+    head_state: dict[str, np.ndarray],
+    facts: fairseq.HeadFacts | None,
+    hidden_size: int,
+    context: str,
+) -> tuple[PretrainHeadConfig | None, Params | None, list[str]]:
+    """fairseq's pre-training head, checked against its config: (config, params, notes)."""
     if "label_embs_concat" not in head_state:
-        if head_state:
-            logger.warning(
-                "%s: dropping %d head parameters %s: no label_embs_concat (a fine-tuning "
-                "checkpoint has no label embeddings)",
-                context,
-                len(head_state),
-                sorted(head_state),
-            )
-        return None, None
-    if final_dim is None:
-        proj = head_state.get("final_proj.weight")
-        final_dim = hidden_size if proj is None else int(proj.shape[0])
+        if not head_state:
+            return None, None, []
+        note = (
+            f"dropped {sorted(head_state)}: without label_embs_concat they are no usable "
+            "pre-training head"
+        )
+        return None, None, [note]
+    facts = facts or fairseq.HeadFacts()
+    rows, width = head_state["label_embs_concat"].shape
+    final_dim = facts.final_dim if facts.final_dim is not None else int(width)
+    proj = head_state.get("final_proj.weight")
+    if proj is not None and proj.shape[0] != final_dim:
+        sets = proj.shape[0] / final_dim
+        raise CheckpointFormatError(
+            f"{context}: final_proj has {proj.shape[0]} outputs, {sets:g} x final_dim "
+            f"{final_dim} (untie_final_proj with several label sets): only one label set is "
+            "supported"
+        )
+    if facts.num_label_rows is not None and facts.num_label_rows != rows:
+        raise CheckpointFormatError(
+            f"{context}: label_embs_concat has {rows} rows but the label dictionary has "
+            f"{facts.num_label_rows} symbols"
+        )
     head_config = PretrainHeadConfig(
         final_dim=final_dim,
-        num_label_rows=int(head_state["label_embs_concat"].shape[0]),
-        label_offset=FAIRSEQ_LABEL_OFFSET,
+        num_label_rows=int(rows),
+        label_offset=facts.label_offset,
+        logit_temp=facts.logit_temp,
     )
     expected = abstract_head_params(head_config, hidden_size)
     flat = mapping.torch_to_flax(head_state, expected, mapping.HEAD_RULES, f"{context}, head")
-    return head_config, _to_tree(flat)
+    return head_config, _to_tree(flat), []
 
 
 def load_pytorch_checkpoint(
@@ -180,9 +235,10 @@ def load_pytorch_checkpoint(
     """Converts a PyTorch HuBERT checkpoint (HF directory or file, fairseq .pt) to Flax.
 
     Args:
-      path: a HF directory, a `.safetensors`/`.bin`/`.pt` file, or a fairseq `.pt`.
+      path: a HF directory (possibly sharded), a `.safetensors`/`.bin`/`.pt` file, or
+        a fairseq `.pt` (pre-training, or fine-tuned: its encoder is converted).
       allow_unsafe_pickle: permit full unpickling of files that hold objects outside
-        the safe allow-list (runs code from the file; only for trusted files).
+        the safe list (runs code from the file; only for trusted files).
       preset: 'base'/'large'/...: fills what a bare state dict does not determine
         (ignored when the checkpoint carries a config).
       **config_overrides: `HubertConfig` fields that replace the checkpoint's, e.g.
@@ -191,31 +247,41 @@ def load_pytorch_checkpoint(
 
     Returns:
       The converted checkpoint, with fairseq's `final_proj`/`label_embs_concat` as
-      `head_params` when present.
+      `head_params` when present, and notes on whatever was dropped or created.
 
     Raises:
-      mapping.ConversionError: missing, unexpected or mis-shaped parameters (all listed).
-      torch_io.UnsafePickleError, torch_io.CheckpointFormatError,
-      torch_io.ConfigInferenceError, ValueError (unsupported architecture).
+      papt_jax.errors.UserError subclasses: CheckpointNotFoundError,
+      CheckpointFormatError (unsupported layout or variant), UnsafePickleError,
+      ConfigInferenceError, ConversionError (missing, unexpected or mis-shaped keys).
     """
     context = str(path)
     raw = torch_io.read_checkpoint(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    notes = list(raw.notes)
     head_state: dict[str, np.ndarray] = {}
     state_dict = raw.state_dict
-    if raw.source_format == "fairseq":
+    if raw.source_format.startswith("fairseq"):
         state_dict, head_state = _split_fairseq(state_dict)
     state_dict = mapping.normalize_hf_keys(state_dict)
-    config, final_dim = _build_config(raw, state_dict, preset, config_overrides)
+    config = _build_config(raw, state_dict, preset, config_overrides, context)
+    mask_note = _add_missing_mask_embedding(raw, state_dict, config.hidden_size)
+    if mask_note is not None:
+        logger.info("%s: %s", context, mask_note)
+        notes.append(mask_note)
     expected = abstract_params(config)
     _add_fresh_speaker_table(state_dict, expected)
     flat = mapping.torch_to_flax(state_dict, expected, mapping.HF_RULES, context)
-    head_config, head_params = _convert_head(head_state, final_dim, config.hidden_size, context)
+    head_config, head_params, head_notes = _convert_head(
+        head_state, raw.fairseq_head, config.hidden_size, context
+    )
+    for note in head_notes:
+        logger.warning("%s: %s", context, note)
     return ConvertedCheckpoint(
         config=config,
         params=_to_tree(flat),
         head_config=head_config,
         head_params=head_params,
         source_format=raw.source_format,
+        notes=tuple(notes + head_notes),
     )
 
 
@@ -315,24 +381,59 @@ def export_hf(
     return out
 
 
+def is_converted_dir(path: str | Path) -> bool:
+    """Whether `path` looks like a directory `save_converted` wrote."""
+    path = Path(path)
+    return (path / _CONFIG_JSON).is_file() and (path / _PARAMS_DIR).is_dir()
+
+
+def check_output_dir(out_dir: str | Path, *, overwrite: bool, converted: bool = True) -> None:
+    """Fails early when `out_dir` may not be written.
+
+    Args:
+      out_dir: the output directory.
+      overwrite: whether replacing an existing output was asked for.
+      converted: the output is a converted checkpoint (replacing one deletes the
+        directory first, so only a directory that looks like one may be replaced).
+
+    Raises:
+      OutputExistsError: `out_dir` is a file, or is not empty and `overwrite` is
+        False, or (for `converted`) is not a converted checkpoint.
+    """
+    out = Path(out_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output {out} is a file, not a directory")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise OutputExistsError(
+            f"output directory {out} is not empty",
+            hint="pass overwrite=True (command line: --overwrite) to replace it",
+        )
+    if converted and not is_converted_dir(out):
+        raise OutputExistsError(
+            f"{out} does not look like a converted checkpoint (no config.json and params/): "
+            "not replaced",
+            hint="choose an empty or new output directory",
+        )
+
+
 def save_converted(ckpt: ConvertedCheckpoint, out_dir: str | Path, *, overwrite: bool = False):
     """Stores a converted checkpoint: Orbax params (+ head) and JSON configs.
 
     Layout: `params/` (Orbax), `head/` (Orbax, if any), `config.json`
-    (`HubertConfig.to_json`), `head_config.json` (if any), `conversion.json`.
+    (`HubertConfig.to_json`), `head_config.json` (if any), `conversion.json`
+    (source format and the conversion notes).
 
     Raises:
-      FileExistsError: `out_dir` is not empty and `overwrite` is False, or it does
+      OutputExistsError: `out_dir` is not empty and `overwrite` is False, or it does
         not look like a converted checkpoint (never deletes anything else).
     """
     import orbax.checkpoint as ocp
 
     out = Path(out_dir).absolute()
+    check_output_dir(out, overwrite=overwrite)
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty (pass overwrite=True to replace it)")
-        if not (out / _CONFIG_JSON).is_file() or not (out / _PARAMS_DIR).is_dir():
-            raise FileExistsError(f"{out} does not look like a converted checkpoint: not touched")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
@@ -344,7 +445,8 @@ def save_converted(ckpt: ConvertedCheckpoint, out_dir: str | Path, *, overwrite:
     if ckpt.head_config is not None:
         head_json = json.dumps(dataclasses.asdict(ckpt.head_config), indent=2, sort_keys=True)
         (out / _HEAD_CONFIG_JSON).write_text(head_json)
-    (out / _CONVERSION_JSON).write_text(json.dumps({"source_format": ckpt.source_format}))
+    conversion = {"source_format": ckpt.source_format, "notes": list(ckpt.notes)}
+    (out / _CONVERSION_JSON).write_text(json.dumps(conversion, indent=2))
     return out
 
 
@@ -352,14 +454,18 @@ def load_converted(out_dir: str | Path) -> ConvertedCheckpoint:
     """Reads what `save_converted` wrote, checking the params against the config.
 
     Raises:
-      FileNotFoundError: not a converted checkpoint directory.
-      mapping.ConversionError: params that do not fit the stored config.
+      CheckpointNotFoundError: not a converted checkpoint directory.
+      ConversionError: params that do not fit the stored config.
     """
     import orbax.checkpoint as ocp
 
     out = Path(out_dir).absolute()
-    if not (out / _CONFIG_JSON).is_file() or not (out / _PARAMS_DIR).is_dir():
-        raise FileNotFoundError(f"{out} is not a converted checkpoint (no config.json/params)")
+    if not is_converted_dir(out):
+        raise CheckpointNotFoundError(
+            f"{out} is not a converted checkpoint (no config.json and params/)",
+            hint="convert a PyTorch checkpoint first: python -m papt_jax.convert "
+            "--source ... --out ...",
+        )
     config = HubertConfig.from_dict(json.loads((out / _CONFIG_JSON).read_text()))
     checkpointer = ocp.StandardCheckpointer()
     flat = _to_flat_numpy(checkpointer.restore(out / _PARAMS_DIR))
@@ -371,7 +477,14 @@ def load_converted(out_dir: str | Path) -> ConvertedCheckpoint:
         expected = abstract_head_params(head_config, config.hidden_size)
         mapping.check_params(head_flat, expected, str(out / _HEAD_DIR))
         head_params = _to_tree(head_flat)
-    source_format = "unknown"
+    conversion = {}
     if (out / _CONVERSION_JSON).is_file():
-        source_format = json.loads((out / _CONVERSION_JSON).read_text())["source_format"]
-    return ConvertedCheckpoint(config, _to_tree(flat), head_config, head_params, source_format)
+        conversion = json.loads((out / _CONVERSION_JSON).read_text())
+    return ConvertedCheckpoint(
+        config,
+        _to_tree(flat),
+        head_config,
+        head_params,
+        conversion.get("source_format", "unknown"),
+        tuple(conversion.get("notes", ())),
+    )

@@ -22,36 +22,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from papt_jax.convert.errors import ConversionError
+
 logger = logging.getLogger(__name__)
-
-
-class ConversionError(ValueError):
-    """Parameters do not fit the model: lists every missing, unexpected or mis-shaped key."""
-
-    def __init__(
-        self,
-        missing: Iterable[str] = (),
-        unexpected: Iterable[str] = (),
-        mismatched: Iterable[str] = (),
-        context: str = "",
-    ):
-        self.missing = sorted(missing)
-        self.unexpected = sorted(unexpected)
-        self.mismatched = sorted(mismatched)
-        lines = [f"checkpoint does not match the model{f' ({context})' if context else ''}:"]
-        for title, items in (
-            ("missing", self.missing),
-            ("unexpected", self.unexpected),
-            ("mis-shaped", self.mismatched),
-        ):
-            if items:
-                lines.append(f"  {len(items)} {title}:")
-                lines.extend(f"    {item}" for item in items)
-        super().__init__("\n".join(lines))
 
 
 @dataclasses.dataclass(frozen=True)

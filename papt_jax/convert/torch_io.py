@@ -1,62 +1,48 @@
-"""Reading PyTorch HuBERT checkpoints safely, and their configurations.
+"""Reading PyTorch HuBERT checkpoints safely, and inferring a config from their shapes.
 
 Formats, detected from the path:
 
 * a Hugging Face directory: `config.json` plus `model.safetensors` (preferred) or
-  `pytorch_model.bin`, optionally `preprocessor_config.json` (waveform
+  `pytorch_model.bin`, either possibly sharded (`model.safetensors.index.json`,
+  `pytorch_model.bin.index.json`), optionally `preprocessor_config.json` (waveform
   normalisation) and `speaker_embedding.safetensors` (written by `export_hf`);
 * a `.safetensors` file or a pickled PyTorch state dict (`.bin`, `.pt`, `.pth`);
-* a fairseq HuBERT checkpoint (`.pt` with `model` plus `cfg` or `args`).
+* a fairseq HuBERT checkpoint (`.pt` with `model` plus `cfg` or `args`), pre-training
+  or fine-tuned (see `papt_jax.convert.fairseq`).
 
-Pickles are read with `torch.load(weights_only=True)`. fairseq stores its config
-as an `argparse.Namespace` (old) or a dict that may hold them (new), which the
-safe unpickler refuses by default: those classes (and omegaconf's containers, when
-omegaconf is installed) are allow-listed. Anything else needs the explicit
-`allow_unsafe_pickle=True` opt-in, because full unpickling runs code from the file.
+Pickles are read by `papt_jax.convert.safe_unpickle`: tensors and the harmless classes
+fairseq files hold, nothing else, unless `allow_unsafe_pickle=True`.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
 import json
 import logging
-import pickle
-import typing
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from papt_jax.models.config import HubertConfig, from_hf_config, get_preset
+from papt_jax.convert import fairseq
+from papt_jax.convert.errors import (
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    ConfigInferenceError,
+)
+from papt_jax.convert.safe_unpickle import load_pickle
+from papt_jax.models.config import HubertConfig, get_preset
 
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_NAME = "model.safetensors"
 TORCH_BIN_NAME = "pytorch_model.bin"
+INDEX_SUFFIX = ".index.json"
 CONFIG_NAME = "config.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 SPEAKER_NAME = "speaker_embedding.safetensors"
 SPEAKER_KEY = "speaker_embedding.weight"
-
-
-class CheckpointFormatError(ValueError):
-    """The path is not a checkpoint format this converter reads."""
-
-
-class UnsafePickleError(RuntimeError):
-    """The pickle holds objects outside the allow-list and no opt-in was given."""
-
-
-class UnsafePickleWarning(UserWarning):
-    """Emitted when a checkpoint is fully unpickled under `allow_unsafe_pickle=True`."""
-
-
-class ConfigInferenceError(ValueError):
-    """The checkpoint does not determine the architecture and no preset/overrides fill it."""
 
 
 @dataclasses.dataclass
@@ -64,13 +50,17 @@ class RawCheckpoint:
     """A checkpoint as read from disk, before any renaming.
 
     Attributes:
-      state_dict: key -> float32 (or integer) NumPy array, in the source's naming.
-      source_format: 'hf_safetensors', 'hf_bin', 'safetensors', 'state_dict' or 'fairseq'.
+      state_dict: key -> float32 (or integer) NumPy array, in the source's naming
+        (fairseq: the HuBERT model's keys, a fine-tuned model's prefix stripped).
+      source_format: 'hf_safetensors', 'hf_bin', 'safetensors', 'state_dict',
+        'fairseq' or 'fairseq_finetuned'.
       hf_config: the HF `config.json` dict, if any.
       preprocessor: the HF `preprocessor_config.json` dict, if any.
       fairseq_model_cfg: fairseq model config as a dict (fairseq only).
       fairseq_task_cfg: fairseq task config as a dict (fairseq only).
+      fairseq_head: what the fairseq config says about the pre-training head.
       speaker_fusion: from the metadata of `speaker_embedding.safetensors`, if any.
+      notes: what reading dropped or assumed, for the log and `conversion.json`.
     """
 
     state_dict: dict[str, np.ndarray]
@@ -79,15 +69,17 @@ class RawCheckpoint:
     preprocessor: dict[str, Any] | None = None
     fairseq_model_cfg: dict[str, Any] | None = None
     fairseq_task_cfg: dict[str, Any] | None = None
+    fairseq_head: fairseq.HeadFacts | None = None
     speaker_fusion: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def _import_torch():
     try:
         import torch
     except ImportError as err:  # pragma: no cover - torch is in requirements.txt
-        raise ImportError(
-            "reading PyTorch checkpoints needs torch: pip install 'papt_jax[convert]'"
+        raise CheckpointFormatError(
+            "reading PyTorch checkpoints needs torch", hint="pip install torch"
         ) from err
     return torch
 
@@ -103,6 +95,10 @@ def tensor_to_numpy(tensor) -> np.ndarray:
 
 def _state_dict_to_numpy(state_dict: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
     torch = _import_torch()
+    if not isinstance(state_dict, Mapping):
+        raise CheckpointFormatError(
+            f"{where}: expected a state dict of tensors, got {type(state_dict).__name__}"
+        )
     out, skipped = {}, []
     for key, value in state_dict.items():
         if isinstance(value, torch.Tensor):
@@ -114,140 +110,98 @@ def _state_dict_to_numpy(state_dict: Mapping[str, Any], where: str) -> dict[str,
     return out
 
 
-def _safe_globals() -> list[Any]:
-    """Classes fairseq checkpoints hold in their configs, which are safe to rebuild."""
-    allowed: list[Any] = [argparse.Namespace]
-    try:
-        import omegaconf
-        from omegaconf import base, nodes
-    except ImportError:
-        return allowed
-    # Untested here (omegaconf is not a dependency): the classes a pickled DictConfig names.
-    allowed += [
-        typing.Any,
-        omegaconf.DictConfig,
-        omegaconf.ListConfig,
-        base.ContainerMetadata,
-        base.Metadata,
-        nodes.AnyNode,
-        nodes.StringNode,
-        nodes.IntegerNode,
-        nodes.FloatNode,
-        nodes.BooleanNode,
-    ]
-    return allowed
-
-
-def load_pickle(path: str | Path, *, allow_unsafe_pickle: bool = False) -> Any:
-    """Loads a pickled PyTorch object, safely unless explicitly told otherwise.
-
-    Tries `torch.load(weights_only=True)`, then again with the fairseq config
-    classes allow-listed, and only then, if `allow_unsafe_pickle`, a full unpickle
-    with a loud warning.
-
-    Raises:
-      UnsafePickleError: the file needs full unpickling and no opt-in was given.
-    """
-    torch = _import_torch()
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass
-    try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()
-        detail = next((line for line in reason if "GLOBAL" in line or "Unsupported" in line), "")
-        if not allow_unsafe_pickle:
-            raise UnsafePickleError(
-                f"{path} holds Python objects outside the safe allow-list "
-                f"({detail.strip() or 'see torch.load'}). Loading it needs full unpickling, "
-                "which can run arbitrary code from the file. If you trust its source, pass "
-                "allow_unsafe_pickle=True (CLI: --allow-unsafe-pickle)."
-            ) from err
-    message = (
-        f"UNSAFE: fully unpickling {path} (allow_unsafe_pickle=True). This runs any code "
-        "the file contains; only do this for checkpoints from a source you trust."
-    )
-    logger.warning(message)
-    warnings.warn(message, UnsafePickleWarning, stacklevel=2)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except ModuleNotFoundError as err:
-        raise CheckpointFormatError(
-            f"{path} refers to module {err.name!r}, which is not installed; fairseq configs "
-            "saved as omegaconf objects need `pip install omegaconf`"
-        ) from err
-
-
-def _as_dict(cfg: Any) -> dict[str, Any] | None:
-    """A fairseq config section (dict, Namespace or DictConfig) as a plain dict."""
-    if cfg is None:
-        return None
-    if isinstance(cfg, argparse.Namespace):
-        return dict(vars(cfg))
-    if isinstance(cfg, Mapping):
-        return {key: cfg[key] for key in cfg}
-    raise CheckpointFormatError(f"cannot read a fairseq config of type {type(cfg).__name__}")
-
-
-def _is_fairseq(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and "model" in obj and ("cfg" in obj or "args" in obj)
-
-
 def _read_fairseq(obj: Mapping[str, Any], path: Path) -> RawCheckpoint:
-    model_cfg = task_cfg = None
-    cfg = obj.get("cfg")
-    if cfg is not None:
-        cfg = _as_dict(cfg)
-        model_cfg = _as_dict(cfg.get("model"))
-        task_cfg = _as_dict(cfg.get("task"))
-    if model_cfg is None and obj.get("args") is not None:
-        # Old checkpoints: one Namespace holds model and task options alike.
-        model_cfg = task_cfg = _as_dict(obj["args"])
+    state_dict = _state_dict_to_numpy(obj["model"], f"{path} ('model')")
+    parts = fairseq.split_checkpoint(obj, state_dict, str(path))
+    for note in parts.notes:
+        logger.info("%s: %s", path, note)
     return RawCheckpoint(
-        state_dict=_state_dict_to_numpy(obj["model"], str(path)),
-        source_format="fairseq",
-        fairseq_model_cfg=model_cfg,
-        fairseq_task_cfg=task_cfg,
+        state_dict=parts.state_dict,
+        source_format="fairseq_finetuned" if parts.finetuned else "fairseq",
+        fairseq_model_cfg=parts.model_cfg,
+        fairseq_task_cfg=parts.task_cfg,
+        fairseq_head=parts.head,
+        notes=list(parts.notes),
     )
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        return {key: tensor_to_numpy(f.get_tensor(key)) for key in f.keys()}, metadata  # noqa: SIM118
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            return {key: tensor_to_numpy(f.get_tensor(key)) for key in f.keys()}, metadata  # noqa: SIM118
+    except SafetensorError as err:
+        raise CheckpointFormatError(f"{path} is not a readable safetensors file: {err}") from err
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointFormatError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise CheckpointFormatError(f"{path} must hold a JSON object")
+    return value
+
+
+def _read_weights_file(path: Path, allow_unsafe_pickle: bool) -> dict[str, np.ndarray]:
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)[0]
+    obj = load_pickle(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    return _state_dict_to_numpy(obj, str(path))
+
+
+def _read_sharded(index_file: Path, allow_unsafe_pickle: bool) -> dict[str, np.ndarray]:
+    """Reads every shard an HF `*.index.json` names, checking them against its weight map."""
+    index = _read_json(index_file) or {}
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointFormatError(f"{index_file} has no 'weight_map'")
+    state_dict: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_file.parent / shard
+        if not shard_path.is_file():
+            raise CheckpointNotFoundError(f"{index_file} names shard {shard}, which is missing")
+        tensors = _read_weights_file(shard_path, allow_unsafe_pickle)
+        listed = {key for key, name in weight_map.items() if name == shard}
+        if set(tensors) != listed:
+            absent, extra = sorted(listed - set(tensors)), sorted(set(tensors) - listed)
+            raise CheckpointFormatError(
+                f"{shard_path} does not match {index_file.name}: "
+                f"listed but absent {absent[:5]}, present but not listed {extra[:5]}"
+            )
+        state_dict.update(tensors)
+    return state_dict
+
+
+def _read_hf_weights(directory: Path, allow_unsafe_pickle: bool) -> tuple[dict, str, list[str]]:
+    """(state dict, source format, notes) from the weights files of a HF directory."""
+    for name, source_format in ((SAFETENSORS_NAME, "hf_safetensors"), (TORCH_BIN_NAME, "hf_bin")):
+        if (directory / name).is_file():
+            return _read_weights_file(directory / name, allow_unsafe_pickle), source_format, []
+        index_file = directory / f"{name}{INDEX_SUFFIX}"
+        if index_file.is_file():
+            state_dict = _read_sharded(index_file, allow_unsafe_pickle)
+            return state_dict, source_format, [f"read the shards listed in {index_file.name}"]
+    raise CheckpointFormatError(
+        f"{directory} holds no {SAFETENSORS_NAME}, {TORCH_BIN_NAME} or their sharded "
+        f"{INDEX_SUFFIX} index: not a Hugging Face model directory",
+        hint="pass the folder that from_pretrained would load, or a checkpoint file",
+    )
 
 
 def _read_hf_dir(directory: Path, allow_unsafe_pickle: bool) -> RawCheckpoint:
-    if (directory / f"{SAFETENSORS_NAME}.index.json").exists() or (
-        directory / f"{TORCH_BIN_NAME}.index.json"
-    ).exists():
-        raise CheckpointFormatError(f"{directory}: sharded checkpoints are not supported")
-    if (directory / SAFETENSORS_NAME).is_file():
-        state_dict, _ = _read_safetensors(directory / SAFETENSORS_NAME)
-        source_format = "hf_safetensors"
-    elif (directory / TORCH_BIN_NAME).is_file():
-        obj = load_pickle(directory / TORCH_BIN_NAME, allow_unsafe_pickle=allow_unsafe_pickle)
-        state_dict = _state_dict_to_numpy(obj, str(directory / TORCH_BIN_NAME))
-        source_format = "hf_bin"
-    else:
-        raise CheckpointFormatError(
-            f"{directory} holds neither {SAFETENSORS_NAME} nor {TORCH_BIN_NAME}"
-        )
+    state_dict, source_format, notes = _read_hf_weights(directory, allow_unsafe_pickle)
     raw = RawCheckpoint(
         state_dict=state_dict,
         source_format=source_format,
         hf_config=_read_json(directory / CONFIG_NAME),
         preprocessor=_read_json(directory / PREPROCESSOR_NAME),
+        notes=notes,
     )
     if (directory / SPEAKER_NAME).is_file():
         speaker, metadata = _read_safetensors(directory / SPEAKER_NAME)
@@ -265,22 +219,24 @@ def read_checkpoint(path: str | Path, *, allow_unsafe_pickle: bool = False) -> R
     """Reads any supported checkpoint into NumPy arrays plus whatever config it carries.
 
     Raises:
-      FileNotFoundError: no such path.
-      CheckpointFormatError: an unsupported layout.
-      UnsafePickleError: see `load_pickle`.
+      CheckpointNotFoundError: no such path.
+      CheckpointFormatError: an unsupported layout or variant.
+      UnsafePickleError: see `safe_unpickle.load_pickle`.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise CheckpointNotFoundError(f"no checkpoint at {path}")
     if path.is_file() and path.name in (SAFETENSORS_NAME, TORCH_BIN_NAME):
         path = path.parent  # Read the config beside it too.
+    if path.is_file() and path.name.endswith(INDEX_SUFFIX):
+        path = path.parent
     if path.is_dir():
         return _read_hf_dir(path, allow_unsafe_pickle)
     if path.suffix == ".safetensors":
         state_dict, _ = _read_safetensors(path)
         return RawCheckpoint(state_dict=state_dict, source_format="safetensors")
     obj = load_pickle(path, allow_unsafe_pickle=allow_unsafe_pickle)
-    if _is_fairseq(obj):
+    if fairseq.is_fairseq(obj):
         return _read_fairseq(obj, path)
     torch = _import_torch()
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -293,128 +249,7 @@ def read_checkpoint(path: str | Path, *, allow_unsafe_pickle: bool = False) -> R
 
 
 # ---------------------------------------------------------------------------------------
-# Configurations.
-
-
-def parse_conv_feature_layers(spec: str) -> list[tuple[int, int, int]]:
-    """Parses fairseq's `conv_feature_layers` string without `eval`.
-
-    Accepts list literals of (dim, kernel, stride) int tuples combined with `+` and
-    `* int`, e.g. "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2".
-
-    Raises:
-      ValueError: for anything else (names, calls, attributes...).
-    """
-    try:
-        tree = ast.parse(spec, mode="eval")
-    except SyntaxError as err:
-        raise ValueError(f"conv_feature_layers is not a Python expression: {spec!r}") from err
-
-    def evaluate(node: ast.AST) -> Any:
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        if isinstance(node, ast.List | ast.Tuple):
-            items = [evaluate(item) for item in node.elts]
-            return items if isinstance(node, ast.List) else tuple(items)
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-            left, right = evaluate(node.left), evaluate(node.right)
-            if isinstance(left, list) and isinstance(right, list):
-                return left + right
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
-            left, right = evaluate(node.left), evaluate(node.right)
-            if isinstance(left, list) and type(right) is int:
-                return left * right
-        raise ValueError(f"unsupported element {ast.dump(node)} in conv_feature_layers {spec!r}")
-
-    layers = evaluate(tree.body)
-    if not isinstance(layers, list) or not all(
-        isinstance(layer, tuple) and len(layer) == 3 and all(type(v) is int for v in layer)
-        for layer in layers
-    ):
-        raise ValueError(f"conv_feature_layers must be a list of (dim, kernel, stride): {spec!r}")
-    return layers
-
-
-# fairseq HubertConfig defaults, used when an (old) config omits a field.
-_FAIRSEQ_DEFAULTS = {
-    "encoder_layers": 12,
-    "encoder_embed_dim": 768,
-    "encoder_ffn_embed_dim": 3072,
-    "encoder_attention_heads": 12,
-    "extractor_mode": "default",
-    "layer_norm_first": False,
-    "conv_feature_layers": "[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
-    "conv_bias": False,
-    "conv_pos": 128,
-    "conv_pos_groups": 16,
-    "dropout": 0.1,
-    "attention_dropout": 0.1,
-    "activation_dropout": 0.0,
-    "dropout_input": 0.0,
-    "final_dim": 0,
-}
-
-# Options of fairseq HuBERT whose other values this port does not implement.
-_FAIRSEQ_SUPPORTED = {
-    "activation_fn": ("gelu",),
-    "layer_type": ("transformer",),
-    "conv_pos_batch_norm": (False,),
-    "pos_conv_depth": (1,),
-    "untie_final_proj": (False,),
-    "target_glu": (False,),
-}
-
-
-def fairseq_config(
-    model_cfg: Mapping[str, Any], task_cfg: Mapping[str, Any] | None
-) -> tuple[HubertConfig, int]:
-    """Translates a fairseq HuBERT config into a `HubertConfig` and the head's final_dim.
-
-    Raises:
-      ValueError: for architectures this port does not implement, naming each option.
-    """
-    unsupported = [
-        f"{key}={model_cfg[key]!r} (supported: {allowed})"
-        for key, allowed in _FAIRSEQ_SUPPORTED.items()
-        if key in model_cfg and model_cfg[key] not in allowed
-    ]
-    if unsupported:
-        raise ValueError("unsupported fairseq HuBERT architecture: " + "; ".join(unsupported))
-    cfg = {key: model_cfg.get(key, default) for key, default in _FAIRSEQ_DEFAULTS.items()}
-    if cfg["extractor_mode"] not in ("default", "layer_norm"):
-        raise ValueError(f"unknown fairseq extractor_mode {cfg['extractor_mode']!r}")
-    layers = parse_conv_feature_layers(cfg["conv_feature_layers"])
-    config = HubertConfig(
-        hidden_size=int(cfg["encoder_embed_dim"]),
-        num_hidden_layers=int(cfg["encoder_layers"]),
-        num_attention_heads=int(cfg["encoder_attention_heads"]),
-        intermediate_size=int(cfg["encoder_ffn_embed_dim"]),
-        conv_dim=tuple(dim for dim, _, _ in layers),
-        conv_kernel=tuple(kernel for _, kernel, _ in layers),
-        conv_stride=tuple(stride for _, _, stride in layers),
-        conv_bias=bool(cfg["conv_bias"]),
-        feat_extract_norm="group" if cfg["extractor_mode"] == "default" else "layer",
-        do_stable_layer_norm=bool(cfg["layer_norm_first"]),
-        num_conv_pos_embeddings=int(cfg["conv_pos"]),
-        num_conv_pos_embedding_groups=int(cfg["conv_pos_groups"]),
-        hidden_dropout=float(cfg["dropout"]),
-        attention_dropout=float(cfg["attention_dropout"]),
-        activation_dropout=float(cfg["activation_dropout"]),
-        feat_proj_dropout=float(cfg["dropout_input"]),
-        normalize_waveform=bool((task_cfg or {}).get("normalize", False)),
-    )
-    final_dim = int(cfg["final_dim"]) if int(cfg["final_dim"]) > 0 else config.hidden_size
-    return config, final_dim
-
-
-def hf_config(
-    hf: Mapping[str, Any], preprocessor: Mapping[str, Any] | None, overrides: Mapping[str, Any]
-) -> HubertConfig:
-    """`from_hf_config`, taking waveform normalisation from the feature extractor config."""
-    values = dict(overrides)
-    if preprocessor is not None and "do_normalize" in preprocessor:
-        values.setdefault("normalize_waveform", bool(preprocessor["do_normalize"]))
-    return from_hf_config(hf, **values)
+# Configurations of checkpoints without one.
 
 
 # Fields a HF-named state dict cannot determine from shapes alone.
