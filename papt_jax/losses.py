@@ -50,3 +50,29 @@ def masked_prediction_loss(
 def ccc_loss(predictions: jax.Array, labels: jax.Array, weights: jax.Array | None = None):
     """1 - CCC over the batch (the paper's fine-tuning loss); weights mask padding rows."""
     return 1.0 - ccc_jnp(predictions, labels, weights)
+
+
+def weighted_ccc_loss(
+    predictions: jax.Array, labels: jax.Array, example_mask: jax.Array, sample_weights: jax.Array
+):
+    """1 - CCC of the weighted batch (B2's up-weighting of adaptation-set utterances).
+
+    Means, variances and the covariance are weighted averages, so an utterance of weight 2
+    counts as two copies of it; padding rows (`example_mask` False) weigh 0. A common
+    factor on all weights leaves the loss unchanged.
+
+    Args:
+      predictions: (batch,) float.
+      labels: (batch,) float.
+      example_mask: (batch,) bool, real rows.
+      sample_weights: (batch,) float >= 0.
+
+    Returns:
+      () float32 loss.
+    """
+    mask = example_mask.astype(jnp.float32)
+    weights = mask * sample_weights.astype(jnp.float32)
+    # Rescale to sum to the number of real rows: `ccc_jnp` floors the weight total at 1,
+    # which would otherwise break the scale invariance for small weights.
+    weights = weights * (mask.sum() / jnp.maximum(weights.sum(), 1e-12))
+    return 1.0 - ccc_jnp(predictions, labels, weights)
