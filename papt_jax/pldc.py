@@ -300,3 +300,130 @@ def pldc(
         num_test,
         num_train,
     )
+
+
+# --- Diagnostics: how much PLDC could gain, and whether retrieval finds it -----------------
+
+
+def pldc_oracle(
+    preds, test_speaker, test_labels, num_test_speakers: int | None = None
+) -> dict[str, jax.Array]:
+    """PLDC with each test speaker's OWN label mean and std: an oracle that uses test labels.
+
+    Not a method (a deployed system never sees these labels): it shows how much calibration
+    could gain at most when retrieval were perfect. Same guard as `calibrate`.
+
+    Args:
+      preds: (N,) predictions of the test utterances.
+      test_speaker: (N,) int, test speaker index of each prediction, in [0, St).
+      test_labels: (N,) the test labels (the oracle's knowledge).
+      num_test_speakers: St; default max(test_speaker) + 1.
+
+    Returns:
+      {mode: (N,) calibrated predictions} for every mode in `MODES`.
+    """
+    preds = jnp.asarray(preds)
+    test_speaker = jnp.asarray(test_speaker)
+    test_labels = jnp.asarray(test_labels)
+    if preds.ndim != 1 or preds.shape != test_speaker.shape or preds.shape != test_labels.shape:
+        raise ValueError(
+            f"preds, test_speaker and test_labels must be (N,) each, got {preds.shape}, "
+            f"{test_speaker.shape}, {test_labels.shape}"
+        )
+    num_test = _num_segments(test_speaker, num_test_speakers, "test_speaker")
+    _check_segment_ids(test_speaker, num_test, "test_speaker")
+    dtype = jnp.result_type(float)
+    own_mean, own_std = _label_stats_jit(test_labels.astype(dtype), test_speaker, num_test)
+    own = jnp.arange(num_test, dtype=jnp.int32)[:, None]
+    return _calibrate_jit(preds.astype(dtype), test_speaker, own, own_mean, own_std, MODES)
+
+
+def retrieved_label_stats(
+    test_vecs,
+    test_speaker,
+    train_vecs,
+    train_labels,
+    train_speaker,
+    k: int,
+    num_test_speakers: int | None = None,
+    num_train_speakers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The targets PLDC retrieves for each test speaker (as `pldc` computes them).
+
+    Args: as `pldc` (without predictions).
+
+    Returns:
+      (mu_bar (St,), sigma_bar (St,), neighbours (St, k)) as NumPy arrays.
+    """
+    test_speaker = jnp.asarray(test_speaker)
+    train_speaker = jnp.asarray(train_speaker)
+    num_test = _num_segments(test_speaker, num_test_speakers, "test_speaker")
+    num_train = _num_segments(train_speaker, num_train_speakers, "train_speaker")
+    dtype = jnp.result_type(float)
+    test_speaker_vecs = speaker_means(jnp.asarray(test_vecs, dtype), test_speaker, num_test)
+    train_speaker_vecs = speaker_means(jnp.asarray(train_vecs, dtype), train_speaker, num_train)
+    mean, std = label_stats(jnp.asarray(train_labels, dtype), train_speaker, num_train)
+    neighbours, _ = topk_neighbours(test_speaker_vecs, train_speaker_vecs, k)
+    mu_bar = mean[neighbours].mean(axis=1)
+    sigma_bar = std[neighbours].mean(axis=1)
+    return tuple(np.asarray(a) for a in (mu_bar, sigma_bar, neighbours))
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def retrieval_diagnostic(
+    test_labels, test_speaker, mu_bar, sigma_bar, train_labels, min_utterances: int = 2
+) -> dict:
+    """Does retrieval find the test speakers' label distributions? (uses test labels)
+
+    Across test speakers with at least `min_utterances` utterances, compares the retrieved
+    label mean and std with the speaker's own: Pearson r, and the mean absolute error next
+    to that of the trivial guess (the whole training set's mean and std for everyone).
+
+    Args:
+      test_labels: (N,) test labels.
+      test_speaker: (N,) int test speaker index in [0, St).
+      mu_bar, sigma_bar: (St,) retrieved targets (`retrieved_label_stats`).
+      train_labels: (M,) all training labels (for the trivial guess).
+      min_utterances: Fewest utterances for a speaker to be compared.
+
+    Returns:
+      {'n': speakers compared, 'mean_r', 'std_r', 'mean_mae', 'std_mae',
+       'mean_mae_global', 'std_mae_global', 'own_mean', 'own_std' (St,), 'used' (St,)}.
+    """
+    labels = np.asarray(test_labels, np.float64).reshape(-1)
+    speaker = np.asarray(test_speaker).reshape(-1)
+    mu_bar = np.asarray(mu_bar, np.float64)
+    sigma_bar = np.asarray(sigma_bar, np.float64)
+    train = np.asarray(train_labels, np.float64).reshape(-1)
+    if labels.shape != speaker.shape or mu_bar.shape != sigma_bar.shape or mu_bar.ndim != 1:
+        raise ValueError(
+            f"need test_labels and test_speaker (N,) and mu_bar, sigma_bar (St,), got "
+            f"{labels.shape}, {speaker.shape}, {mu_bar.shape}, {sigma_bar.shape}"
+        )
+    num = mu_bar.size
+    _check_segment_ids(np.asarray(speaker), num, "test_speaker")
+    counts = np.bincount(speaker, minlength=num)
+    own_mean, own_std = (np.asarray(a) for a in _label_stats_jit(labels, speaker, num))
+    used = counts >= min_utterances
+    own_m, own_s, m, s = own_mean[used], own_std[used], mu_bar[used], sigma_bar[used]
+    return {
+        "n": int(used.sum()),
+        "mean_r": _pearson(m, own_m),
+        "std_r": _pearson(s, own_s),
+        "mean_mae": float(np.mean(np.abs(m - own_m))) if used.any() else float("nan"),
+        "std_mae": float(np.mean(np.abs(s - own_s))) if used.any() else float("nan"),
+        "mean_mae_global": float(np.mean(np.abs(train.mean() - own_m)))
+        if used.any()
+        else float("nan"),
+        "std_mae_global": float(np.mean(np.abs(train.std() - own_s)))
+        if used.any()
+        else float("nan"),
+        "own_mean": own_mean,
+        "own_std": own_std,
+        "used": used,
+    }

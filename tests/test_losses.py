@@ -9,6 +9,7 @@ import pytest
 
 from papt_jax.losses import ccc_loss, weighted_ccc_loss
 from papt_jax.metrics import ccc
+from papt_jax.train.finetune import batch_loss
 
 
 def _batch(seed=0, n=6):
@@ -44,3 +45,19 @@ def test_padding_rows_weigh_nothing_and_gradients_are_finite():
     assert got == pytest.approx(only_real, abs=1e-6)
     grad = jax.grad(lambda p: weighted_ccc_loss(p, labels, mask, weights))(jnp.asarray(preds))
     assert np.all(np.isfinite(grad)) and np.all(np.asarray(grad)[6:] == 0)
+
+
+def test_finetune_batch_loss_weights_rows_by_speaker():
+    preds, labels = _batch(2, 6)
+    batch = {
+        "example_mask": np.array([True] * 5 + [False]),
+        "speaker": np.array([0, 2, 1, 2, -1, -1], np.int32),
+    }
+    table = jnp.asarray([1.0, 0.5, 3.0])
+    got = float(batch_loss(preds, labels, batch, table))
+    weights = np.array([1.0, 3.0, 0.5, 3.0, 1.0, 0.0])  # speaker -1 weighs 1; padding 0
+    expected = float(weighted_ccc_loss(preds, labels, batch["example_mask"], weights))
+    assert got == pytest.approx(expected, abs=1e-6)
+    unweighted = float(batch_loss(preds, labels, batch))
+    assert unweighted == pytest.approx(float(ccc_loss(preds, labels, batch["example_mask"])))
+    assert abs(got - unweighted) > 1e-3

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from papt_jax.losses import ccc_loss
+from papt_jax.losses import ccc_loss, weighted_ccc_loss
 from papt_jax.metrics import ccc
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.tasks import HubertForRegression
@@ -55,8 +55,40 @@ def _speaker(model, batch):
     return batch["speaker"] if model.config.speaker_fusion != "none" else None
 
 
-def make_train_step(model: HubertForRegression, dimension: str, scaling: LabelScaling, mesh: Mesh):
-    """Returns the jitted, state-donating fine-tuning step for `dimension`."""
+def batch_loss(preds, labels, batch, speaker_weights=None):
+    """1 - CCC over the real rows of `batch`, weighted per speaker when a table is given.
+
+    Args:
+      preds: (B,) predictions.
+      labels: (B,) labels on the model's scale.
+      batch: Holds `example_mask` (B,) and `speaker` (B,) int indices.
+      speaker_weights: Optional (num_speakers,) weights; rows with speaker -1 weigh 1.
+    """
+    if speaker_weights is None:
+        return ccc_loss(preds, labels, batch["example_mask"])
+    speaker = batch["speaker"]
+    weights = jnp.where(speaker >= 0, speaker_weights[jnp.maximum(speaker, 0)], 1.0)
+    return weighted_ccc_loss(preds, labels, batch["example_mask"], weights)
+
+
+def make_train_step(
+    model: HubertForRegression,
+    dimension: str,
+    scaling: LabelScaling,
+    mesh: Mesh,
+    speaker_weights: np.ndarray | None = None,
+):
+    """Returns the jitted, state-donating fine-tuning step for `dimension`.
+
+    Args:
+      model: Encoder + regression head.
+      dimension: 'arousal' or 'valence'.
+      scaling: Label scaling.
+      mesh: Device mesh.
+      speaker_weights: Optional (num_speakers,) loss weight of each speaker index (B2); the
+        loss is then the weighted 1 - CCC. Rows with speaker index -1 weigh 1.
+    """
+    table = None if speaker_weights is None else jnp.asarray(speaker_weights, jnp.float32)
 
     def train_step(state: TrainState, batch, rng):
         dropout_key = jax.random.fold_in(rng, state.step)
@@ -72,7 +104,7 @@ def make_train_step(model: HubertForRegression, dimension: str, scaling: LabelSc
                 rngs={"dropout": dropout_key},
                 mutable=["batch_stats"],
             )
-            return ccc_loss(preds, labels, batch["example_mask"]), updates["batch_stats"]
+            return batch_loss(preds, labels, batch, table), updates["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new_state, grad_norm, finite = guarded_update(state, grads, loss, batch_stats=batch_stats)
@@ -181,6 +213,8 @@ class FinetuneRun:
       freeze_feature_extractor: Keep the CNN fixed.
       label_scaling: 'none' or 'unit'.
       head_dropout: Dropout of the regression head.
+      speaker_weights: Optional loss weight per speaker index (length: the speaker index
+        of speakers.json), for B2's weighted 1 - CCC; None trains unweighted.
       log_every: Steps between metric reads.
       stop_after_steps: Stop (resumable) at this step; 0 disables.
       seed: Head init and dropout seed.
@@ -198,6 +232,7 @@ class FinetuneRun:
     freeze_feature_extractor: bool = True
     label_scaling: str = "none"
     head_dropout: float = 0.1
+    speaker_weights: tuple[float, ...] | None = None
     log_every: int = 10
     stop_after_steps: int = 0
     seed: int = 0
@@ -205,6 +240,15 @@ class FinetuneRun:
     def __post_init__(self):
         if self.dimension not in ("arousal", "valence"):
             raise ValueError(f"dimension must be 'arousal' or 'valence', got {self.dimension!r}")
+        if self.speaker_weights is not None:
+            w = np.asarray(self.speaker_weights, np.float64)
+            if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError("speaker_weights must be a non-empty list of finite weights >= 0")
+            num = self.encoder_config.num_speakers
+            if num and w.size != num:
+                raise ValueError(
+                    f"speaker_weights has {w.size} entries but the encoder has {num} speakers"
+                )
 
     def model(self) -> HubertForRegression:
         return HubertForRegression(
@@ -257,7 +301,8 @@ def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workd
         apply_fn=None, params=params, tx=tx, batch_stats=variables["batch_stats"]
     )
     state = replicate(state, mesh)
-    train_step = make_train_step(model, run.dimension, scaling, mesh)
+    weights = None if run.speaker_weights is None else np.asarray(run.speaker_weights)
+    train_step = make_train_step(model, run.dimension, scaling, mesh, weights)
     predict_step = make_predict_step(model, scaling, mesh)
     loop_cfg = LoopConfig(
         total_steps=total_steps,
