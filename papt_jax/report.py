@@ -17,9 +17,19 @@ Data structures, kept plain on purpose:
   speaker qualified for A-CCC) are stored as JSON null.
 
 `write_report` writes, per (split, dimension), `{split}_{dimension}_predictions.csv`,
-`{split}_{dimension}_per_speaker.csv` and two PNGs, plus `summary.json` and `results.md`.
+`{split}_{dimension}_per_speaker.csv` and the PNGs of `FIGURES` (checked by
+`layout_problems` before saving), plus `summary.json` and `results.md`.
 `comparison_table` / `write_comparison` build the cross-system tables (paper Tables 2 and 3)
 from several summaries.
+
+Command line::
+
+    python -m papt_jax.report --out comparison.md RUN [RUN ...] [--pldc_systems=A,B]
+        [--splits=test-b,test-c]
+
+writes and prints those tables; each RUN is a run's workdir, its `report/` folder or a
+`summary.json`, in table row order. A missing or unreadable RUN is one `error:` line and
+exit code 2.
 """
 
 from __future__ import annotations
@@ -29,13 +39,25 @@ import dataclasses
 import json
 import math
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import matplotlib
+import matplotlib.image
 import numpy as np
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
 
 from papt_jax import metrics
+from papt_jax.errors import UserError
 from papt_jax.pldc import MODES
 
 SYSTEM = "system"
@@ -44,6 +66,10 @@ MODE_LABELS = {"mu": "+ μ shift", "sigma": "+ σ shift", "both": "+ (μ, σ) sh
 DIMENSIONS = ("arousal", "valence")
 MISSING = "–"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class ReportError(UserError, ValueError):
+    """A result or summary file that cannot be reported (missing, unreadable, inconsistent)."""
 
 
 @dataclasses.dataclass
@@ -292,11 +318,11 @@ def comparison_table(
     """
     names = [s["system"] for s in summaries]
     if len(set(names)) != len(names):
-        raise ValueError(f"system names repeat: {names}")
+        raise ReportError(f"system names repeat: {names}", hint="give each run its own config.name")
     with_pldc = set(names[-1:] if pldc_systems is None else pldc_systems)
     unknown = with_pldc - set(names)
     if unknown:
-        raise ValueError(f"pldc_systems {sorted(unknown)} are not among {names}")
+        raise ReportError(f"pldc_systems {sorted(unknown)} are not among {names}")
     lines = _header(dimensions)
     for summary in summaries:
         split_summary = summary["splits"].get(split)
@@ -336,64 +362,437 @@ def write_summary_json(summary: Mapping, path: str | Path) -> Path:
 
 
 def load_summary(path: str | Path) -> dict:
-    """Reads a `summary.json`, checking it has the expected top-level keys."""
-    summary = json.loads(Path(path).read_text())
+    """Reads a `summary.json`, checking it has the expected top-level keys.
+
+    Raises:
+      ReportError: the file cannot be read, is not JSON, or is not a report summary.
+    """
+    path = Path(path)
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(f"cannot read the result file {path}: {e}") from e
     if not isinstance(summary, dict) or not {"system", "splits"} <= summary.keys():
-        raise ValueError(f"{path} is not a report summary (needs 'system' and 'splits')")
+        raise ReportError(f"{path} is not a report summary (needs 'system' and 'splits')")
+    if not isinstance(summary["splits"], dict):
+        raise ReportError(f"{path}: 'splits' is not a mapping of split names")
     return summary
 
 
 # --- Plots -----------------------------------------------------------------------------------
+#
+# Every figure is built by a `*_figure(result, system)` function listed in `FIGURES` and saved
+# by `save_figure`, which first checks its layout (`layout_problems`). Within one result every
+# figure gives a speaker the same colour and marker (`speaker_styles`), and panels of one figure
+# share their axis ranges, so points can be compared across panels and across figures.
+
+DPI = 150
+_PANEL_IN = 3.2  # side of one square scatter panel, inches
+_LEGEND_FONT = 8
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_VARIANT_COLOURS = {SYSTEM: "0.6", "mu": "tab:blue", "sigma": "tab:orange", "both": "tab:green"}
+_TOLERANCE_PX = 0.5
 
 
-def plot_speaker_ccc(result: EvalResult, path: str | Path) -> Path:
-    """Per-speaker CCC before (x) vs after (y) each PLDC mode, with the diagonal."""
-    path = Path(path)
+class LayoutWarning(UserWarning):
+    """A report figure has clipped or overlapping text (see `layout_problems`)."""
+
+
+def speaker_styles(speakers) -> dict[str, tuple[tuple[float, float, float], str]]:
+    """One (colour, marker) per speaker id, in sorted id order.
+
+    Colours cycle through matplotlib's ten "tab10" colours and the marker changes every ten
+    speakers, so up to 80 speakers get distinct styles.
+
+    Args:
+      speakers: (N,) speaker id of each utterance (ints or strings).
+
+    Returns:
+      {str(speaker): (rgb, marker)}, ordered like `np.unique(speakers)`.
+    """
+    colours = matplotlib.colormaps["tab10"].colors
+    return {
+        str(s): (colours[i % len(colours)], _MARKERS[(i // len(colours)) % len(_MARKERS)])
+        for i, s in enumerate(np.unique(np.asarray(speakers)))
+    }
+
+
+def _variant_label(variant: str, system: str) -> str:
+    return system if variant == SYSTEM else MODE_LABELS[variant]
+
+
+def _new_figure(width_in: float, height_in: float) -> Figure:
+    fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # a real renderer, so text extents can be measured before saving
+    return fig
+
+
+def _size_in(fig: Figure, artist: Artist) -> tuple[float, float]:
+    """(width, height) in inches that `artist` takes when drawn."""
+    box = artist.get_window_extent(fig.canvas.get_renderer())
+    return box.width / fig.dpi, box.height / fig.dpi
+
+
+def _speaker_legend(fig: Figure, styles: Mapping[str, tuple], title: Text) -> None:
+    """Figure legend with one entry per speaker; the figure grows to make room for it.
+
+    Right of the panels, centred, when it fits between the figure title's band at the top
+    and an equal band at the bottom (so the title, centred on the whole figure, cannot run
+    into it); otherwise below the panels in as many columns as the width allows. The panels
+    keep their size either way.
+    """
+    handles = [
+        Line2D([], [], linestyle="", marker=marker, color=colour, markersize=6, label=speaker)
+        for speaker, (colour, marker) in styles.items()
+    ]
+    style = {
+        "handles": handles,
+        "title": "speaker",
+        "fontsize": _LEGEND_FONT,
+        "title_fontsize": _LEGEND_FONT + 1,
+        "frameon": False,
+    }
+    width, height = fig.get_size_inches()
+    title_band = _size_in(fig, title)[1] + 0.15
+    legend = fig.legend(loc="outside right center", **style)
+    legend_width, legend_height = _size_in(fig, legend)
+    if legend_height <= height - 2 * title_band:
+        fig.set_size_inches(width + legend_width + 0.1, height)
+        return
+    legend.remove()
+    ncols = max(1, int(0.95 * width / legend_width))
+    legend = fig.legend(loc="outside lower center", ncols=ncols, **style)
+    fig.set_size_inches(width, height + _size_in(fig, legend)[1] + 0.1)
+
+
+def _text_width_in(fig: Figure, texts: Sequence[str], fontsize: float) -> float:
+    """Width in inches of the widest of `texts` in the default font at `fontsize`."""
+    renderer = fig.canvas.get_renderer()
+    font = FontProperties(size=fontsize)
+    widths = [renderer.get_text_width_height_descent(t, font, ismath=False)[0] for t in texts]
+    return max(widths, default=0.0) / fig.dpi
+
+
+def _per_speaker(result: EvalResult) -> dict[str, metrics.PerSpeakerCCC]:
+    return {
+        v: metrics.per_speaker_ccc(p, result.labels, result.speakers)
+        for v, p in result.variants().items()
+    }
+
+
+def _ccc_limits(per: Mapping[str, metrics.PerSpeakerCCC]) -> tuple[float, float]:
+    """Axis range holding every finite per-speaker CCC of every variant, 0 and 1."""
+    values = np.concatenate([p.ccc for p in per.values()])
+    values = values[np.isfinite(values)]
+    low = min(0.0, float(values.min())) if values.size else 0.0
+    return low - 0.1, 1.05
+
+
+def _excluded_note(per: metrics.PerSpeakerCCC, limit: int = 6) -> str:
+    """E.g. "1 speaker excluded (< 2 utterances or constant values): MSP_1370 (n=1)"."""
+    names = [f"{per.speakers[i]} (n={per.counts[i]})" for i in np.flatnonzero(~per.valid)]
+    if not names:
+        return f"{per.speakers.size} speakers, none excluded"
+    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+    noun = "speaker" if len(names) == 1 else "speakers"
+    return f"{len(names)} {noun} excluded (< 2 utterances or constant values): {shown}"
+
+
+def speaker_ccc_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
+    """Per-speaker CCC before (x) vs after (y), one panel per PLDC mode, one point per speaker.
+
+    Points above the diagonal are speakers the mode helps. Speakers excluded from A-CCC are
+    named under the panels.
+    """
+    per = _per_speaker(result)
     modes = list(result.calibrated) or [SYSTEM]
-    before = metrics.per_speaker_ccc(result.predictions, result.labels, result.speakers).ccc
-    fig = Figure(figsize=(4.2 * len(modes), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(modes), squeeze=False)[0]
+    styles = speaker_styles(result.speakers)
+    before = per[SYSTEM]
+    low, high = _ccc_limits(per)
+    fig = _new_figure(_PANEL_IN * len(modes) + 0.6, _PANEL_IN + 1.1)
+    axes = fig.subplots(1, len(modes), sharex=True, sharey=True, squeeze=False)[0]
     for ax, mode in zip(axes, modes, strict=True):
-        after = metrics.per_speaker_ccc(result.variants()[mode], result.labels, result.speakers).ccc
-        both = ~(np.isnan(before) | np.isnan(after))
-        lo = min(-0.1, float(np.nanmin([before, after], initial=0.0)) - 0.05)
-        ax.plot([lo, 1], [lo, 1], color="grey", lw=1, ls="--")
-        ax.scatter(before[both], after[both], s=14, alpha=0.7)
-        better = int((after[both] > before[both]).sum())
-        label = MODE_LABELS.get(mode, mode)
-        ax.set_title(f"{label}: {better}/{int(both.sum())} speakers improve")
-        ax.set_xlabel("per-speaker CCC, system")
-        ax.set_ylabel(f"per-speaker CCC, {label}")
-        ax.set_xlim(lo, 1)
-        ax.set_ylim(lo, 1)
-        ax.set_aspect("equal")
-    fig.suptitle(f"{result.split} {result.dimension}: per-speaker CCC before vs after PLDC")
-    fig.savefig(path, dpi=100)
-    return path
+        after = per[mode]
+        shown = before.valid & after.valid
+        ax.axline((0.0, 0.0), slope=1.0, color="0.5", lw=1, ls="--", zorder=1)
+        ax.axhline(0.0, color="0.85", lw=0.8, zorder=0)
+        ax.axvline(0.0, color="0.85", lw=0.8, zorder=0)
+        for i in np.flatnonzero(shown):
+            colour, marker = styles[str(before.speakers[i])]
+            ax.scatter(before.ccc[i], after.ccc[i], s=36, color=colour, marker=marker, zorder=2)
+        better = int((after.ccc[shown] > before.ccc[shown]).sum())
+        ax.set_title(
+            f"{_variant_label(mode, system)}\n{better} of {int(shown.sum())} speakers improve"
+        )
+        ax.set_xlabel(f"CCC, {system}")
+        ax.label_outer()
+    axes[0].set_ylabel("CCC after PLDC")
+    axes[0].set_xlim(low, high)
+    axes[0].set_ylim(low, high)
+    title = fig.suptitle(
+        f"{result.split} {result.dimension}: per-speaker CCC before and after PLDC\n"
+        + _excluded_note(before)
+    )
+    _speaker_legend(fig, styles, title)
+    return fig
 
 
-def plot_predictions(result: EvalResult, path: str | Path) -> Path:
-    """Predicted (y) vs true (x) per variant, with the diagonal and the O-CCC in the title."""
-    path = Path(path)
+def speaker_ccc_bars_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
+    """Per-speaker CCC as bars, speakers sorted by the uncalibrated CCC (highest on top).
+
+    One panel per PLDC mode: the uncalibrated CCC (grey) beside the calibrated one. Speakers
+    with no CCC (< 2 utterances or constant values) are listed last and marked "excluded".
+    """
+    per = _per_speaker(result)
+    before = per[SYSTEM]
+    modes = list(result.calibrated) or [SYSTEM]
+    finite = np.isfinite(before.ccc)
+    # Descending CCC, excluded speakers last; stable, so ties keep id order.
+    order = np.argsort(np.where(finite, -before.ccc, np.inf), kind="stable")
+    n = order.size
+    rows = np.arange(n)
+    bar = 0.4
+    values = np.concatenate([p.ccc for p in per.values()])
+    values = values[np.isfinite(values)]
+    low = min(0.0, float(values.min(initial=0.0))) - 0.1
+    high = max(0.0, float(values.max(initial=0.0))) + 0.1
+
+    names = [f"{before.speakers[i]} (n={before.counts[i]})" for i in order]
+    height = 1.6 + 0.3 * n
+    fig = _new_figure(1.0, height)  # width set once the speaker names can be measured
+    names_width = _text_width_in(fig, names, _LEGEND_FONT + 1)
+    fig.set_size_inches(names_width + 0.6 + 2.6 * len(modes), height)
+    axes = fig.subplots(1, len(modes), sharex=True, sharey=True, squeeze=False)[0]
+    for ax, mode in zip(axes, modes, strict=True):
+        after = per[mode]
+        if mode != SYSTEM:
+            ax.barh(rows - bar / 2, before.ccc[order], height=bar, color=_VARIANT_COLOURS[SYSTEM])
+            better = int((after.ccc > before.ccc).sum())  # NaN compares False
+            shown = int((before.valid & after.valid).sum())
+            title = f"{MODE_LABELS[mode]}\n{better} of {shown} speakers improve"
+        else:
+            title = system
+        ax.barh(rows + bar / 2, after.ccc[order], height=bar, color=_VARIANT_COLOURS[mode])
+        for row, i in enumerate(order):
+            if not (before.valid[i] and after.valid[i]):
+                ax.text(0.0, row, " excluded", va="center", ha="left", fontsize=_LEGEND_FONT)
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_title(title)
+        ax.set_xlabel("per-speaker CCC")
+        ax.grid(axis="x", color="0.9", lw=0.6)
+        ax.set_axisbelow(True)
+    axes[0].set_xlim(low, high)
+    axes[0].set_yticks(rows, labels=[f"{before.speakers[i]} (n={before.counts[i]})" for i in order])
+    axes[0].set_ylim(n - 0.5, -0.5)  # highest uncalibrated CCC on top
+    axes[0].tick_params(axis="y", labelsize=_LEGEND_FONT + 1)
+    handles = [
+        Patch(color=_VARIANT_COLOURS[v], label=_variant_label(v, system))
+        for v in (SYSTEM, *result.calibrated)
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=len(handles),
+        frameon=False,
+        fontsize=_LEGEND_FONT + 1,
+    )
+    fig.suptitle(f"{result.split} {result.dimension}: per-speaker CCC, sorted by {system}'s CCC")
+    return fig
+
+
+def predictions_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
+    """Predicted (y) vs true (x) per variant, one point per utterance coloured by speaker.
+
+    Each panel's title gives the variant's O-CCC and A-CCC; the diagonal is a perfect match.
+    """
     variants = result.variants()
-    fig = Figure(figsize=(4.2 * len(variants), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(variants), squeeze=False)[0]
+    per = _per_speaker(result)
+    styles = speaker_styles(result.speakers)
+    ids, inverse = np.unique(result.speakers, return_inverse=True)
+    ncols = 2 if len(variants) == 4 else len(variants)
+    nrows = math.ceil(len(variants) / ncols)
     values = np.concatenate([result.labels, *variants.values()])
-    lo, hi = float(values.min()), float(values.max())
-    pad = 0.05 * max(hi - lo, 1e-6)
-    for ax, (variant, preds) in zip(axes, variants.items(), strict=True):
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--")
-        ax.scatter(result.labels, preds, s=6, alpha=0.4)
-        label = "system" if variant == SYSTEM else MODE_LABELS[variant]
-        ax.set_title(f"{label}: O-CCC {metrics.overall_ccc(preds, result.labels):.3f}")
+    pad = 0.05 * max(float(np.ptp(values)), 1e-6)
+    low, high = float(values.min()) - pad, float(values.max()) + pad
+
+    fig = _new_figure(_PANEL_IN * ncols + 0.6, _PANEL_IN * nrows + 0.8)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    for ax, (variant, preds) in zip(axes, variants.items(), strict=False):
+        ax.axline((low, low), slope=1.0, color="0.5", lw=1, ls="--", zorder=1)
+        for k, speaker in enumerate(ids):
+            colour, marker = styles[str(speaker)]
+            sel = inverse == k
+            ax.scatter(
+                result.labels[sel],
+                preds[sel],
+                s=18,
+                color=colour,
+                marker=marker,
+                alpha=0.8,
+                linewidths=0,
+                zorder=2,
+            )
+        o_ccc = metrics.overall_ccc(preds, result.labels)
+        valid = per[variant].valid
+        a_ccc = float(per[variant].ccc[valid].mean()) if valid.any() else float("nan")
+        ax.set_title(f"{_variant_label(variant, system)}\nO-CCC {o_ccc:.3f}, A-CCC {a_ccc:.3f}")
         ax.set_xlabel(f"true {result.dimension}")
         ax.set_ylabel(f"predicted {result.dimension}")
-        ax.set_xlim(lo - pad, hi + pad)
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.set_aspect("equal")
-    fig.suptitle(f"{result.split} {result.dimension}: predicted vs true")
-    fig.savefig(path, dpi=100)
+        ax.label_outer()
+    for ax in axes[len(variants) :]:
+        ax.set_visible(False)
+    axes[0].set_xlim(low, high)
+    axes[0].set_ylim(low, high)
+    title = fig.suptitle(
+        f"{result.split} {result.dimension}: predicted vs true "
+        f"({result.keys.size} utterances, {ids.size} speakers)"
+    )
+    _speaker_legend(fig, styles, title)
+    return fig
+
+
+FIGURES = {
+    "speaker_ccc": speaker_ccc_figure,
+    "speaker_ccc_bars": speaker_ccc_bars_figure,
+    "pred_vs_true": predictions_figure,
+}
+"""Every figure `write_report` writes per result: `{split}_{dimension}_{name}.png`."""
+
+
+# --- Layout checks ---------------------------------------------------------------------------
+
+
+def _extent(artist: Artist, renderer) -> Bbox:
+    return artist.get_window_extent(renderer)
+
+
+def _in_view(axis, tick) -> bool:
+    low, high = sorted(axis.get_view_interval())
+    span = max(high - low, 1e-12)
+    return low - 1e-9 * span <= tick.get_loc() <= high + 1e-9 * span
+
+
+def _tick_labels(ax: Axes, axis_name: str) -> list[Text]:
+    """The tick labels actually drawn: visible, non-empty and at a tick inside the view."""
+    axis = ax.xaxis if axis_name == "x" else ax.yaxis
+    out = []
+    for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+        if not _in_view(axis, tick):
+            continue
+        out += [t for t in (tick.label1, tick.label2) if t.get_visible() and t.get_text()]
+    return out
+
+
+def _shown(text: Text) -> bool:
+    return text.get_visible() and bool(text.get_text())
+
+
+def _layout_items(fig: Figure, renderer) -> tuple[list, list]:
+    """(name, bbox) of every text to check: (edge-only items, items that must not overlap)."""
+    edge_only, solid = [], []
+    for t in fig.texts:  # suptitle, supxlabel, supylabel, fig.text
+        if _shown(t):
+            solid.append((f"figure text {t.get_text()!r}", _extent(t, renderer)))
+    for i, legend in enumerate(fig.legends):
+        solid.append((f"figure legend {i}", _extent(legend, renderer)))
+    for a, ax in enumerate(fig.axes):
+        if not ax.get_visible():
+            continue
+        where = f"axes {a}"
+        for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label):
+            if _shown(t):
+                solid.append((f"{where} label {t.get_text()!r}", _extent(t, renderer)))
+        for name in ("x", "y"):
+            for t in _tick_labels(ax, name):
+                solid.append((f"{where} {name} tick label {t.get_text()!r}", _extent(t, renderer)))
+        if ax.get_legend() is not None:
+            edge_only.append((f"{where} legend", _extent(ax.get_legend(), renderer)))
+        for t in ax.texts:
+            if _shown(t):
+                edge_only.append((f"{where} text {t.get_text()!r}", _extent(t, renderer)))
+        edge_only.append((f"{where} (everything it draws)", ax.get_tightbbox(renderer)))
+    return edge_only, solid
+
+
+def _overlap(a: Bbox, b: Bbox) -> bool:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width > _TOLERANCE_PX and height > _TOLERANCE_PX
+
+
+def _outside(box: Bbox, frame: Bbox) -> list[str]:
+    sides = {
+        "left": frame.x0 - box.x0,
+        "right": box.x1 - frame.x1,
+        "bottom": frame.y0 - box.y0,
+        "top": box.y1 - frame.y1,
+    }
+    return [f"{side} by {px:.0f} px" for side, px in sides.items() if px > _TOLERANCE_PX]
+
+
+def layout_problems(fig: Figure) -> list[str]:
+    """Text a reader would find cut off or overprinted, measured on the drawn figure.
+
+    Draws `fig` with an Agg renderer (running its layout engine), then checks that every
+    title, axis label, tick label, legend and in-axes text lies inside the figure, that the
+    titles, labels, tick labels and figure legends overlap neither each other nor (for figure
+    legends) any panel.
+
+    Args:
+      fig: a matplotlib `Figure` (any canvas; an Agg canvas is attached when needed).
+
+    Returns:
+      One line per problem, e.g. "axes 0 label 'CCC' is cut off at the left by 12 px";
+      empty when the figure is clean.
+    """
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    edge_only, solid = _layout_items(fig, renderer)
+    problems = []
+    for name, box in edge_only + solid:
+        cut = _outside(box, fig.bbox)
+        if cut:
+            problems.append(f"{name} is cut off at the {', '.join(cut)}")
+    for i, (name_a, box_a) in enumerate(solid):
+        for name_b, box_b in solid[i + 1 :]:
+            if _overlap(box_a, box_b):
+                problems.append(f"{name_a} overlaps {name_b}")
+    for i, legend in enumerate(fig.legends):
+        box = _extent(legend, renderer)
+        for a, ax in enumerate(fig.axes):
+            if ax.get_visible() and _overlap(box, ax.bbox):
+                problems.append(f"figure legend {i} covers axes {a}")
+    return problems
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Saves `fig` as a PNG after `layout_problems`; problems become a `LayoutWarning`.
+
+    The PNG is the image the check drew (`fig.dpi`), so the figure is rendered once.
+    """
+    path = Path(path)
+    problems = layout_problems(fig)
+    if problems:
+        warnings.warn(f"{path.name}: " + "; ".join(problems), LayoutWarning, stacklevel=2)
+    matplotlib.image.imsave(path, np.asarray(fig.canvas.buffer_rgba()), dpi=fig.dpi)
     return path
+
+
+def plot_speaker_ccc(result: EvalResult, path: str | Path, system: str = SYSTEM) -> Path:
+    """Saves `speaker_ccc_figure` to `path`."""
+    return save_figure(speaker_ccc_figure(result, system), path)
+
+
+def plot_speaker_ccc_bars(result: EvalResult, path: str | Path, system: str = SYSTEM) -> Path:
+    """Saves `speaker_ccc_bars_figure` to `path`."""
+    return save_figure(speaker_ccc_bars_figure(result, system), path)
+
+
+def plot_predictions(result: EvalResult, path: str | Path, system: str = SYSTEM) -> Path:
+    """Saves `predictions_figure` to `path`."""
+    return save_figure(predictions_figure(result, system), path)
 
 
 # --- Everything ------------------------------------------------------------------------------
@@ -407,12 +806,14 @@ def write_report(
     Args:
       results: one `EvalResult` per (split, dimension).
       out_dir: destination folder.
-      system: system name for the tables, e.g. "PAPT-FT".
-      plots: also write the two PNGs per result.
+      system: system name for the tables and plots, e.g. "PAPT-FT".
+      plots: also write the PNGs of `FIGURES` per result.
 
     Returns:
       {name: path} of the files written, e.g. "summary", "results_md",
-      "test-b_arousal_predictions", "test-b_arousal_per_speaker", "..._speaker_ccc_png".
+      "test-b_arousal_predictions", "test-b_arousal_per_speaker",
+      "test-b_arousal_speaker_ccc_png", "test-b_arousal_speaker_ccc_bars_png",
+      "test-b_arousal_pred_vs_true_png".
     """
     if not results:
         raise ValueError("no results to report")
@@ -431,36 +832,90 @@ def write_report(
             r, out / f"{r.stem}_per_speaker.csv"
         )
         if plots:
-            written[f"{r.stem}_speaker_ccc_png"] = plot_speaker_ccc(
-                r, out / f"{r.stem}_speaker_ccc.png"
-            )
-            written[f"{r.stem}_pred_vs_true_png"] = plot_predictions(
-                r, out / f"{r.stem}_pred_vs_true.png"
-            )
+            for name, build in FIGURES.items():
+                written[f"{r.stem}_{name}_png"] = save_figure(
+                    build(r, system), out / f"{r.stem}_{name}.png"
+                )
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m papt_jax.report --out FILE SUMMARY.json [SUMMARY.json ...]`.
+# --- Command line ----------------------------------------------------------------------------
 
-    Writes the across-systems comparison (paper Tables 2 and 3 shape) and prints it.
+
+def find_summary(path: str | Path) -> Path:
+    """The `summary.json` one command-line argument names.
+
+    Args:
+      path: a summary.json, a run's `report/` folder or the run's workdir.
+
+    Raises:
+      ReportError: the path does not exist, or the folder holds no summary.
     """
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("summaries", nargs="+", help="summary.json files, in row order")
-    parser.add_argument("--out", required=True, help="markdown file to write")
-    parser.add_argument(
-        "--pldc_systems", default="", help="comma-separated systems with PLDC rows (default: last)"
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(
+            f"{path}: no such file or folder (give a summary.json, a run's report/ folder or "
+            "its workdir)"
+        )
+    if path.is_file():
+        return path
+    for candidate in (path / "summary.json", path / "report" / "summary.json"):
+        if candidate.is_file():
+            return candidate
+    raise ReportError(
+        f"no results found in {path} (neither summary.json nor report/summary.json)",
+        hint="run the pipeline's report stage for that run first",
     )
-    args = parser.parse_args(argv)
-    missing = [p for p in args.summaries if not Path(p).is_file()]
-    if missing:
-        parser.error(f"no such summary file(s): {missing}")
-    pldc_systems = [s for s in args.pldc_systems.split(",") if s] or None
-    path = write_comparison(args.summaries, args.out, pldc_systems=pldc_systems)
+
+
+def _present_splits(summaries: Sequence[Mapping]) -> list[str]:
+    """Split names of any summary, in first-seen order."""
+    return list(dict.fromkeys(s for summary in summaries for s in summary["splits"]))
+
+
+def main(argv: Sequence[str]) -> None:
+    """Writes and prints the comparison tables of several runs (paper Tables 2 and 3 shape).
+
+    Usage: `python -m papt_jax.report --out FILE RUN [RUN ...]`, where each RUN is a run's
+    workdir, its `report/` folder or a `summary.json`, in table row order.
+    """
+    from absl import flags
+
+    args = list(argv[1:])
+    if not args:
+        raise ReportError(
+            "no runs given", hint="python -m papt_jax.report --out comparison.md RUN [RUN ...]"
+        )
+    summaries = [load_summary(find_summary(a)) for a in args]
+    present = _present_splits(summaries)
+    splits = flags.FLAGS.splits or present
+    unknown = [s for s in splits if s not in present]
+    if unknown:
+        raise ReportError(f"no run has split(s) {unknown}; the runs have {present}")
+    out = Path(flags.FLAGS.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = write_comparison(summaries, out, splits, flags.FLAGS.pldc_systems or None)
     print(path.read_text())
 
 
+def _define_flags() -> None:
+    # Defined only when run as a program: this module is also a library imported by the
+    # pipeline, whose own flags must not gain these.
+    from absl import flags
+
+    flags.DEFINE_string("out", None, "Markdown file for the comparison tables.", required=True)
+    flags.DEFINE_list(
+        "pldc_systems",
+        [],
+        "Systems whose PLDC rows follow their own row, comma-separated (default: the last run).",
+    )
+    flags.DEFINE_list(
+        "splits", [], "Splits to tabulate, comma-separated (default: every split of the runs)."
+    )
+
+
 if __name__ == "__main__":
-    main()
+    from papt_jax import cli
+
+    _define_flags()
+    cli.run(main)

@@ -2,9 +2,14 @@
 
 import csv
 import json
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from papt_jax import metrics, report
 from papt_jax.pldc import MODES
@@ -28,11 +33,40 @@ def make_result(rng, dimension, split, n_speakers=8, shift=0.0):
     )
 
 
+def demo_result(rng, dimension, split, n_utterances, n_speakers=10, name="MSP_{:04d}"):
+    """A result shaped like the demo's test-b / test-c: ~70 utterances over 10 speakers.
+
+    Speakers have their own label means (what PLDC corrects); the last one has a single
+    utterance, so it is excluded from A-CCC and must be named, not dropped, in the plots.
+    """
+    counts = rng.multinomial(n_utterances - 2 * n_speakers, np.ones(n_speakers) / n_speakers) + 2
+    counts[-1] = 1
+    ids = np.repeat(np.arange(n_speakers), counts)
+    speaker_mean = rng.normal(4, 0.8, n_speakers)
+    labels = np.clip(speaker_mean[ids] + rng.normal(0, 0.9, ids.size), 1, 7)
+    preds = 4 + 0.35 * (labels - 4) + rng.normal(0, 0.5, ids.size)
+    calibrated = {
+        "mu": preds + 0.3 * (speaker_mean[ids] - 4),
+        "sigma": 4 + 1.4 * (preds - 4),
+        "both": 4 + 1.3 * (preds + 0.3 * (speaker_mean[ids] - 4) - 4),
+    }
+    return report.EvalResult(
+        dimension,
+        split,
+        [f"{split}_{i:04d}" for i in range(ids.size)],
+        [name.format(37 * s) for s in ids],
+        labels,
+        preds,
+        calibrated,
+    )
+
+
 @pytest.fixture(scope="module")
 def results():
-    rng = np.random.default_rng(0)
+    """The demo's evaluation shape: test-b 71 and test-c 66 utterances, 10 speakers each."""
+    rng = np.random.default_rng(7)
     return [
-        make_result(rng, dim, split)
+        demo_result(rng, dim, split, 71 if split == "test-b" else 66)
         for split in ("test-b", "test-c")
         for dim in ("arousal", "valence")
     ]
@@ -41,7 +75,12 @@ def results():
 @pytest.fixture(scope="module")
 def written(results, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    return out, report.write_report(results, out, system="PAPT-FT")
+    with warnings.catch_warnings():
+        # Any matplotlib layout warning ("not compatible", "axes sizes collapsed",
+        # "constrained_layout not applied") or report.LayoutWarning (text cut off or
+        # overlapping, checked before each PNG is saved) fails every test using this.
+        warnings.simplefilter("error")
+        return out, report.write_report(results, out, system="PAPT-FT")
 
 
 def read_csv(path):
@@ -52,18 +91,11 @@ def read_csv(path):
 def test_every_file_is_written(written):
     out, paths = written
     expected = {"summary.json", "results.md"}
+    suffixes = ["predictions.csv", "per_speaker.csv"] + [f"{n}.png" for n in report.FIGURES]
+    assert set(report.FIGURES) == {"speaker_ccc", "speaker_ccc_bars", "pred_vs_true"}
     for split in ("test-b", "test-c"):
         for dim in ("arousal", "valence"):
-            stem = f"{split}_{dim}"
-            expected |= {
-                f"{stem}_{s}"
-                for s in (
-                    "predictions.csv",
-                    "per_speaker.csv",
-                    "speaker_ccc.png",
-                    "pred_vs_true.png",
-                )
-            }
+            expected |= {f"{split}_{dim}_{s}" for s in suffixes}
     assert {p.name for p in out.iterdir()} == expected
     assert {p.name for p in paths.values()} == expected
     for p in paths.values():
@@ -200,3 +232,185 @@ def test_eval_result_rejects_bad_input():
         report.EvalResult("arousal", "test-b", ["a"], [0], [1.0], [1.0], {"median": [1.0]})
     with pytest.raises(ValueError, match="file name"):
         report.EvalResult("arousal", "test/b", ["a"], [0], [1.0], [1.0])
+
+
+# --- Figures -----------------------------------------------------------------------------------
+
+
+def test_layout_checker_catches_a_clipped_label(tmp_path):
+    fig = Figure(figsize=(1.5, 1.5))  # no layout engine: nothing makes room for the label
+    ax = fig.add_subplot()
+    ax.set_ylabel("a very long and very large y label", fontsize=30)
+    problems = report.layout_problems(fig)
+    assert any("'a very long and very large y label' is cut off" in p for p in problems)
+    with pytest.warns(report.LayoutWarning, match="cut off"):
+        report.save_figure(fig, tmp_path / "clipped.png")
+
+
+def test_layout_checker_catches_overlapping_titles(tmp_path):
+    fig = Figure(figsize=(6, 3))
+    axes = fig.subplots(1, 2)
+    fig.subplots_adjust(top=0.85)
+    axes[1].set_title("a panel title")
+    fig.suptitle("a figure title that runs over the panels", y=0.9, x=0.75)
+    problems = report.layout_problems(fig)
+    assert any("overlaps axes 1 label 'a panel title'" in p for p in problems)
+
+
+def test_layout_checker_passes_a_clean_figure():
+    fig = Figure(figsize=(4, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1])
+    ax.set(title="title", xlabel="x", ylabel="y")
+    fig.suptitle("suptitle")
+    assert report.layout_problems(fig) == []
+
+
+def test_collapsed_constrained_layout_is_an_error_under_the_warnings_filter():
+    # The filter the figure test relies on does turn matplotlib's layout warnings into errors.
+    fig = Figure(figsize=(1, 1), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.add_subplot().set_ylabel("label", fontsize=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="constrained_layout not applied"):
+            fig.canvas.draw()
+
+
+def test_every_figure_is_written_with_a_clean_layout(written, results):
+    out, paths = written  # written with warnings as errors: no layout warning was raised
+    for r in results:
+        for name in report.FIGURES:
+            path = out / f"{r.stem}_{name}.png"
+            assert paths[f"{r.stem}_{name}_png"] == path
+            assert path.read_bytes()[:4] == b"\x89PNG"
+    for build in report.FIGURES.values():
+        fig = build(results[3], "PAPT-FT")
+        assert report.layout_problems(fig) == [], build.__name__
+
+
+def test_figures_stay_clean_with_many_long_speaker_names():
+    rng = np.random.default_rng(3)
+    # More speakers than fit one legend column beside the panels: the legend goes below.
+    many = demo_result(rng, "arousal", "test-b", 300, n_speakers=30, name="MSP-PODCAST_spk_{:05d}")
+    for build in report.FIGURES.values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fig = build(many, "PAPT-FT")
+            assert report.layout_problems(fig) == [], build.__name__
+
+
+def test_speaker_ccc_bars_sorted_with_a_zero_line(results):
+    r = results[0]
+    fig = report.speaker_ccc_bars_figure(r, "PAPT-FT")
+    per = {v: metrics.per_speaker_ccc(p, r.labels, r.speakers) for v, p in r.variants().items()}
+    system = per["system"]
+    valid = np.flatnonzero(system.valid)
+    expected = [str(system.speakers[i]) for i in valid[np.argsort(-system.ccc[valid])]]
+    expected += [str(system.speakers[i]) for i in np.flatnonzero(~system.valid)]
+    axes = fig.axes
+    assert [ax.get_title().split("\n")[0] for ax in axes] == [report.MODE_LABELS[m] for m in MODES]
+    shown = [t.get_text().split(" (n=")[0] for t in axes[0].get_yticklabels()]
+    assert shown == expected
+    for ax, mode in zip(axes, MODES, strict=True):
+        assert axes[0].get_xlim() == ax.get_xlim()
+        assert any(list(line.get_xdata()) == [0, 0] for line in ax.get_lines()), "zero line missing"
+        bars = ax.patches
+        assert len(bars) == 2 * len(expected)
+        order = [list(system.speakers).index(s) for s in expected]
+        # First the uncalibrated bars, then the calibrated ones, both in display order.
+        np.testing.assert_allclose(
+            [b.get_width() for b in bars[: len(order)]], system.ccc[order], equal_nan=True
+        )
+        np.testing.assert_allclose(
+            [b.get_width() for b in bars[len(order) :]], per[mode].ccc[order], equal_nan=True
+        )
+        excluded = [t.get_text().strip() for t in ax.texts]
+        assert excluded == ["excluded"] * int((~system.valid).sum())
+
+
+def test_scatter_panels_share_ranges_and_colour_speakers_consistently(results):
+    r = results[0]
+    styles = report.speaker_styles(r.speakers)
+    assert len(styles) == np.unique(r.speakers).size
+    assert len(set(styles.values())) == len(styles)
+    for build in (report.speaker_ccc_figure, report.predictions_figure):
+        fig = build(r, "PAPT-FT")
+        visible = [ax for ax in fig.axes if ax.get_visible()]
+        assert {(ax.get_xlim(), ax.get_ylim()) for ax in visible} == {
+            (visible[0].get_xlim(), visible[0].get_ylim())
+        }
+        (legend,) = fig.legends
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert labels == list(styles)
+        for handle, label in zip(legend.legend_handles, labels, strict=True):
+            colour, marker = styles[label]
+            assert handle.get_marker() == marker
+            np.testing.assert_allclose(handle.get_color()[:3], colour)
+        for ax in visible:
+            for points in ax.collections:
+                # Every point drawn has the colour of one speaker in the legend.
+                face = tuple(np.round(points.get_facecolor()[0][:3], 6))
+                assert face in {tuple(np.round(c, 6)) for c, _ in styles.values()}
+    fig = report.speaker_ccc_figure(r, "PAPT-FT")
+    excluded = [s for s, v in zip(*_valid(r), strict=True) if not v]
+    assert excluded and all(s in fig.get_suptitle() for s in excluded)
+
+
+def _valid(result):
+    per = metrics.per_speaker_ccc(result.predictions, result.labels, result.speakers)
+    return [str(s) for s in per.speakers], per.valid
+
+
+# --- Command line ------------------------------------------------------------------------------
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "papt_jax.report", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+def test_cli_missing_folder_is_one_line_and_exit_2(tmp_path):
+    proc = run_cli("--out", str(tmp_path / "c.md"), str(tmp_path / "no_such_run"))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "no_such_run: no such file or folder" in lines[0]
+    assert not (tmp_path / "c.md").exists()
+
+
+def test_cli_compares_run_folders(tmp_path, results):
+    for name, rs in (("vanilla", results[:2]), ("papt", results)):
+        report.write_report(rs, tmp_path / name / "report", system=name, plots=False)
+    out = tmp_path / "tables" / "comparison.md"
+    proc = run_cli(
+        f"--out={out}",
+        str(tmp_path / "vanilla"),
+        str(tmp_path / "papt" / "report" / "summary.json"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text() in proc.stdout
+    table_c = parse_table(out.read_text().split("## test-c")[1])
+    assert [row[0] for row in table_c[2:4]] == ["vanilla", "papt"]
+
+
+def test_cli_user_errors_are_report_errors(tmp_path):
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    with pytest.raises(report.ReportError, match="no results found in"):
+        report.find_summary(empty)
+    broken = tmp_path / "summary.json"
+    broken.write_text("{not json")
+    with pytest.raises(report.ReportError, match="cannot read the result file"):
+        report.load_summary(broken)
+    broken.write_text("[1, 2]")
+    with pytest.raises(report.ReportError, match="is not a report summary"):
+        report.load_summary(broken)
+    assert issubclass(report.ReportError, report.UserError)
+    with pytest.raises(report.ReportError, match="system names repeat"):
+        report.comparison_table([{"system": "a", "splits": {}}] * 2, "test-b")
