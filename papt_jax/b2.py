@@ -378,7 +378,9 @@ def b2_weights(
         raise UserError(
             f"{np.shape(test_features)[0]} test feature rows but {test_ids.size} speakers"
         )
-    projection: Projection = fit_projection(train_features, config.pca_components, whiten=True)
+    projection: Projection = fit_projection(
+        train_features, config.pca_components, whiten=True, seed=config.seed
+    )
     z_train, z_test = projection(train_features), projection(test_features)
     if not np.all(np.isfinite(z_test)):
         raise UserError("test features contain NaN or inf")

@@ -83,18 +83,62 @@ class Projection:
         return y / np.sqrt(self.explained_variance) if self.whiten else y
 
 
-def fit_projection(x_train, n_components: int, whiten: bool) -> Projection:
+# Above this many matrix entries PCA uses a randomized SVD (ComParE: 6373 features times tens
+# of thousands of utterances would need gigabytes and minutes for an exact one).
+EXACT_SVD_MAX_ENTRIES = 20_000_000
+_CHUNK_ROWS = 4096
+
+
+def _normalised_chunks(x, mean, scale):
+    for start in range(0, x.shape[0], _CHUNK_ROWS):
+        yield start, (np.asarray(x[start : start + _CHUNK_ROWS], np.float64) - mean) / scale
+
+
+def _randomized_top_axes(x, mean, scale, n_components: int, seed: int):
+    """Top right singular vectors and values of the z-normalised rows, without forming them.
+
+    Halko, Martinsson & Tropp (2011): a Gaussian sketch with 10 extra columns and 4 power
+    iterations (re-orthonormalised), then an exact SVD of the small projected matrix. The
+    z-normalised matrix is applied chunk by chunk, so memory stays O(N q + D q).
+    """
+    n, dim = x.shape
+    q = min(n_components + 10, n, dim)
+    rng = np.random.default_rng(seed)
+
+    def times(m):  # Z @ m, (N, q)
+        out = np.empty((n, m.shape[1]))
+        for start, z in _normalised_chunks(x, mean, scale):
+            out[start : start + z.shape[0]] = z @ m
+        return out
+
+    def transposed_times(y):  # Z^T @ y, (D, q)
+        out = np.zeros((dim, y.shape[1]))
+        for start, z in _normalised_chunks(x, mean, scale):
+            out += z.T @ y[start : start + z.shape[0]]
+        return out
+
+    basis, _ = np.linalg.qr(times(rng.standard_normal((dim, q))))
+    for _ in range(4):
+        side, _ = np.linalg.qr(transposed_times(basis))
+        basis, _ = np.linalg.qr(times(side))
+    _, singular, vt = np.linalg.svd(transposed_times(basis).T, full_matrices=False)
+    return singular[:n_components], vt[:n_components]
+
+
+def fit_projection(x_train, n_components: int, whiten: bool, seed: int = 0) -> Projection:
     """Fits z-normalisation + PCA on training rows.
 
     Args:
       x_train: (N, D) finite training rows, N >= 2.
       n_components: d, 1 <= d <= min(N - 1, D).
       whiten: Scale each component to unit training variance.
+      seed: Seed of the randomized SVD used for matrices above `EXACT_SVD_MAX_ENTRIES`
+        entries (exact SVD below).
 
     Returns:
       The fitted `Projection`.
     """
-    x = np.asarray(x_train, np.float64)
+    x = np.asarray(x_train)
     if x.ndim != 2 or x.shape[0] < 2:
         raise UserError(f"need at least 2 training rows of shape (N, D), got {x.shape}")
     if not np.all(np.isfinite(x)):
@@ -105,17 +149,21 @@ def fit_projection(x_train, n_components: int, whiten: bool) -> Projection:
             f"n_components must be in [1, {min(n - 1, dim)}] for {n} training rows of "
             f"{dim} features, got {n_components}"
         )
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
+    mean = x.mean(axis=0, dtype=np.float64)
+    scale = x.std(axis=0, dtype=np.float64)
     scale = np.where(scale > 0, scale, 1.0)
-    z = (x - mean) / scale
-    _, singular, vt = np.linalg.svd(z, full_matrices=False)
-    variance = singular[:n_components] ** 2 / n
-    if np.any(variance <= 0):
+    if n * dim > EXACT_SVD_MAX_ENTRIES:
+        singular, axes = _randomized_top_axes(x, mean, scale, n_components, seed)
+    else:
+        z = (x.astype(np.float64) - mean) / scale
+        _, singular, vt = np.linalg.svd(z, full_matrices=False)
+        singular, axes = singular[:n_components], vt[:n_components]
+    variance = singular**2 / n
+    if np.any(variance <= 1e-12 * dim):
         raise UserError(
             f"the training features span fewer than {n_components} dimensions; lower n_components"
         )
-    return Projection(mean, scale, vt[:n_components], variance, whiten)
+    return Projection(mean, scale, axes, variance, whiten)
 
 
 def diag_gaussian(x, var_floor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

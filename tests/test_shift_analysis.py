@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from papt_jax import shift_analysis
 from papt_jax.errors import UserError
 from papt_jax.shift_analysis import fit_projection, kl_diag_gaussians, speaker_shift
 
@@ -105,3 +106,16 @@ def test_bad_inputs():
         speaker_shift(
             train, np.ones(12), train, TRAIN_LABELS, TRAIN_LABELS, TRAIN_U, n_components=2
         )
+
+
+def test_randomized_pca_matches_the_exact_one(monkeypatch):
+    rng = np.random.default_rng(5)
+    # Low-rank structure plus noise, with well separated leading variances.
+    latent = rng.standard_normal((3000, 4)) * np.array([6.0, 4.0, 3.0, 2.0])
+    x = latent @ rng.standard_normal((4, 40)) + 0.3 * rng.standard_normal((3000, 40))
+    exact = fit_projection(x, 4, whiten=True)
+    monkeypatch.setattr(shift_analysis, "EXACT_SVD_MAX_ENTRIES", 1000)
+    monkeypatch.setattr(shift_analysis, "_CHUNK_ROWS", 700)  # several chunks, one partial
+    fast = fit_projection(x, 4, whiten=True)
+    np.testing.assert_allclose(fast.explained_variance, exact.explained_variance, rtol=1e-6)
+    np.testing.assert_allclose(np.abs(fast(x[:50])), np.abs(exact(x[:50])), atol=1e-5)
