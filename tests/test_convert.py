@@ -3,13 +3,13 @@
 import argparse
 import json
 import pickle
-import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from fixtures.fairseq_files import fairseq_names
 from flax.traverse_util import flatten_dict
 from safetensors.torch import save_file
 from transformers import HubertConfig as HFConfig
@@ -255,51 +255,11 @@ def test_all_problems_are_reported_together(base_hf, tmp_path):
 
 # --------------------------------------------------------------------------- fairseq
 
-# The test's own HF -> fairseq renaming (independent of papt_jax.convert.mapping),
-# following fairseq/models/wav2vec/wav2vec2.py and fairseq/models/hubert/hubert.py.
-_TO_FAIRSEQ = [
-    (r"^masked_spec_embed$", "mask_emb"),
-    (r"^feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
-    (r"^feature_projection\.layer_norm\.", "layer_norm."),
-    (r"^feature_projection\.projection\.", "post_extract_proj."),
-    (
-        r"^encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original0$",
-        "encoder.pos_conv.0.weight_g",
-    ),
-    (
-        r"^encoder\.pos_conv_embed\.conv\.parametrizations\.weight\.original1$",
-        "encoder.pos_conv.0.weight_v",
-    ),
-    (r"^encoder\.pos_conv_embed\.conv\.bias$", "encoder.pos_conv.0.bias"),
-    (r"^encoder\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
-    (r"^encoder\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
-    (r"^encoder\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
-    (r"^encoder\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
-]
-_FAIRSEQ_NORM = {
-    # default mode: Sequential(conv, dropout, Fp32GroupNorm, GELU) on conv 0 only.
-    "base": (
-        r"^feature_extractor\.conv_layers\.0\.layer_norm\.",
-        "feature_extractor.conv_layers.0.2.",
-    ),
-    # layer_norm mode: Sequential(conv, dropout, Sequential(T, LayerNorm, T), GELU).
-    "large": (
-        r"^feature_extractor\.conv_layers\.(\d+)\.layer_norm\.",
-        r"feature_extractor.conv_layers.\1.2.1.",
-    ),
-}
 FINAL_DIM = 12
 
 
 def _fairseq_state_dict(hf: HFModel, variant: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in hf.state_dict().items():
-        new = key
-        for pattern, repl in [*_TO_FAIRSEQ, _FAIRSEQ_NORM[variant]]:
-            new, count = re.subn(pattern, repl, new)
-            if count:
-                break
-        out[new] = value.clone()
+    out = fairseq_names(hf.state_dict(), VARIANTS[variant]["feat_extract_norm"])
     generator = torch.Generator().manual_seed(1)
     out["final_proj.weight"] = torch.randn(FINAL_DIM, TINY["hidden_size"], generator=generator)
     out["final_proj.bias"] = torch.randn(FINAL_DIM, generator=generator)

@@ -261,7 +261,7 @@ def load_pytorch_checkpoint(
     state_dict = raw.state_dict
     if raw.source_format.startswith("fairseq"):
         state_dict, head_state = _split_fairseq(state_dict)
-    state_dict = mapping.normalize_hf_keys(state_dict)
+    state_dict = mapping.normalize_hf_keys(state_dict, notes)
     config = _build_config(raw, state_dict, preset, config_overrides, context)
     mask_note = _add_missing_mask_embedding(raw, state_dict, config.hidden_size)
     if mask_note is not None:

@@ -274,11 +274,14 @@ def rename_keys(
     return out
 
 
-def normalize_hf_keys(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def normalize_hf_keys(
+    state_dict: Mapping[str, np.ndarray], notes: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """Brings any HF-style HuBERT state dict onto the canonical `HF_RULES` names.
 
     Strips the `hubert.` prefix of HF task models, drops their downstream heads
-    (logged with a count) and renames legacy weight-norm keys.
+    (logged with a count, and described in `notes` when given) and renames legacy
+    weight-norm keys.
     """
     if any(k.startswith(HF_ENCODER_PREFIX) for k in state_dict):
         stripped = {}
@@ -295,6 +298,9 @@ def normalize_hf_keys(state_dict: Mapping[str, np.ndarray]) -> dict[str, np.ndar
             len(dropped),
             dropped,
         )
+        if notes is not None:
+            listed = ", ".join(f"{k} {_shape_of(state_dict[k])}" for k in dropped)
+            notes.append(f"dropped the downstream task head (not part of the encoder): {listed}")
         state_dict = {k: v for k, v in state_dict.items() if k not in set(dropped)}
     return rename_keys(state_dict, LEGACY_WEIGHT_NORM_RENAMES)
 
