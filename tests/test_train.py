@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import functools
+import json
+import logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from papt_jax import metrics
+from papt_jax.errors import UserError
 from papt_jax.models import get_preset
 from papt_jax.models.heads import PretrainHeadConfig
 from papt_jax.models.tasks import HubertForPretraining, HubertForRegression
 from papt_jax.train import finetune, pretrain, sharding
 from papt_jax.train.checkpoint import Checkpoints
-from papt_jax.train.logging import MetricWriter
-from papt_jax.train.loop import LoopConfig, NonFiniteLossError, run_loop
-from papt_jax.train.state import TrainState, make_optimizer
+from papt_jax.train.loop import LoopConfig, NonFiniteEvaluationError, NonFiniteLossError, run_loop
+from papt_jax.train.metric_writer import MetricWriter
+from papt_jax.train.state import (
+    TrainState,
+    guarded_update,
+    make_optimizer,
+    warmup_linear_schedule,
+)
 
 SAMPLES = 8_000  # 0.5 s -> 24 frames
 NUM_CLASSES = 4
@@ -297,3 +306,225 @@ def test_regression_head_starts_at_the_centre_of_the_label_scale(mode, centre):
     assert float(head["output"]["bias"][0]) == 0.0
     np.testing.assert_array_equal(centred["output"]["kernel"], head["output"]["kernel"])
     np.testing.assert_array_equal(centred["dense_0"]["kernel"], head["dense_0"]["kernel"])
+
+
+# --- The loop's checkpoints and logs, on a toy linear model (compiles in well under a second) ---
+
+TOY_STEPS, TOY_EVAL_EVERY = 9, 3
+TOY_SCHEDULE = warmup_linear_schedule(0.05, TOY_STEPS, warmup_fraction=0.3)
+
+
+def toy_batches(n=4, seed=0):
+    rs = np.random.RandomState(seed)
+    out = []
+    for _ in range(n):
+        x = rs.randn(4, 4).astype(np.float32)
+        lengths = rs.randint(800, 1601, 4)
+        out.append(
+            {
+                "x": x,
+                "y": (x @ np.array([1.0, -2.0, 0.5, 3.0]) + 1.0).astype(np.float32),
+                "audio_mask": np.arange(1600)[None] < lengths[:, None],
+            }
+        )
+    return out
+
+
+@functools.cache
+def toy_setup():
+    tx = make_optimizer(0.05, TOY_STEPS, warmup_fraction=0.3, clip_norm=None)
+    params = {"w": np.zeros(4, np.float32), "b": np.zeros((), np.float32)}
+    state = jax.device_get(TrainState.create(apply_fn=None, params=params, tx=tx))
+    mesh = sharding.make_mesh(1)
+
+    @jax.jit
+    def step(state, batch, rng):
+        def loss_fn(p):
+            return jnp.mean((batch["x"] @ p["w"] + p["b"] - batch["y"]) ** 2)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        state, _, finite = guarded_update(state, grads, loss)
+        return state, {"loss": loss, "finite": finite}
+
+    return state, step, mesh
+
+
+def toy_eval(batches):
+    def evaluate(state):
+        p = jax.device_get(state.params)
+        return {
+            "loss": float(
+                np.mean([np.mean((b["x"] @ p["w"] + p["b"] - b["y"]) ** 2) for b in batches])
+            )
+        }
+
+    return evaluate
+
+
+class KilledAt(ListIterator):
+    """Raises KeyboardInterrupt (a kill) when asked for the batch of step `kill_step`."""
+
+    def __init__(self, batches, kill_step):
+        super().__init__(batches)
+        self.kill_step = kill_step
+
+    def __next__(self):
+        if self.kill_step is not None and self.position + 1 == self.kill_step:
+            raise KeyboardInterrupt
+        return super().__next__()
+
+
+def toy_run(
+    tmp_path, batches=None, evaluate=None, kill_step=None, log_every=1, mode="min", metric="loss"
+):
+    state, step, mesh = toy_setup()
+    batches = batches or toy_batches()
+    checkpoints = Checkpoints(str(tmp_path / "ckpt"))
+    writer = MetricWriter(str(tmp_path / "logs"))
+    try:
+        return run_loop(
+            state=sharding.replicate(state, mesh),
+            train_step=step,
+            evaluate=evaluate or toy_eval(batches),
+            train_iter=KilledAt(batches, kill_step),
+            mesh=mesh,
+            rng=jax.random.PRNGKey(0),
+            checkpoints=checkpoints,
+            writer=writer,
+            config=LoopConfig(
+                total_steps=TOY_STEPS,
+                eval_every=TOY_EVAL_EVERY,
+                log_every=log_every,
+                best_metric=metric,
+                best_mode=mode,
+            ),
+            description="toy",
+            learning_rate=TOY_SCHEDULE,
+        )
+    finally:
+        writer.close()
+        checkpoints.close()
+
+
+def assert_same_params(a, b):
+    for x, y in zip(
+        jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)), strict=True
+    ):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_kill_between_best_and_latest_saves_resumes(tmp_path, monkeypatch):
+    full = toy_run(tmp_path / "full")
+    save_latest = Checkpoints.save_latest
+
+    def killed_at_6(self, step, state, meta):
+        if step == 6:
+            raise KeyboardInterrupt  # best/6 is saved, latest/6 is not
+        save_latest(self, step, state, meta)
+
+    monkeypatch.setattr(Checkpoints, "save_latest", killed_at_6)
+    with pytest.raises(KeyboardInterrupt):
+        toy_run(tmp_path / "killed")
+    monkeypatch.undo()
+    ckpt = Checkpoints(str(tmp_path / "killed" / "ckpt"))
+    assert ckpt.best_steps() == [6] and ckpt.latest_steps() == [3]
+    # Before: StepAlreadyExistsError on every resume (best/6 is saved again).
+    resumed = toy_run(tmp_path / "killed")
+    assert resumed.finished and resumed.step == TOY_STEPS and resumed.best_step == full.best_step
+    assert_same_params(full.state.params, resumed.state.params)
+    best, meta = ckpt.restore_best(full.state, step=resumed.best_step)
+    assert meta["step"] == full.best_step
+    assert_same_params(
+        full.state.params if full.best_step == TOY_STEPS else best.params, best.params
+    )
+
+
+def test_damaged_latest_step_resumes_from_the_previous_one(tmp_path, caplog):
+    full = toy_run(tmp_path / "full")
+    with pytest.raises(KeyboardInterrupt):
+        toy_run(tmp_path / "run", kill_step=8)
+    latest = tmp_path / "run" / "ckpt" / "latest"
+    assert sorted(p.name for p in latest.iterdir()) == ["3", "6"]
+    (latest / "6" / "manifest.sha256.json").unlink()  # as if killed before the manifest
+    with caplog.at_level(logging.WARNING):
+        resumed = toy_run(tmp_path / "run")
+    assert "step 6" in caplog.text and "from step 3" in caplog.text
+    assert_same_params(full.state.params, resumed.state.params)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tensorboard_steps(logdir, tag):
+    """Steps of `tag` as TensorBoard shows them (its own reader, purges applied)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(logdir))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def test_resumed_run_logs_each_step_once(tmp_path):
+    # Killed at step 8: steps 7 and 8 were logged, the checkpoint is at step 6.
+    with pytest.raises(KeyboardInterrupt):
+        toy_run(tmp_path, kill_step=8)
+    logs = tmp_path / "logs"
+    logged = [r["step"] for r in read_jsonl(logs / "metrics.jsonl") if "train/loss" in r]
+    assert logged == list(range(1, 8))
+    toy_run(tmp_path)
+    records = read_jsonl(logs / "metrics.jsonl")
+    train_steps = [r["step"] for r in records if "train/loss" in r]
+    eval_steps = [r["step"] for r in records if "eval/loss" in r]
+    assert train_steps == list(range(1, TOY_STEPS + 1))  # before: 7 twice
+    assert eval_steps == [3, 6, 9]
+    assert len(list(logs.glob("events.*"))) == 2
+    assert tensorboard_steps(logs, "train/loss") == list(range(1, TOY_STEPS + 1))
+    assert tensorboard_steps(logs, "eval/loss") == [3, 6, 9]
+
+
+def test_tensorboard_without_a_purge_shows_resumed_steps_twice(tmp_path):
+    """The fault the purge fixes, shown with TensorBoard's own reader."""
+    from tensorboardX import SummaryWriter
+
+    for steps in (range(1, 8), range(7, 10)):
+        writer = SummaryWriter(str(tmp_path), filename_suffix=f".{len(list(tmp_path.iterdir()))}")
+        for s in steps:
+            writer.add_scalar("train/loss", 1.0, s)
+        writer.close()
+    assert tensorboard_steps(tmp_path, "train/loss").count(7) == 2
+
+
+def test_learning_rate_and_throughput_are_logged(tmp_path):
+    toy_run(tmp_path, log_every=2)
+    train = [r for r in read_jsonl(tmp_path / "logs" / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in train] == [2, 4, 6, 8, 9]
+    for r in train:
+        assert r["train/lr"] == pytest.approx(float(TOY_SCHEDULE(r["step"] - 1)))
+        assert r["train/audio_sec_per_sec"] > 0
+    assert len({r["train/lr"] for r in train}) > 2  # the schedule moves
+
+
+def test_non_finite_validation_score_is_a_failure_not_a_poor_epoch(tmp_path):
+    # Before, metrics.ccc gave 0.0 for NaN predictions and early stopping saw a poor epoch.
+    def evaluate(state):
+        return {"ccc": metrics.ccc([np.nan, 1.0, 2.0], [1.0, 2.0, 3.0])}
+
+    with pytest.raises(
+        NonFiniteEvaluationError, match=r"toy: the evaluation at step 3 gave ccc=nan"
+    ) as info:
+        toy_run(tmp_path, evaluate=evaluate, mode="max", metric="ccc")
+    assert isinstance(info.value, UserError) and "metrics.jsonl" in info.value.hint
+    assert "no checkpoint has been saved yet" in str(info.value)
+    assert not list((tmp_path / "ckpt" / "best").iterdir())
+
+
+def test_nan_guard_names_what_exists_not_a_checkpoint_that_is_not_there(tmp_path):
+    batches = toy_batches()
+    bad = dict(batches[1])
+    bad["x"] = np.full_like(bad["x"], np.nan)
+    with pytest.raises(NonFiniteLossError) as info:
+        toy_run(tmp_path, batches=[batches[0], bad, *batches[2:]])
+    message = str(info.value)
+    assert "no checkpoint has been saved yet" in message and "last good" not in message
+    assert "pseudo-label" in info.value.hint

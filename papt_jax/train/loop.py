@@ -3,7 +3,13 @@
 The loop owns what both stages have in common: resuming from the latest checkpoint
 (train state, data-iterator state, counters), the jitted step in the hot loop with no
 host synchronisation except every `log_every` steps, periodic evaluation with a
-best checkpoint and optional early stopping, the NaN/inf guard, logging and progress.
+best checkpoint and optional early stopping, the NaN/inf guards, logging and progress.
+
+Every `log_every` steps the loop logs, beside the step metrics, the learning rate of the
+last update (`lr`, when the schedule is given) and the throughput in seconds of audio per
+second of wall time (`audio_sec_per_sec`: the real samples of `audio_mask`, counted on the
+host from the NumPy batches, so it costs no device sync; evaluation and checkpoint time are
+left out, compilation on the first interval is not).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -20,15 +27,23 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from papt_jax.errors import UserError
 from papt_jax.train.checkpoint import Checkpoints
-from papt_jax.train.logging import MetricWriter
+from papt_jax.train.metric_writer import MetricWriter
 from papt_jax.train.sharding import shard_batch
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss or gradient; the last good checkpoint is kept."""
+SAMPLE_RATE = 16_000
+
+
+class NonFiniteLossError(UserError, RuntimeError):
+    """Training produced a NaN/inf loss or gradient; the saved checkpoints are untouched."""
+
+
+class NonFiniteEvaluationError(UserError, RuntimeError):
+    """An evaluation score is NaN/inf: a failed evaluation, never a poor one."""
 
 
 class CheckpointableIterator(Protocol):
@@ -73,12 +88,25 @@ class LoopConfig:
 
 @dataclasses.dataclass
 class LoopResult:
+    """What a call of `run_loop` reached.
+
+    Attributes:
+      state: The train state at `step`.
+      step: Steps done.
+      best: Best evaluation score so far (None before the first evaluation).
+      history: One dict per evaluation: {"step": ..., metric: value, ...}.
+      finished: False when stopped by `stop_after_steps` before the end.
+      stopped_early: True when early stopping ended the run.
+      best_step: Step of the best evaluation (None before the first evaluation).
+    """
+
     state: Any
     step: int
     best: float | None
     history: list[dict[str, float]]
     finished: bool
     stopped_early: bool
+    best_step: int | None = None
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -90,6 +118,40 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
 def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
     host = jax.device_get(pending)
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+class _Throughput:
+    """Seconds of audio trained per second of wall time, from host-side counters only.
+
+    Evaluation and checkpointing are excluded by restarting the clock after them.
+    """
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self) -> None:
+        self._samples = 0
+        self._since = time.perf_counter()
+
+    def add(self, batch: dict[str, np.ndarray]) -> None:
+        # The host batch is NumPy: counting its mask needs no device round trip.
+        self._samples += int(np.count_nonzero(batch["audio_mask"]))
+
+    def read(self) -> float:
+        """Audio seconds per second since the last restart (all processes), then restarts."""
+        samples = float(self._samples)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            samples = float(np.sum(multihost_utils.process_allgather(np.float64(samples))))
+        elapsed = time.perf_counter() - self._since
+        self.restart()
+        return samples / SAMPLE_RATE / elapsed if elapsed > 0 else float("nan")
+
+
+def _learning_rate(schedule, step: int) -> float:
+    """The rate the update of `step` used: optax counts updates from 0."""
+    return float(schedule(step - 1)) if callable(schedule) else float(schedule)
 
 
 def run_loop(
@@ -104,6 +166,7 @@ def run_loop(
     writer: MetricWriter,
     config: LoopConfig,
     description: str = "train",
+    learning_rate: Callable[[int], Any] | float | None = None,
 ) -> LoopResult:
     """Trains until `total_steps`, early stopping or `stop_after_steps`.
 
@@ -112,13 +175,16 @@ def run_loop(
       train_step: Jitted `(state, batch, rng) -> (state, metrics)`; metrics are device
         scalars and include `finite` (1.0 when the update was applied).
       evaluate: `state -> {metric: float}`, run every `eval_every` steps.
-      train_iter: Endless iterator of host batches with get_state/set_state.
+      train_iter: Endless iterator of host batches with get_state/set_state; batches
+        hold `audio_mask` (batch, samples) for the throughput count.
       mesh: Device mesh; batches are sharded over its data axis.
       rng: Base PRNG key; the step folds in the step number.
       checkpoints: Where latest/best checkpoints live.
-      writer: Metric writer.
+      writer: Metric writer (started here at the resumed step).
       config: Loop settings.
-      description: Progress-bar label.
+      description: Progress-bar and message label, e.g. 'finetune[arousal]'.
+      learning_rate: The optimiser's schedule (optax: update count -> rate) or constant
+        rate, logged as `train/lr`; None logs no rate.
 
     Returns:
       A LoopResult; `finished` is False when stopped by `stop_after_steps`.
@@ -126,17 +192,21 @@ def run_loop(
     Raises:
       NonFiniteLossError: when a step produced NaN/inf (updates from then on were skipped
         inside the step, so the state in memory and on disk is the last good one).
+      NonFiniteEvaluationError: when the score that selects the best checkpoint is NaN/inf.
+      CheckpointError: when checkpoints exist but none of them is usable.
     """
-    step, best, bad_evals, history = 0, None, 0, []
+    step, best, best_step, bad_evals, history = 0, None, None, 0, []
     restored = checkpoints.restore_latest(state)
     if restored is not None:
         state, meta = restored
         step, best, bad_evals = int(meta["step"]), meta["best"], int(meta["bad_evals"])
+        best_step = meta.get("best_step")
         history = list(meta.get("history", []))
         train_iter.set_state(meta["data_state"])
         log.info("%s: resumed from step %d (best %s)", description, step, best)
         if meta.get("stopped_early"):
-            return LoopResult(state, step, best, history, True, True)
+            return LoopResult(state, step, best, history, True, True, best_step)
+    writer.start(step)
 
     def save_latest(stopped_early=False):
         checkpoints.save_latest(
@@ -145,6 +215,7 @@ def run_loop(
             {
                 "step": step,
                 "best": best,
+                "best_step": best_step,
                 "bad_evals": bad_evals,
                 "history": history,
                 "data_state": train_iter.get_state(),
@@ -153,14 +224,16 @@ def run_loop(
         )
 
     pending: list[dict[str, jax.Array]] = []
+    throughput = _Throughput()
     progress = tqdm(
         total=config.total_steps, initial=step, desc=description, disable=jax.process_index() != 0
     )
     stopped_early = False
     try:
         while step < config.total_steps:
-            batch = shard_batch(next(train_iter), mesh)
-            state, metrics = train_step(state, batch, rng)
+            host_batch = next(train_iter)
+            throughput.add(host_batch)
+            state, metrics = train_step(state, shard_batch(host_batch, mesh), rng)
             step += 1
             pending.append(metrics)
             if step % config.log_every == 0 or step == config.total_steps:
@@ -169,12 +242,20 @@ def run_loop(
                 if means.get("finite", 1.0) < 1.0:
                     raise NonFiniteLossError(
                         f"{description}: non-finite loss or gradient before step {step}; the "
-                        "offending updates were skipped and training stopped. The last good "
-                        f"checkpoint is in {checkpoints.directory}/latest. Lower the learning "
-                        "rate, check the input data, or enable gradient clipping."
+                        "offending updates were skipped and training stopped. "
+                        + checkpoints.describe(),
+                        hint=(
+                            "check the input data (NaN/inf audio, out-of-range labels or "
+                            "pseudo-label ids), then lower the learning rate or enable "
+                            "gradient clipping"
+                        ),
                     )
+                means["audio_sec_per_sec"] = throughput.read()
+                if learning_rate is not None:
+                    means["lr"] = _learning_rate(learning_rate, step)
                 writer.write_scalars(step, means, prefix="train/")
-                progress.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k != "finite"})
+                shown = {k: f"{v:.4g}" for k, v in means.items() if k not in ("finite", "lr")}
+                progress.set_postfix(shown)
                 progress.update(step - progress.n)
             if step % config.eval_every == 0 or step == config.total_steps:
                 scores = evaluate(state)
@@ -182,17 +263,26 @@ def run_loop(
                 history.append({"step": step, **scores})
                 value = scores[config.best_metric]
                 if not math.isfinite(value):
-                    raise NonFiniteLossError(
-                        f"{description}: evaluation {config.best_metric}={value} at step {step}"
+                    raise NonFiniteEvaluationError(
+                        f"{description}: the evaluation at step {step} gave "
+                        f"{config.best_metric}={value}: the model's outputs on the evaluation "
+                        "data are not finite, so this evaluation failed (it is not a poor "
+                        "score). " + checkpoints.describe(),
+                        hint=(
+                            f"look for a diverging train/loss in {writer.logdir}/metrics.jsonl "
+                            "(lower the learning rate) and for NaN/inf audio or labels in the "
+                            "evaluation split"
+                        ),
                     )
                 if _improved(value, best, config.best_mode):
-                    best, bad_evals = value, 0
+                    best, best_step, bad_evals = value, step, 0
                     checkpoints.save_best(step, state, {"step": step, **scores})
                 else:
                     bad_evals += 1
                 log.info("%s step %d: %s", description, step, scores)
                 stopped_early = config.patience is not None and bad_evals >= config.patience
                 save_latest(stopped_early)
+                throughput.restart()
                 if stopped_early:
                     log.info(
                         "%s: early stop after %d evaluations without gain", description, bad_evals
@@ -201,10 +291,10 @@ def run_loop(
             if config.stop_after_steps is not None and step >= config.stop_after_steps:
                 if step % config.eval_every:
                     save_latest()
-                return LoopResult(state, step, best, history, False, False)
+                return LoopResult(state, step, best, history, False, False, best_step)
     finally:
         progress.close()
-    return LoopResult(state, step, best, history, True, stopped_early)
+    return LoopResult(state, step, best, history, True, stopped_early, best_step)
 
 
 def train_in_workdir(
@@ -218,6 +308,7 @@ def train_in_workdir(
     workdir: str,
     config: LoopConfig,
     description: str,
+    learning_rate: Callable[[int], Any] | float | None = None,
 ):
     """`run_loop` with checkpoints in `<workdir>/checkpoints` and logs in `<workdir>/logs`.
 
@@ -243,10 +334,11 @@ def train_in_workdir(
             writer=writer,
             config=config,
             description=description,
+            learning_rate=learning_rate,
         )
         best = None
         if result.finished:
-            best, _ = checkpoints.restore_best(result.state)
+            best, _ = checkpoints.restore_best(result.state, step=result.best_step)
             best = jax.device_get(best)
     finally:
         writer.close()
