@@ -117,6 +117,12 @@ class EvalResult:
         for name, value in arrays.items():
             if value.size != n:
                 raise ValueError(f"{name} has {value.size} entries, keys has {n}")
+            if name != "speakers" and not np.isfinite(value).all():
+                bad = np.flatnonzero(~np.isfinite(value))
+                raise ValueError(
+                    f"{self.split}/{self.dimension}: {name} has {bad.size} non-finite values "
+                    f"(first at utterance {str(self.keys[bad[0]])!r})"
+                )
         if np.unique(self.keys).size != n:
             raise ValueError(f"{self.split}/{self.dimension}: utterance keys are not unique")
 
@@ -281,7 +287,9 @@ def _speaker_note(split_summary: Mapping, dimensions: Sequence[str]) -> str:
             )
     return (
         "A-CCC (std) is the mean (population std) of per-speaker CCCs over speakers with at "
-        "least 2 utterances and non-constant labels and predictions. " + "; ".join(parts) + "."
+        "least 2 utterances (constant labels or predictions give a speaker CCC 0). "
+        + "; ".join(parts)
+        + "."
     )
 
 
@@ -465,6 +473,12 @@ def _speaker_legend(fig: Figure, styles: Mapping[str, tuple], title: Text) -> No
     fig.set_size_inches(width, height + _size_in(fig, legend)[1] + 0.1)
 
 
+def _fit_title(fig: Figure, title: Text) -> None:
+    """Widens `fig` when its title (centred on the figure) is wider than the figure."""
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(max(width, _size_in(fig, title)[0] + 0.3), height)
+
+
 def _text_width_in(fig: Figure, texts: Sequence[str], fontsize: float) -> float:
     """Width in inches of the widest of `texts` in the default font at `fontsize`."""
     renderer = fig.canvas.get_renderer()
@@ -481,7 +495,7 @@ def _per_speaker(result: EvalResult) -> dict[str, metrics.PerSpeakerCCC]:
 
 
 def _ccc_limits(per: Mapping[str, metrics.PerSpeakerCCC]) -> tuple[float, float]:
-    """Axis range holding every finite per-speaker CCC of every variant, 0 and 1."""
+    """Axis range holding every finite per-speaker CCC of every variant, 0 and 1 (CCC's top)."""
     values = np.concatenate([p.ccc for p in per.values()])
     values = values[np.isfinite(values)]
     low = min(0.0, float(values.min())) if values.size else 0.0
@@ -489,13 +503,13 @@ def _ccc_limits(per: Mapping[str, metrics.PerSpeakerCCC]) -> tuple[float, float]
 
 
 def _excluded_note(per: metrics.PerSpeakerCCC, limit: int = 6) -> str:
-    """E.g. "1 speaker excluded (< 2 utterances or constant values): MSP_1370 (n=1)"."""
+    """E.g. "1 speaker excluded (fewer than 2 utterances): MSP_1370 (n=1)"."""
     names = [f"{per.speakers[i]} (n={per.counts[i]})" for i in np.flatnonzero(~per.valid)]
     if not names:
         return f"{per.speakers.size} speakers, none excluded"
     shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
     noun = "speaker" if len(names) == 1 else "speakers"
-    return f"{len(names)} {noun} excluded (< 2 utterances or constant values): {shown}"
+    return f"{len(names)} {noun} excluded (fewer than 2 utterances): {shown}"
 
 
 def speaker_ccc_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
@@ -521,9 +535,10 @@ def speaker_ccc_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
             colour, marker = styles[str(before.speakers[i])]
             ax.scatter(before.ccc[i], after.ccc[i], s=36, color=colour, marker=marker, zorder=2)
         better = int((after.ccc[shown] > before.ccc[shown]).sum())
-        ax.set_title(
-            f"{_variant_label(mode, system)}\n{better} of {int(shown.sum())} speakers improve"
-        )
+        if mode == SYSTEM:  # no PLDC output to compare: the diagonal only
+            ax.set_title(f"{system}\n(no PLDC variants in this result)")
+        else:
+            ax.set_title(f"{MODE_LABELS[mode]}\n{better} of {int(shown.sum())} speakers improve")
         ax.set_xlabel(f"CCC, {system}")
         ax.label_outer()
     axes[0].set_ylabel("CCC after PLDC")
@@ -534,6 +549,7 @@ def speaker_ccc_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
         + _excluded_note(before)
     )
     _speaker_legend(fig, styles, title)
+    _fit_title(fig, title)
     return fig
 
 
@@ -541,7 +557,7 @@ def speaker_ccc_bars_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
     """Per-speaker CCC as bars, speakers sorted by the uncalibrated CCC (highest on top).
 
     One panel per PLDC mode: the uncalibrated CCC (grey) beside the calibrated one. Speakers
-    with no CCC (< 2 utterances or constant values) are listed last and marked "excluded".
+    with no CCC (fewer than 2 utterances) are listed last and marked "excluded".
     """
     per = _per_speaker(result)
     before = per[SYSTEM]
@@ -552,10 +568,7 @@ def speaker_ccc_bars_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
     n = order.size
     rows = np.arange(n)
     bar = 0.4
-    values = np.concatenate([p.ccc for p in per.values()])
-    values = values[np.isfinite(values)]
-    low = min(0.0, float(values.min(initial=0.0))) - 0.1
-    high = max(0.0, float(values.max(initial=0.0))) + 0.1
+    low, high = _ccc_limits(per)  # the scatter figure's range: figures compare directly
 
     names = [f"{before.speakers[i]} (n={before.counts[i]})" for i in order]
     height = 1.6 + 0.3 * n
@@ -572,7 +585,8 @@ def speaker_ccc_bars_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
             title = f"{MODE_LABELS[mode]}\n{better} of {shown} speakers improve"
         else:
             title = system
-        ax.barh(rows + bar / 2, after.ccc[order], height=bar, color=_VARIANT_COLOURS[mode])
+        offset = 0.0 if mode == SYSTEM else bar / 2
+        ax.barh(rows + offset, after.ccc[order], height=bar, color=_VARIANT_COLOURS[mode])
         for row, i in enumerate(order):
             if not (before.valid[i] and after.valid[i]):
                 ax.text(0.0, row, " excluded", va="center", ha="left", fontsize=_LEGEND_FONT)
@@ -582,7 +596,7 @@ def speaker_ccc_bars_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
         ax.grid(axis="x", color="0.9", lw=0.6)
         ax.set_axisbelow(True)
     axes[0].set_xlim(low, high)
-    axes[0].set_yticks(rows, labels=[f"{before.speakers[i]} (n={before.counts[i]})" for i in order])
+    axes[0].set_yticks(rows, labels=names)
     axes[0].set_ylim(n - 0.5, -0.5)  # highest uncalibrated CCC on top
     axes[0].tick_params(axis="y", labelsize=_LEGEND_FONT + 1)
     handles = [
@@ -596,7 +610,10 @@ def speaker_ccc_bars_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
         frameon=False,
         fontsize=_LEGEND_FONT + 1,
     )
-    fig.suptitle(f"{result.split} {result.dimension}: per-speaker CCC, sorted by {system}'s CCC")
+    title = fig.suptitle(
+        f"{result.split} {result.dimension}: per-speaker CCC, sorted by {system}'s CCC"
+    )
+    _fit_title(fig, title)
     return fig
 
 
@@ -648,6 +665,7 @@ def predictions_figure(result: EvalResult, system: str = SYSTEM) -> Figure:
         f"({result.keys.size} utterances, {ids.size} speakers)"
     )
     _speaker_legend(fig, styles, title)
+    _fit_title(fig, title)
     return fig
 
 
@@ -699,7 +717,9 @@ def _layout_items(fig: Figure, renderer) -> tuple[list, list]:
         if not ax.get_visible():
             continue
         where = f"axes {a}"
-        for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label):
+        # An axes' own Text children besides `ax.texts` are its three title slots.
+        titles = [c for c in ax.get_children() if isinstance(c, Text) and c not in ax.texts]
+        for t in [*titles, ax.xaxis.label, ax.yaxis.label]:
             if _shown(t):
                 solid.append((f"{where} label {t.get_text()!r}", _extent(t, renderer)))
         for name in ("x", "y"):

@@ -232,6 +232,10 @@ def test_eval_result_rejects_bad_input():
         report.EvalResult("arousal", "test-b", ["a"], [0], [1.0], [1.0], {"median": [1.0]})
     with pytest.raises(ValueError, match="file name"):
         report.EvalResult("arousal", "test/b", ["a"], [0], [1.0], [1.0])
+    with pytest.raises(ValueError, match=r"calibrated\[sigma\] has 1 non-finite .* 'b'"):
+        report.EvalResult(
+            "arousal", "test-b", ["a", "b"], [0, 0], [1.0, 2.0], [1.0, 2.0], {"sigma": [1, np.inf]}
+        )
 
 
 # --- Figures -----------------------------------------------------------------------------------
@@ -298,6 +302,15 @@ def test_figures_stay_clean_with_many_long_speaker_names():
             warnings.simplefilter("error")
             fig = build(many, "PAPT-FT")
             assert report.layout_problems(fig) == [], build.__name__
+
+
+def test_figures_without_pldc_modes_are_clean(results):
+    r = results[1]
+    plain = report.EvalResult(r.dimension, r.split, r.keys, r.speakers, r.labels, r.predictions)
+    for build in report.FIGURES.values():
+        fig = build(plain, "Vanilla-FT")
+        assert report.layout_problems(fig) == [], build.__name__
+        assert "Vanilla-FT" in " ".join(ax.get_title() for ax in fig.axes) + fig.get_suptitle()
 
 
 def test_speaker_ccc_bars_sorted_with_a_zero_line(results):
