@@ -23,6 +23,7 @@ from transformers import HubertModel as HFModel
 
 from papt_jax.convert import (
     CheckpointFormatError,
+    ConfigInferenceError,
     UnsafePickleError,
     UnsafePickleWarning,
     load_converted,
@@ -426,6 +427,31 @@ def test_finetuned_checkpoint_converts_its_encoder(files, name, variant, caplog)
         activation_dropout=0.1,
         feat_proj_dropout=0.0 if variant == "large" else 0.1,
     )
+    flat, ref = _flat(ckpt.params), _flat(pretrained.params)
+    assert sorted(flat) == sorted(ref)
+    assert all(np.array_equal(flat[k], ref[k]) for k in ref)
+
+
+def test_finetuned_checkpoint_equals_transformers(files, models):
+    ckpt = load_pytorch_checkpoint(files["large_finetuned_dictconfig"])
+    audio = np.random.default_rng(4).standard_normal((2, 4000)).astype(np.float32)
+    got = _hidden_states(ckpt.config, ckpt.params, audio)
+    want = _reference_hidden_states(models["large"], audio, normalize=True)
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        diff = float(np.abs(a - b).max())
+        assert diff <= 1e-4, f"fine-tuned hidden state {i} differs by {diff}"
+
+
+def test_finetuned_without_encoder_config_needs_a_preset(files, models, tmp_path):
+    cfg = _finetuned_cfg("base")
+    cfg["model"]["w2v_args"] = None  # Only w2v_path: the encoder's config is not in the file.
+    path = tmp_path / "no_w2v_args.pt"
+    torch.save({"cfg": cfg, "args": None, "model": _finetuned_state(models["base"], "base")}, path)
+    with pytest.raises(ConfigInferenceError, match="preset"):
+        load_pytorch_checkpoint(path)
+    ckpt = load_pytorch_checkpoint(path, preset="tiny")
+    assert any("w2v_args" in note for note in ckpt.notes)
+    pretrained = load_pytorch_checkpoint(files["base_dictconfig"])
     flat, ref = _flat(ckpt.params), _flat(pretrained.params)
     assert sorted(flat) == sorted(ref)
     assert all(np.array_equal(flat[k], ref[k]) for k in ref)
