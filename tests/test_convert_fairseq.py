@@ -504,6 +504,14 @@ def test_unknown_class_needs_the_opt_in_and_says_what_is_missing(files):
     assert "omegaconf" not in message.split("hint:")[0]
 
 
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint\n", bytes(range(256)) * 8])
+def test_a_file_that_is_no_checkpoint_is_a_format_error(tmp_path, content):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointFormatError, match="model.pt"):
+        load_pytorch_checkpoint(path)
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "papt_jax.convert", *args],

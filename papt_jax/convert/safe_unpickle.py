@@ -246,6 +246,14 @@ def _refused_names(path: Path, err: Exception) -> list[str]:
     return sorted({_python3_name(name) for name in names})
 
 
+def _unpickler_reason(err: Exception) -> str:
+    """The restricted unpickler's own complaint, without torch's advice around it."""
+    text = str(err)
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if marker else text).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def _safe_load(path: Path):
     torch = _import_torch()
     with torch.serialization.safe_globals(_SAFE_GLOBALS):
@@ -290,6 +298,10 @@ def _full_load(path: Path):
             hint="fairseq's and omegaconf's own classes are read without those packages; "
             f"this is something else: install the package that provides {missing!r}",
         ) from err
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
+        raise CheckpointFormatError(
+            f"{path} is not a PyTorch checkpoint, or a malformed one: {err}"
+        ) from err
 
 
 def load_pickle(path: str | Path, *, allow_unsafe_pickle: bool = False) -> Any:
@@ -312,11 +324,11 @@ def load_pickle(path: str | Path, *, allow_unsafe_pickle: bool = False) -> Any:
         return _safe_load(path)
     except pickle.UnpicklingError as err:
         refused = _refused_names(path, err)
-        reason = ", ".join(refused) or str(err).strip().splitlines()[0]
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
-        # A known name used in a way its real class would not be (e.g. typing.Any called).
+        reason = ", ".join(refused) or _unpickler_reason(err)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, EOFError) as err:
+        # Not a pickle, or a known name used in a way its real class never is.
         raise CheckpointFormatError(
-            f"{path}: malformed checkpoint pickle ({type(err).__name__}: {err})"
+            f"{path} is not a PyTorch checkpoint, or a malformed one ({type(err).__name__}: {err})"
         ) from err
     except RuntimeError as err:
         raise CheckpointFormatError(
@@ -324,8 +336,11 @@ def load_pickle(path: str | Path, *, allow_unsafe_pickle: bool = False) -> Any:
         ) from err
     if not allow_unsafe_pickle:
         if not refused:
-            raise UnsafePickleError(
-                f"{path} could not be read by the safe unpickler: {reason}", hint=UNSAFE_HINT
+            raise CheckpointFormatError(
+                f"{path} could not be read by the safe unpickler: {reason}",
+                hint="if it is a trusted PyTorch checkpoint in a form the restricted "
+                "unpickler does not parse, allow_unsafe_pickle=True (command line: "
+                "--allow_unsafe_pickle) reads it fully, running any code it contains",
             )
         raise UnsafePickleError(
             f"{path} refers to {reason}, outside the list of harmless classes the safe "
