@@ -43,5 +43,5 @@ else
     --config.data.corpus_dir="$OUT/papt/corpus" --config.data.synthetic_preset= "${shared[@]}"
 fi
 
-python -m papt_jax.report --out "$OUT/comparison.md" \
+python -m papt_jax.eval.compare --out "$OUT/comparison.md" \
   "$OUT/vanilla/report/summary.json" "$OUT/tapt/report/summary.json" "$OUT/papt/report/summary.json"

@@ -92,5 +92,8 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
             if _TRACEBACK.value:
                 raise
             fail(e.message, e.hint)
+        except BrokenPipeError:  # output piped into `head` and the like
+            sys.stderr.close()
+            return 0
 
     app.run(guarded, argv=list(sys.argv if argv is None else argv), flags_parser=parse_flags)

@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.corpus_dir = ""  # MSP-Podcast root (Audios/, Labels/); required for real data
     d.synthetic_preset = ""  # 'demo' / 'smoke': generate the embedded corpus instead
     d.labels_file = ""  # default: <corpus>/Labels/labels_consensus.csv (or 'concensus')
-    d.new_labels_file = ""  # newer release's labels for test-c (e.g. v1.10); '' disables test-c
+    d.new_corpus_dir = ""  # newer release's own folder for test-c (e.g. MSP-Podcast v1.10)
+    d.new_labels_file = ""  # or just its labels file (audio in corpus_dir); both '': no test-c
     d.train_splits = "Train"  # Split_Set values of the training set (comma-separated)
     d.validation_splits = "Development,Validation"  # ... of the validation set
     d.test_splits = "Test1"  # ... of the test set (split into test-a / test-b)
@@ -64,20 +65,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.bootstrap = b = ml_collections.ConfigDict()
     b.preset = "small"  # encoder preset trained from scratch
     b.num_clusters = 50  # k-means clusters on MFCC features
-    b.epochs = 10
-    b.peak_lr = 5e-4
-    b.mask_prob = 0.65
-    b.features_pen_weight = 0.0
+    b.epochs = 10  # passes over the adaptation audio
+    b.peak_lr = 5e-4  # from-scratch training needs a larger step than continued training
+    b.mask_prob = 0.65  # share of frames that start a masked span
+    b.features_pen_weight = 0.0  # weight of the CNN-feature L2 penalty
 
     # --- Pseudo-labels ---------------------------------------------------------------
     c.pseudo_labels = p = ml_collections.ConfigDict()
     p.source = "teacher"  # 'teacher' (encoder layer features) or 'mfcc' (39-dim, 100 Hz)
     p.teacher = ""  # 'converted:DIR' / 'pytorch:PATH' (HuBERT-base iter 2) / 'bootstrap'
     p.layer = 9  # teacher layer whose output is clustered
-    p.num_clusters = 500
+    p.num_clusters = 500  # k-means clusters (the paper's HuBERT-large recipe: 500)
     p.fit_fraction = 0.1  # share of utterances whose frames fit k-means
-    p.kmeans_batch_size = 10_000
-    p.kmeans_max_iter = 100
+    p.kmeans_batch_size = 10_000  # frames per mini-batch k-means step (fairseq: 10 000)
+    p.kmeans_max_iter = 100  # mini-batch k-means iterations (fairseq: 100)
     p.centroids = ""  # precomputed centroids (.npy, (K, dim)) instead of fitting
 
     # --- Continued pre-training (PAPT / TAPT) -----------------------------------------
@@ -85,14 +86,20 @@ def base_config() -> ml_collections.ConfigDict:
     t.speaker_fusion = "last"  # 'last' (PAPT), 'first', 'prefix' or 'none' (TAPT)
     t.train_splits = "train,validation,test_b"  # audio used for adaptation (no labels)
     t.eval_split = "test_a"  # validation loss
-    t.epochs = 10
-    t.peak_lr = 1e-5
-    t.warmup_fraction = 0.05
-    t.weight_decay = 0.0
-    t.clip_norm = 10.0
-    t.mask_prob = 0.8  # 0.65 for base
-    t.mask_length = 10
-    t.features_pen_weight = 10.0  # 0 for base
+    t.epochs = 10  # paper: 10 epochs
+    t.peak_lr = 1e-5  # paper: peak learning rate 1e-5
+    t.warmup_fraction = 0.05  # paper: linear schedule with 5 % warm-up
+    # Optimiser: "all other settings identical to HuBERT's pre-training" (paper), i.e.
+    # fairseq examples/hubert/config/pretrain/hubert_large_lv60k.yaml: Adam betas
+    # (0.9, 0.98), eps 1e-6, decoupled weight decay 0.01, gradient clipping at norm 1.0.
+    t.adam_b1 = 0.9  # Adam first-moment decay (fairseq HuBERT: 0.9)
+    t.adam_b2 = 0.98  # Adam second-moment decay (fairseq HuBERT: 0.98)
+    t.adam_eps = 1e-6  # Adam denominator constant (fairseq HuBERT: 1e-6)
+    t.weight_decay = 0.01  # decoupled weight decay (fairseq HuBERT: 0.01)
+    t.clip_norm = 1.0  # gradient clipping at this global norm (fairseq HuBERT large: 1.0)
+    t.mask_prob = 0.8  # share of frames starting a masked span (fairseq base and large: 0.8)
+    t.mask_length = 10  # masked span length in frames (fairseq: 10)
+    t.features_pen_weight = 10.0  # CNN-feature L2 penalty weight (fairseq base and large: 10)
     t.final_dim = 768  # head width when the checkpoint has no head (256 for base)
     t.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
 
@@ -100,20 +107,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.finetune = f = ml_collections.ConfigDict()
     f.dimensions = "arousal,valence"  # one regressor each
     f.init = "pretrain"  # 'pretrain' (this run's adapted encoder) or 'model' (model.init)
-    f.epochs = 10
-    f.peak_lr = 5e-5
+    f.epochs = 10  # paper: at most 10 epochs, early stopping on validation CCC
+    f.peak_lr = 5e-5  # paper: Adam, learning rate 5e-5
     f.schedule = "constant"  # paper: Adam 5e-5; 'linear' adds warm-up and decay
-    f.warmup_fraction = 0.0
-    f.clip_norm = 10.0
+    f.warmup_fraction = 0.0  # warm-up share of the steps with schedule 'linear'
+    f.clip_norm = 10.0  # gradient clipping (global norm)
     f.patience = 3  # evaluations without validation-CCC gain before stopping
     f.freeze_feature_extractor = True  # keep the CNN fixed (common practice; paper silent)
     f.label_scaling = "none"  # 'none' (1..7) or 'unit' ([0, 1]); CCC is on 1..7 either way
-    f.head_dropout = 0.1
-    f.stop_after_steps = 0
+    f.head_dropout = 0.1  # paper: dropout 0.1 in the regression head
+    f.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
 
     # --- Evaluation with PLDC ---------------------------------------------------------
     c.evaluate = e = ml_collections.ConfigDict()
-    e.splits = "test_b,test_c"
+    e.splits = "test_b,test_c"  # test-b: seen speakers; test-c: unseen (needs a newer release)
     e.pldc_k = 10  # retrieved training speakers per test speaker
     return c
 

@@ -1,41 +1,69 @@
 """Command-line entry point: `python -m papt_jax.main --config=configs/papt.py --workdir=DIR`.
 
-Everything happens in `papt_jax.pipeline`; this file only parses flags and sets up
-multi-host JAX when asked to.
+Everything happens in `papt_jax.experiment`; this file only parses flags, sets up logging
+and multi-host JAX when asked to. `--config.KEY=VALUE` overrides any setting; every key,
+its default and its meaning: `python -m papt_jax.main --config=configs/papt.py --help`
+lists them (they are documented in papt_jax/config_defaults.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 
-import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from papt_jax import pipeline
+from papt_jax import cli
+from papt_jax.experiment import describe, settings
+from papt_jax.experiment.run import run as run_experiment
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/papt.py or configs/papt.py:demo."
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every output of the run.")
+_REDO = flags.DEFINE_list(
+    "redo",
+    [],
+    "Stages to run again although complete (e.g. --redo=finetune); every stage that reads "
+    "their outputs is redone too.",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
     "Call jax.distributed.initialize() first (multi-host: SLURM, Open MPI, TPU pods).",
 )
+_SHOW_CONFIG = flags.DEFINE_bool(
+    "show_config",
+    False,
+    "Print every config key with its value (after --config.* overrides) and its meaning, "
+    "then exit.",
+)
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    os.environ.get("PAPT_JAX_COMPILATION_CACHE", "~/.cache/papt_jax/xla"),
+    "Folder of JAX's persistent compilation cache, shared by every run and workdir, so a "
+    "rerun or a resumed run reuses compiled steps; '' turns it off. Default from the "
+    "PAPT_JAX_COMPILATION_CACHE environment variable, else ~/.cache/papt_jax/xla.",
+)
 _LIBRARY_LOGS = flags.DEFINE_bool(
     "library_logs",
     False,
-    "Also show the INFO lines of Orbax (dozens per checkpoint save); warnings always show.",
+    "Also show the libraries' INFO lines (Orbax, JAX backend probing, absl); warnings always show.",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
+
+# Packages whose INFO lines say nothing a user acts on (Orbax: dozens per checkpoint save;
+# JAX: probing for accelerators that were never asked for; TFDS: "Load dataset info" per
+# pass and raw shard patterns).
+QUIET_PACKAGES = ("orbax", "jax", "absl", "grain", "tensorflow_datasets")
 
 
 class QuietLibraryInfo(logging.Filter):
     """Drops INFO records logged from inside the named packages; keeps warnings and errors."""
 
-    def __init__(self, packages: tuple[str, ...] = ("orbax",)):
+    def __init__(self, packages: tuple[str, ...] = QUIET_PACKAGES):
         super().__init__()
         self._markers = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
 
@@ -45,19 +73,53 @@ class QuietLibraryInfo(logging.Filter):
         return not any(m in record.pathname for m in self._markers)
 
 
-def main(argv):
+def _config_file_problem() -> str | None:
+    """The config file named by --config, if it cannot be read (ml_collections loads lazily)."""
+    path = flags.FLAGS["config"].config_filename.split(":")[0]
+    if not os.path.isfile(path):
+        return f"--config={path}: no such file"
+    return None
+
+
+def enable_compilation_cache(folder: str) -> None:
+    """Turns on JAX's persistent compilation cache in `folder` (created if missing)."""
+    import jax
+
+    path = os.path.abspath(os.path.expanduser(folder))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    # Cache every compiled step, not only slow ones: a run compiles a few dozen programs.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def main(argv: list[str]) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise settings.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     if not _LIBRARY_LOGS.value:
         for handler in logging.getLogger().handlers:
             handler.addFilter(QuietLibraryInfo())
+    problem = _config_file_problem()
+    if problem:
+        raise settings.ConfigError(problem, hint="configs/ holds papt.py, tapt.py, vanilla_ft.py")
+    if _SHOW_CONFIG.value:
+        print(describe.describe(_CONFIG.value))
+        return 0
+    if not _WORKDIR.value:
+        raise settings.ConfigError("--workdir is not set", hint="--workdir=runs/NAME")
+    import jax
+
+    if _COMPILATION_CACHE.value:
+        enable_compilation_cache(_COMPILATION_CACHE.value)
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
-    pipeline.run(_CONFIG.value, _WORKDIR.value)
+    # A run stopped early on purpose (stop_after_steps) is a success: run again to resume.
+    run_experiment(_CONFIG.value, _WORKDIR.value, redo=tuple(_REDO.value))
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, sys.argv)

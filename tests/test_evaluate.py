@@ -1,13 +1,11 @@
-"""Unseen-speaker proxies, pipeline config checks and the pseudo-label stage."""
+"""Unseen-speaker proxies and the pseudo-label computation."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from papt_jax import evaluate, kmeans, pseudo_labels
-from papt_jax.config_defaults import apply_embedded_corpus, base_config
-from papt_jax.pipeline import ConfigError, check_config, parse_stages
+from papt_jax import kmeans, pseudo_labels
+from papt_jax.eval import evaluate
 
 
 def test_proxy_is_the_most_similar_training_speaker():
@@ -36,17 +34,6 @@ def test_with_speakers_replaces_real_rows_only():
     (out,) = list(evaluate.with_speakers([batch], {"u1": 4, "u2": 9}))
     np.testing.assert_array_equal(out["speaker"], [4, 9, -1])
     np.testing.assert_array_equal(batch["speaker"], [-1, -1, -1])  # input untouched
-
-
-def test_check_config_lists_everything_missing():
-    with pytest.raises(ConfigError) as err:
-        check_config(base_config(), parse_stages(base_config().stages))
-    message = str(err.value)
-    for needle in ("data.corpus_dir", "model.init", "pseudo_labels.teacher"):
-        assert needle in message
-    check_config(apply_embedded_corpus(base_config(), "smoke"), parse_stages("corpus,report"))
-    with pytest.raises(ConfigError, match="unknown stages"):
-        parse_stages("corpus,pretrian")
 
 
 def test_mfcc_pseudo_labels_cover_every_encoder_frame(tmp_path):
@@ -109,24 +96,3 @@ def test_fit_fraction_choice_is_deterministic_and_close_to_the_fraction():
     chosen = [pseudo_labels.chosen_for_fit(k, 0.1, seed=3) for k in keys]
     assert chosen == [pseudo_labels.chosen_for_fit(k, 0.1, seed=3) for k in keys]
     assert 0.08 < np.mean(chosen) < 0.12
-
-
-def test_requested_stages_pull_in_incomplete_prerequisites(tmp_path):
-    from papt_jax.pipeline import Workspace, plan_stages
-
-    config = apply_embedded_corpus(base_config(), "smoke")
-    config.stages = "pseudo_labels,pretrain"
-    ws = Workspace(config, str(tmp_path))
-    assert plan_stages(config, ws) == (
-        "corpus",
-        "prepare",
-        "bootstrap",
-        "pseudo_labels",
-        "pretrain",
-    )
-    for done in ("corpus", "prepare", "bootstrap"):
-        ws.mark_done(done)
-    assert plan_stages(config, ws) == ("pseudo_labels", "pretrain")
-    config.stages = "finetune"
-    config.finetune.init = "model"  # Vanilla-FT: no pre-training needed
-    assert plan_stages(config, ws) == ("finetune",)

@@ -16,7 +16,8 @@ from transformers import HubertConfig as HFConfig
 from transformers import HubertModel as HFModel
 
 from papt_jax.convert import abstract_params, load_pytorch
-from papt_jax.models import HubertModel, get_preset, to_hf_config
+from papt_jax.convert.hf_config import to_hf_config
+from papt_jax.models import HubertModel, get_preset
 
 SMALL = dict(
     hidden_size=64,

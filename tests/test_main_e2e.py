@@ -1,68 +1,36 @@
-"""End to end: the command-line pipeline on the embedded smoke corpus."""
+"""End to end: the command-line pipeline on the embedded smoke corpus.
+
+Every test here reads the one shared `smoke_run` (tests/conftest.py); tests that need to
+damage a workdir copy it first.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 import time
-from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import run_main
 
-REPO = Path(__file__).resolve().parents[1]
+from papt_jax.experiment.settings import STAGES
 
-
-def run_main(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [sys.executable, "-m", "papt_jax.main", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+pytestmark = pytest.mark.slow
 
 
-def test_paper_config_without_data_fails_at_once(tmp_path):
-    start = time.time()
-    proc = run_main("--config=configs/papt.py", f"--workdir={tmp_path / 'w'}", timeout=120)
-    assert proc.returncode != 0
-    assert "config.data.corpus_dir" in proc.stderr
-    assert "config.model.init" in proc.stderr
-    assert "config.pseudo_labels.teacher" in proc.stderr
-    assert time.time() - start < 60
-
-
-@pytest.mark.slow
-def test_smoke_pipeline_writes_every_output_and_resumes(tmp_path):
-    workdir = tmp_path / "w"
-    proc = run_main("--config=configs/papt.py:smoke", f"--workdir={workdir}")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    # The results table is printed.
-    assert "| + (μ, σ) shift |" in proc.stdout
-    # Orbax's INFO chatter (dozens of lines per checkpoint) is filtered out by default.
-    orbax_info = [line for line in proc.stderr.splitlines() if "checkpoint_manager.py" in line]
-    assert not orbax_info, orbax_info[:3]
-    for stage in (
-        "corpus",
-        "prepare",
-        "bootstrap",
-        "pseudo_labels",
-        "pretrain",
-        "finetune",
-        "evaluate",
-        "report",
-    ):
-        assert (workdir / stage / "DONE").is_file(), stage
-    # Pseudo-labels and adapted encoder.
+def test_smoke_pipeline_writes_every_output(smoke_run):
+    workdir = smoke_run.workdir
+    # The results table and the report's path are printed at the end.
+    assert "| + (μ, σ) shift |" in smoke_run.stdout
+    assert f"report: {workdir / 'report' / 'results.md'}" in smoke_run.stdout
+    for stage in STAGES:
+        record = json.loads((workdir / "stages" / f"{stage}.json").read_text())
+        assert record["wall_s"] >= 0 and record["fingerprint"], stage
     assert (workdir / "pseudo_labels" / "labels.npz").is_file()
     assert (workdir / "pseudo_labels" / "centroids.npy").is_file()
     encoder_cfg = json.loads((workdir / "pretrain" / "encoder" / "config.json").read_text())
     assert encoder_cfg["speaker_fusion"] == "last" and encoder_cfg["num_speakers"] > 0
-    # Logs: TensorBoard events and JSON lines for every training run.
     for run in ("bootstrap", "pretrain", "finetune/arousal", "finetune/valence"):
         assert list((workdir / run / "logs").glob("events.*")), run
         assert (workdir / run / "logs" / "metrics.jsonl").stat().st_size > 0, run
@@ -71,18 +39,119 @@ def test_smoke_pipeline_writes_every_output_and_resumes(tmp_path):
     assert set(summary["splits"]) == {"test-b", "test-c"}
     for split in ("test-b", "test-c"):
         for dim in ("arousal", "valence"):
-            for suffix in (
-                "predictions.csv",
-                "per_speaker.csv",
-                "speaker_ccc.png",
-                "pred_vs_true.png",
-            ):
+            for suffix in ("predictions.csv", "per_speaker.csv", "speaker_ccc.png"):
                 assert (report / f"{split}_{dim}_{suffix}").is_file()
     assert "## test-c" in (report / "results.md").read_text()
+    # No leftovers of atomic writes.
+    assert not list(workdir.rglob("*.partial"))
 
-    # A second run finds every stage complete and does no work.
+
+def test_logs_are_quiet_and_say_what_matters(smoke_run):
+    log = smoke_run.stderr
+    assert "libtpu" not in log
+    assert "Downloading" not in log and "downloaded and prepared" not in log
+    # Orbax's INFO chatter (dozens of lines per checkpoint) is filtered out by default.
+    assert "checkpoint_manager.py" not in log
+    for stage in STAGES:
+        assert f"stage {stage}: starting" in log, stage
+        assert f"stage {stage}: done in" in log, stage
+
+
+def copy_run(smoke_run, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(smoke_run.workdir, workdir, symlinks=True)
+    return workdir
+
+
+def results_of(workdir):
+    out = {}
+    for path in sorted((workdir / "evaluate").glob("*.npz")):
+        with np.load(path) as z:
+            out[path.name] = {k: z[k] for k in z.files}
+    return out
+
+
+def assert_same_results(a, b):
+    assert a.keys() == b.keys() and a
+    for name in a:
+        for key in a[name]:
+            np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=f"{name}:{key}")
+
+
+def test_a_finished_run_is_reused_and_a_changed_one_is_redone(smoke_run, tmp_path):
+    workdir = copy_run(smoke_run, tmp_path)
     start = time.time()
-    again = run_main("--config=configs/papt.py:smoke", f"--workdir={workdir}")
+    again = run_main(workdir, "--config=configs/papt.py:smoke")
     assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stderr.count("already complete, skipped") == 8
-    assert time.time() - start < 120
+    assert again.stderr.count("done earlier with the same settings, reused") == len(STAGES)
+    assert "earlier run, reused" in again.stdout and "| PAPT-FT |" in again.stdout
+    assert time.time() - start < 600  # no training: a reused run only imports and prints
+
+    changed = run_main(
+        workdir, "--config=configs/papt.py:smoke", "--config.evaluate.pldc_k=2"
+    )
+    assert changed.returncode == 0, changed.stderr[-4000:]
+    assert "evaluate.pldc_k: 3 -> 2" in changed.stderr
+    assert "stage evaluate: starting" in changed.stderr
+    assert "stage finetune: starting" not in changed.stderr
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["evaluate"]["pldc_k"] == 2
+    assert len(list((workdir / "config_history").iterdir())) == 1
+
+
+def _kill_inside_report(w):
+    (w / "stages" / "report.json").unlink()
+    shutil.rmtree(w / "report")
+    (w / "report.partial").mkdir()
+    (w / "report.partial" / "results.md").write_text("half")
+
+
+def _kill_inside_evaluate(w):
+    for stage in ("evaluate", "report"):
+        (w / "stages" / f"{stage}.json").unlink()
+    shutil.rmtree(w / "report")
+    (w / "evaluate").rename(w / "evaluate.partial")
+    (next((w / "evaluate.partial").glob("*.npz"))).write_bytes(b"PK\x03\x04 half")
+
+
+def _kill_inside_finetune(w):
+    """Valence killed after its best checkpoint was saved, before its latest."""
+    for stage in ("finetune", "evaluate", "report"):
+        (w / "stages" / f"{stage}.json").unlink()
+    for d in ("evaluate", "report"):
+        shutil.rmtree(w / d)
+    valence = w / "finetune" / "valence"
+    shutil.rmtree(valence / "model")
+    (valence / "result.json").unlink()
+    latest = valence / "checkpoints" / "latest"
+    steps = sorted((p for p in latest.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    shutil.rmtree(steps[-1])
+
+
+def _kill_inside_pretrain(w):
+    """Killed while the adapted encoder was being written."""
+    for stage in ("pretrain", "finetune", "evaluate", "report"):
+        (w / "stages" / f"{stage}.json").unlink()
+    for d in ("finetune", "evaluate", "report"):
+        shutil.rmtree(w / d)
+    encoder = w / "pretrain" / "encoder"
+    encoder.rename(encoder.with_name("encoder.partial"))
+    (encoder.with_name("encoder.partial") / "config.json").unlink()
+
+
+@pytest.mark.parametrize(
+    "kill",
+    [_kill_inside_report, _kill_inside_evaluate, _kill_inside_finetune, _kill_inside_pretrain],
+    ids=["report", "evaluate", "finetune-between-best-and-latest", "pretrain-encoder-write"],
+)
+def test_a_killed_run_resumes_to_identical_results(smoke_run, tmp_path, kill):
+    workdir = copy_run(smoke_run, tmp_path)
+    expected = results_of(workdir)
+    kill(workdir)
+    resumed = run_main(workdir, "--config=configs/papt.py:smoke")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert_same_results(expected, results_of(workdir))
+    assert not list(workdir.rglob("*.partial"))
+    assert (workdir / "report" / "results.md").read_text() == (
+        smoke_run.workdir / "report" / "results.md"
+    ).read_text()

@@ -11,7 +11,9 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from papt_jax import metrics, report
+from papt_jax import metrics
+from papt_jax.eval import compare, figures, layout, report, tables
+from papt_jax.eval import results as results_lib
 from papt_jax.pldc import MODES
 
 
@@ -22,7 +24,7 @@ def make_result(rng, dimension, split, n_speakers=8, shift=0.0):
     preds = 0.6 * labels + rng.normal(0, 0.7, ids.size) + shift
     # Stand-ins for PLDC outputs; the report must not care how they were made.
     calibrated = {m: preds + 0.1 * (i + 1) * rng.normal(size=ids.size) for i, m in enumerate(MODES)}
-    return report.EvalResult(
+    return results_lib.EvalResult(
         dimension=dimension,
         split=split,
         keys=[f"{split}_utt{i:04d}.wav" for i in range(ids.size)],
@@ -50,7 +52,7 @@ def demo_result(rng, dimension, split, n_utterances, n_speakers=10, name="MSP_{:
         "sigma": 4 + 1.4 * (preds - 4),
         "both": 4 + 1.3 * (preds + 0.3 * (speaker_mean[ids] - 4) - 4),
     }
-    return report.EvalResult(
+    return results_lib.EvalResult(
         dimension,
         split,
         [f"{split}_{i:04d}" for i in range(ids.size)],
@@ -77,7 +79,7 @@ def written(results, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     with warnings.catch_warnings():
         # Any matplotlib layout warning ("not compatible", "axes sizes collapsed",
-        # "constrained_layout not applied") or report.LayoutWarning (text cut off or
+        # "constrained_layout not applied") or layout.LayoutWarning (text cut off or
         # overlapping, checked before each PNG is saved) fails every test using this.
         warnings.simplefilter("error")
         return out, report.write_report(results, out, system="PAPT-FT")
@@ -91,8 +93,8 @@ def read_csv(path):
 def test_every_file_is_written(written):
     out, paths = written
     expected = {"summary.json", "results.md"}
-    suffixes = ["predictions.csv", "per_speaker.csv"] + [f"{n}.png" for n in report.FIGURES]
-    assert set(report.FIGURES) == {"speaker_ccc", "speaker_ccc_bars", "pred_vs_true"}
+    suffixes = ["predictions.csv", "per_speaker.csv"] + [f"{n}.png" for n in figures.FIGURES]
+    assert set(figures.FIGURES) == {"speaker_ccc", "speaker_ccc_bars", "pred_vs_true"}
     for split in ("test-b", "test-c"):
         for dim in ("arousal", "valence"):
             expected |= {f"{split}_{dim}_{s}" for s in suffixes}
@@ -179,20 +181,22 @@ def test_results_md_shape_and_numbers(written, results):
 
 
 def test_format_cells():
-    assert report.format_a(0.5312, 0.1904) == "0.531 (0.19)"
-    assert report.format_o(0.7399) == "0.740"
-    assert report.format_a(None, None) == report.MISSING
+    assert tables.format_a(0.5312, 0.1904) == "0.531 (0.19)"
+    assert tables.format_o(0.7399) == "0.740"
+    assert tables.format_a(None, None) == results_lib.MISSING
 
 
 def test_comparison_table(tmp_path, results):
     rng = np.random.default_rng(1)
-    vanilla = report.build_summary([make_result(rng, "arousal", "test-b", shift=1.0)], "Vanilla-FT")
-    tapt = report.build_summary(results[:2], "TAPT-FT")
-    papt_path = report.write_summary_json(
-        report.build_summary(results, "PAPT-FT"), tmp_path / "papt.json"
+    vanilla = results_lib.build_summary(
+        [make_result(rng, "arousal", "test-b", shift=1.0)], "Vanilla-FT"
+    )
+    tapt = results_lib.build_summary(results[:2], "TAPT-FT")
+    papt_path = results_lib.write_summary_json(
+        results_lib.build_summary(results, "PAPT-FT"), tmp_path / "papt.json"
     )
 
-    path = report.write_comparison([vanilla, tapt, papt_path], tmp_path / "comparison.md")
+    path = compare.write_comparison([vanilla, tapt, papt_path], tmp_path / "comparison.md")
     text = path.read_text()
     table_b = parse_table(text.split("## test-b")[1].split("## test-c")[0])
     table_c = parse_table(text.split("## test-c")[1])
@@ -207,33 +211,33 @@ def test_comparison_table(tmp_path, results):
     assert [row[0] for row in table_b[2:]] == labels
     assert [row[0] for row in table_c[2:]] == labels
     # Vanilla-FT has no valence and TAPT-FT no test-c: dashes, not errors.
-    assert table_b[2][3:] == [report.MISSING] * 2
-    assert table_c[3][1:] == [report.MISSING] * 4
+    assert table_b[2][3:] == [results_lib.MISSING] * 2
+    assert table_c[3][1:] == [results_lib.MISSING] * 4
     arousal_c = results[2]
     assert (
         table_c[7][1]
         == f"{metrics.overall_ccc(arousal_c.calibrated['both'], arousal_c.labels):.3f}"
     )
 
-    both = report.comparison_table(
+    both = compare.comparison_table(
         [vanilla, tapt], "test-b", pldc_systems=["Vanilla-FT", "TAPT-FT"]
     )
     assert len(parse_table(both)) == 2 + 8
     with pytest.raises(ValueError, match="not among"):
-        report.comparison_table([vanilla], "test-b", pldc_systems=["PAPT-FT"])
+        compare.comparison_table([vanilla], "test-b", pldc_systems=["PAPT-FT"])
 
 
 def test_eval_result_rejects_bad_input():
     with pytest.raises(ValueError, match="labels has 1 entries"):
-        report.EvalResult("arousal", "test-b", ["a", "b"], [0, 0], [1.0], [1.0, 2.0])
+        results_lib.EvalResult("arousal", "test-b", ["a", "b"], [0, 0], [1.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="not unique"):
-        report.EvalResult("arousal", "test-b", ["a", "a"], [0, 0], [1.0, 2.0], [1.0, 2.0])
+        results_lib.EvalResult("arousal", "test-b", ["a", "a"], [0, 0], [1.0, 2.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="unknown PLDC modes"):
-        report.EvalResult("arousal", "test-b", ["a"], [0], [1.0], [1.0], {"median": [1.0]})
+        results_lib.EvalResult("arousal", "test-b", ["a"], [0], [1.0], [1.0], {"median": [1.0]})
     with pytest.raises(ValueError, match="file name"):
-        report.EvalResult("arousal", "test/b", ["a"], [0], [1.0], [1.0])
+        results_lib.EvalResult("arousal", "test/b", ["a"], [0], [1.0], [1.0])
     with pytest.raises(ValueError, match=r"calibrated\[sigma\] has 1 non-finite .* 'b'"):
-        report.EvalResult(
+        results_lib.EvalResult(
             "arousal", "test-b", ["a", "b"], [0, 0], [1.0, 2.0], [1.0, 2.0], {"sigma": [1, np.inf]}
         )
 
@@ -245,10 +249,10 @@ def test_layout_checker_catches_a_clipped_label(tmp_path):
     fig = Figure(figsize=(1.5, 1.5))  # no layout engine: nothing makes room for the label
     ax = fig.add_subplot()
     ax.set_ylabel("a very long and very large y label", fontsize=30)
-    problems = report.layout_problems(fig)
+    problems = layout.layout_problems(fig)
     assert any("'a very long and very large y label' is cut off" in p for p in problems)
-    with pytest.warns(report.LayoutWarning, match="cut off"):
-        report.save_figure(fig, tmp_path / "clipped.png")
+    with pytest.warns(layout.LayoutWarning, match="cut off"):
+        layout.save_figure(fig, tmp_path / "clipped.png")
 
 
 def test_layout_checker_catches_overlapping_titles(tmp_path):
@@ -257,7 +261,7 @@ def test_layout_checker_catches_overlapping_titles(tmp_path):
     fig.subplots_adjust(top=0.85)
     axes[1].set_title("a panel title")
     fig.suptitle("a figure title that runs over the panels", y=0.9, x=0.75)
-    problems = report.layout_problems(fig)
+    problems = layout.layout_problems(fig)
     assert any("overlaps axes 1 label 'a panel title'" in p for p in problems)
 
 
@@ -267,7 +271,7 @@ def test_layout_checker_passes_a_clean_figure():
     ax.plot([0, 1], [0, 1])
     ax.set(title="title", xlabel="x", ylabel="y")
     fig.suptitle("suptitle")
-    assert report.layout_problems(fig) == []
+    assert layout.layout_problems(fig) == []
 
 
 def test_collapsed_constrained_layout_is_an_error_under_the_warnings_filter():
@@ -284,45 +288,49 @@ def test_collapsed_constrained_layout_is_an_error_under_the_warnings_filter():
 def test_every_figure_is_written_with_a_clean_layout(written, results):
     out, paths = written  # written with warnings as errors: no layout warning was raised
     for r in results:
-        for name in report.FIGURES:
+        for name in figures.FIGURES:
             path = out / f"{r.stem}_{name}.png"
             assert paths[f"{r.stem}_{name}_png"] == path
             assert path.read_bytes()[:4] == b"\x89PNG"
-    for build in report.FIGURES.values():
+    for build in figures.FIGURES.values():
         fig = build(results[3], "PAPT-FT")
-        assert report.layout_problems(fig) == [], build.__name__
+        assert layout.layout_problems(fig) == [], build.__name__
 
 
 def test_figures_stay_clean_with_many_long_speaker_names():
     rng = np.random.default_rng(3)
     # More speakers than fit one legend column beside the panels: the legend goes below.
     many = demo_result(rng, "arousal", "test-b", 300, n_speakers=30, name="MSP-PODCAST_spk_{:05d}")
-    for build in report.FIGURES.values():
+    for build in figures.FIGURES.values():
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             fig = build(many, "PAPT-FT")
-            assert report.layout_problems(fig) == [], build.__name__
+            assert layout.layout_problems(fig) == [], build.__name__
 
 
 def test_figures_without_pldc_modes_are_clean(results):
     r = results[1]
-    plain = report.EvalResult(r.dimension, r.split, r.keys, r.speakers, r.labels, r.predictions)
-    for build in report.FIGURES.values():
+    plain = results_lib.EvalResult(
+        r.dimension, r.split, r.keys, r.speakers, r.labels, r.predictions
+    )
+    for build in figures.FIGURES.values():
         fig = build(plain, "Vanilla-FT")
-        assert report.layout_problems(fig) == [], build.__name__
+        assert layout.layout_problems(fig) == [], build.__name__
         assert "Vanilla-FT" in " ".join(ax.get_title() for ax in fig.axes) + fig.get_suptitle()
 
 
 def test_speaker_ccc_bars_sorted_with_a_zero_line(results):
     r = results[0]
-    fig = report.speaker_ccc_bars_figure(r, "PAPT-FT")
+    fig = figures.speaker_ccc_bars_figure(r, "PAPT-FT")
     per = {v: metrics.per_speaker_ccc(p, r.labels, r.speakers) for v, p in r.variants().items()}
     system = per["system"]
     valid = np.flatnonzero(system.valid)
     expected = [str(system.speakers[i]) for i in valid[np.argsort(-system.ccc[valid])]]
     expected += [str(system.speakers[i]) for i in np.flatnonzero(~system.valid)]
     axes = fig.axes
-    assert [ax.get_title().split("\n")[0] for ax in axes] == [report.MODE_LABELS[m] for m in MODES]
+    assert [ax.get_title().split("\n")[0] for ax in axes] == [
+        results_lib.MODE_LABELS[m] for m in MODES
+    ]
     shown = [t.get_text().split(" (n=")[0] for t in axes[0].get_yticklabels()]
     assert shown == expected
     for ax, mode in zip(axes, MODES, strict=True):
@@ -344,10 +352,10 @@ def test_speaker_ccc_bars_sorted_with_a_zero_line(results):
 
 def test_scatter_panels_share_ranges_and_colour_speakers_consistently(results):
     r = results[0]
-    styles = report.speaker_styles(r.speakers)
+    styles = figures.speaker_styles(r.speakers)
     assert len(styles) == np.unique(r.speakers).size
     assert len(set(styles.values())) == len(styles)
-    for build in (report.speaker_ccc_figure, report.predictions_figure):
+    for build in (figures.speaker_ccc_figure, figures.predictions_figure):
         fig = build(r, "PAPT-FT")
         visible = [ax for ax in fig.axes if ax.get_visible()]
         assert {(ax.get_xlim(), ax.get_ylim()) for ax in visible} == {
@@ -365,7 +373,7 @@ def test_scatter_panels_share_ranges_and_colour_speakers_consistently(results):
                 # Every point drawn has the colour of one speaker in the legend.
                 face = tuple(np.round(points.get_facecolor()[0][:3], 6))
                 assert face in {tuple(np.round(c, 6)) for c, _ in styles.values()}
-    fig = report.speaker_ccc_figure(r, "PAPT-FT")
+    fig = figures.speaker_ccc_figure(r, "PAPT-FT")
     excluded = [s for s, v in zip(*_valid(r), strict=True) if not v]
     assert excluded and all(s in fig.get_suptitle() for s in excluded)
 
@@ -380,7 +388,7 @@ def _valid(result):
 
 def run_cli(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "papt_jax.report", *args],
+        [sys.executable, "-m", "papt_jax.eval.compare", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -415,15 +423,15 @@ def test_cli_compares_run_folders(tmp_path, results):
 def test_cli_user_errors_are_report_errors(tmp_path):
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    with pytest.raises(report.ReportError, match="no results found in"):
-        report.find_summary(empty)
+    with pytest.raises(results_lib.ReportError, match="no results found in"):
+        compare.find_summary(empty)
     broken = tmp_path / "summary.json"
     broken.write_text("{not json")
-    with pytest.raises(report.ReportError, match="cannot read the result file"):
-        report.load_summary(broken)
+    with pytest.raises(results_lib.ReportError, match="cannot read the result file"):
+        results_lib.load_summary(broken)
     broken.write_text("[1, 2]")
-    with pytest.raises(report.ReportError, match="is not a report summary"):
-        report.load_summary(broken)
-    assert issubclass(report.ReportError, report.UserError)
-    with pytest.raises(report.ReportError, match="system names repeat"):
-        report.comparison_table([{"system": "a", "splits": {}}] * 2, "test-b")
+    with pytest.raises(results_lib.ReportError, match="is not a report summary"):
+        results_lib.load_summary(broken)
+    assert issubclass(results_lib.ReportError, results_lib.UserError)
+    with pytest.raises(results_lib.ReportError, match="system names repeat"):
+        compare.comparison_table([{"system": "a", "splits": {}}] * 2, "test-b")

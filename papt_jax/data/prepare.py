@@ -85,6 +85,14 @@ class PaptMspPodcast(tfds.core.GeneratorBasedBuilder):
         self.skipped: list[msp_podcast.SkippedAudio] = []
         super().__init__(**kwargs)
 
+    # TFDS announces "Downloading and preparing ... Unknown size" and "downloaded and
+    # prepared" on stdout; nothing is downloaded here, so say what happens instead.
+    def _log_download_bytes(self) -> None:
+        log.info("building the dataset in %s", self.data_dir)
+
+    def _log_download_done(self) -> None:
+        log.info("dataset built in %s", self.data_dir)
+
     def _info(self) -> tfds.core.DatasetInfo:
         # dataset_info_from_configs would look for metadata files next to this module.
         return tfds.core.DatasetInfo(
@@ -234,6 +242,9 @@ def prepare(config: msp_podcast.CorpusConfig, data_dir: str | Path) -> Path:
         return out
     # TFDS would refuse a missing or empty manual directory with its own AssertionError.
     msp_podcast.check_release_dir(config.corpus_dir, "data.corpus_dir")
+    # TFDS's own bars show raw shard patterns ("...array_record-[0-9][0-9]..."); one log
+    # line per split says the same.
+    tfds.disable_progress_bar()
     builder = PaptMspPodcast(corpus_config=config, data_dir=str(data_dir), file_format=FILE_FORMAT)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(config.corpus_dir))

@@ -19,8 +19,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from papt_jax import pldc
+from papt_jax.eval.results import EvalResult
 from papt_jax.models.hubert import HubertModel, masked_mean
-from papt_jax.report import EvalResult
 from papt_jax.train.finetune import predict
 from papt_jax.train.sharding import data_sharded, replicated, shard_batch
 

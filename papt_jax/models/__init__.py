@@ -1,6 +1,6 @@
 """Flax HuBERT encoder, its configuration and the task heads."""
 
-from papt_jax.models.config import PRESETS, HubertConfig, from_hf_config, get_preset, to_hf_config
+from papt_jax.models.config import PRESETS, HubertConfig, get_preset
 from papt_jax.models.hubert import HubertModel, HubertOutput, masked_mean
 
 __all__ = [
@@ -8,8 +8,6 @@ __all__ = [
     "HubertConfig",
     "HubertModel",
     "HubertOutput",
-    "from_hf_config",
     "get_preset",
     "masked_mean",
-    "to_hf_config",
 ]

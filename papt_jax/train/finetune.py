@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.losses import ccc_loss, weighted_ccc_loss
 from papt_jax.metrics import ccc
 from papt_jax.models.config import HubertConfig
@@ -23,7 +24,7 @@ from papt_jax.train.sharding import (
     replicated,
     shard_batch,
 )
-from papt_jax.train.state import TrainState, guarded_update, make_optimizer
+from papt_jax.train.state import TrainState, guarded_update, make_optimizer, make_schedule
 
 # MSP-Podcast attribute scores lie on a 1..7 scale.
 LABEL_MIN, LABEL_MAX = 1.0, 7.0
@@ -174,7 +175,7 @@ def _init_variables(model: HubertForRegression, rng, audio, mask):
     return model.init(rng, audio, mask, speaker, train=False)
 
 
-def init_variables(model: HubertForRegression, rng: jax.Array, num_samples: int = 16_000):
+def init_variables(model: HubertForRegression, rng: jax.Array, num_samples: int = SAMPLE_RATE):
     """Randomly initialised {'params', 'batch_stats'} of encoder + regression head."""
     audio = jnp.zeros((2, num_samples), jnp.float32)
     return _init_variables(model, rng, audio, jnp.ones_like(audio, bool))
@@ -328,6 +329,7 @@ def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workd
         workdir=workdir,
         config=loop_cfg,
         description=f"finetune[{run.dimension}]",
+        learning_rate=make_schedule(run.peak_lr, total_steps, run.warmup_fraction, run.schedule),
     )
     if best is None:
         return result, None

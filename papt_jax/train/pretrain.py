@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.losses import masked_prediction_loss
 from papt_jax.masking import compute_mask_indices_jax
 from papt_jax.models.config import HubertConfig
@@ -29,7 +30,7 @@ from papt_jax.train.sharding import (
     replicated,
     shard_batch,
 )
-from papt_jax.train.state import TrainState, guarded_update, make_optimizer
+from papt_jax.train.state import TrainState, guarded_update, make_optimizer, make_schedule
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def _init_params(model: HubertForPretraining, rng, audio, mask):
     ]
 
 
-def init_params(model: HubertForPretraining, rng: jax.Array, num_samples: int = 16_000):
+def init_params(model: HubertForPretraining, rng: jax.Array, num_samples: int = SAMPLE_RATE):
     """Randomly initialised parameters of encoder + head."""
     audio = jnp.zeros((1, num_samples), jnp.float32)
     return _init_params(model, rng, audio, jnp.ones_like(audio, bool))
@@ -258,7 +259,14 @@ class PretrainRun:
         )
 
 
-def run_pretraining(run: PretrainRun, train_data, eval_batches, mesh: Mesh, workdir: str):
+def run_pretraining(
+    run: PretrainRun,
+    train_data,
+    eval_batches,
+    mesh: Mesh,
+    workdir: str,
+    description: str = "pretrain",
+):
     """Trains encoder + head with masked prediction; resumes from `workdir` if possible.
 
     Args:
@@ -268,6 +276,7 @@ def run_pretraining(run: PretrainRun, train_data, eval_batches, mesh: Mesh, work
       eval_batches: Callable returning a fresh pass of validation batches (with targets).
       mesh: Device mesh.
       workdir: Checkpoints and logs go here.
+      description: Name on the progress bar and in the logs ('bootstrap', 'PAPT', ...).
 
     Returns:
       (LoopResult, best params {'hubert', 'head'}) — None params when stopped early by
@@ -303,6 +312,7 @@ def run_pretraining(run: PretrainRun, train_data, eval_batches, mesh: Mesh, work
         rng=rng,
         workdir=workdir,
         config=loop_cfg,
-        description="pretrain",
+        description=description,
+        learning_rate=make_schedule(run.peak_lr, total_steps, run.warmup_fraction, "linear"),
     )
     return result, None if best is None else best.params

@@ -48,6 +48,15 @@ def warmup_linear_schedule(peak_lr: float, total_steps: int, warmup_fraction: fl
     )
 
 
+def make_schedule(peak_lr: float, total_steps: int, warmup_fraction: float, schedule: str):
+    """The learning rate by step: 'linear' (warm-up, then linear decay) or 'constant'."""
+    if schedule == "linear":
+        return warmup_linear_schedule(peak_lr, total_steps, warmup_fraction)
+    if schedule == "constant":
+        return peak_lr
+    raise ValueError(f"unknown schedule {schedule!r}; use 'linear' or 'constant'")
+
+
 def trainable_mask(params, frozen_prefixes: Sequence[str]):
     """Pytree of bools: False for parameters whose '/'-joined path starts with a frozen prefix."""
     flat = traverse_util.flatten_dict(params, sep="/")
@@ -92,12 +101,7 @@ def make_optimizer(
       b1, b2: Adam's moment decay rates.
       eps: Adam's denominator constant.
     """
-    if schedule == "linear":
-        lr = warmup_linear_schedule(peak_lr, total_steps, warmup_fraction)
-    elif schedule == "constant":
-        lr = peak_lr
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}; use 'linear' or 'constant'")
+    lr = make_schedule(peak_lr, total_steps, warmup_fraction, schedule)
     for name, value in (("b1", b1), ("b2", b2)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"Adam {name} must be in [0, 1), got {value}")

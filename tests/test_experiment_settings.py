@@ -1,0 +1,131 @@
+"""Config validation: every field checked up front, every problem listed in user terms."""
+
+from __future__ import annotations
+
+import pytest
+
+from papt_jax.config_defaults import apply_embedded_corpus, base_config
+from papt_jax.experiment import settings
+
+
+def smoke():
+    return apply_embedded_corpus(base_config(), "smoke")
+
+
+def problems_of(config) -> str:
+    with pytest.raises(settings.ConfigError) as err:
+        settings.validate(config)
+    return str(err.value)
+
+
+def test_the_shipped_configs_are_valid():
+    assert settings.validate(smoke()) == settings.STAGES
+    assert settings.validate(apply_embedded_corpus(base_config(), "demo")) == settings.STAGES
+
+
+def test_every_config_key_has_a_rule_and_every_rule_a_key():
+    keys = set(settings.flatten(base_config()))
+    assert keys == set(settings.FIELDS)
+
+
+def test_paper_config_without_data_lists_everything_missing():
+    message = problems_of(base_config())
+    assert "--config.data.corpus_dir is not set" in message
+    assert "--config.model.init is not set" in message
+    assert "--config.pseudo_labels.teacher is not set" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("pretrain.speaker_fusion", "middle", "one of 'last', 'first', 'prefix', 'none'"),
+        ("data.batch_size", 0, "an integer >= 1"),
+        ("data.max_seconds", 0.001, "a finite number in [1, inf]"),
+        ("model.dtype", "float8", "one of 'float32', 'bfloat16'"),
+        ("finetune.label_scaling", "bogus", "one of 'none', 'unit'"),
+        ("pseudo_labels.num_clusters", 1, "an integer >= 2"),
+        ("evaluate.pldc_k", 0, "an integer >= 1"),
+        ("num_devices", -1, "an integer >= 0"),
+        ("finetune.peak_lr", -5e-5, "a finite number in (0, inf]"),
+        ("finetune.peak_lr", 0.0, "a finite number in (0, inf]"),
+        ("pretrain.peak_lr", float("nan"), "a finite number"),
+        ("stages", "corpus,pretrian", "unknown pretrian"),
+        ("finetune.dimensions", "arousal,dominance", "unknown dominance"),
+    ],
+)
+def test_bad_values_are_named_with_their_config_key(key, value, expected):
+    config = smoke()
+    section, _, field = key.rpartition(".")
+    target = config[section] if section else config
+    with target.ignore_type():
+        target[field] = value
+    message = problems_of(config)
+    assert f"--config.{key}={value!r}" in message
+    assert expected in message
+
+
+def test_all_problems_are_listed_at_once():
+    config = smoke()
+    config.data.batch_size = 0
+    config.model.dtype = "float8"
+    config.evaluate.pldc_k = 0
+    message = problems_of(config)
+    for key in ("data.batch_size", "model.dtype", "evaluate.pldc_k"):
+        assert f"--config.{key}" in message
+
+
+def test_batch_sizes_must_divide_over_the_devices():
+    config = smoke()
+    config.num_devices = 8
+    config.data.eval_batch_size = 12
+    message = problems_of(config)
+    assert "--config.data.eval_batch_size=12 is not a multiple of --config.num_devices=8" in message
+    assert "data.batch_size=8" not in message
+
+
+def test_more_devices_than_visible_is_refused():
+    config = smoke()
+    config.num_devices = 4096
+    assert "only" in problems_of(config)
+
+
+def test_unknown_and_missing_keys_are_problems():
+    config = smoke()
+    config.finetune.peak_lrr = 1.0
+    del config.data["num_buckets"]
+    message = problems_of(config)
+    assert "--config.finetune.peak_lrr is not a known setting" in message
+    assert "--config.data.num_buckets is missing" in message
+
+
+def test_encoder_specs_are_parsed_in_one_place(tmp_path):
+    assert settings.parse_encoder_spec("bootstrap") == settings.EncoderSpec("workdir", "bootstrap")
+    assert settings.parse_encoder_spec("preset:base") == settings.EncoderSpec("preset", "base")
+    with pytest.raises(ValueError, match="converted:DIR"):
+        settings.parse_encoder_spec("hubert_large")
+    config = smoke()
+    config.model.init = f"converted:{tmp_path / 'missing'}"
+    assert "does not exist" in problems_of(config)
+    config.model.init = "preset:huge"
+    assert "no preset 'huge'" in problems_of(config)
+
+
+def test_pldc_k_is_checked_against_the_training_speakers():
+    config = smoke()
+    config.evaluate.pldc_k = 20
+    with pytest.raises(settings.ConfigError, match="training set has 12 speakers") as err:
+        settings.validate_against_data(config, train_speakers=12)
+    assert err.value.hint and "pldc_k=1" in err.value.hint
+    config.evaluate.pldc_k = 11
+    settings.validate_against_data(config, train_speakers=12)
+
+
+def test_every_key_is_described_from_the_defaults_comments():
+    from papt_jax.experiment import describe
+
+    notes = describe.descriptions()
+    assert set(settings.FIELDS) <= set(notes)
+    assert notes["finetune.peak_lr"].startswith("paper: Adam")
+    text = describe.describe(smoke())
+    assert "--config.evaluate.pldc_k=3" in text
+    assert "retrieved training speakers per test speaker" in text
