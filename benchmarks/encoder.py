@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import transformers
 
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.models import HubertModel, get_preset
 from papt_jax.models.config import HubertConfig, to_hf_config
 from papt_jax.models.heads import PretrainHeadConfig
@@ -54,7 +55,6 @@ from papt_jax.models.tasks import HubertForPretraining, HubertForRegression
 from papt_jax.train import finetune, pretrain, sharding
 from papt_jax.train.state import TrainState, make_optimizer
 
-SAMPLE_RATE = 16_000
 NUM_CLUSTERS = 500
 FINAL_DIM = 256
 CLIP_NORM = 10.0

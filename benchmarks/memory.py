@@ -26,13 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.models import get_preset
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.tasks import HubertForRegression
 from papt_jax.train import finetune, sharding
 from papt_jax.train.state import TrainState, make_optimizer
 
-SAMPLE_RATE = 16_000
 VARIANTS = {
     "fp32": {"dtype": "float32", "remat": False},
     "fp32+remat": {"dtype": "float32", "remat": True},

@@ -37,8 +37,7 @@ import numpy as np
 
 from papt_jax.data import msp_podcast
 from papt_jax.data import pipeline as pl
-
-SAMPLE_RATE = 16000
+from papt_jax.data.audio import SAMPLE_RATE, frame_grid_ceil
 
 
 def corpus_lengths(corpus_dir: Path | None) -> tuple[str, np.ndarray]:
@@ -73,7 +72,7 @@ def per_batch_max_stats(lengths: np.ndarray, batch_size: int) -> pl.BatchStats:
     order = np.random.default_rng(0).permutation(len(lengths))
     usable = len(order) // batch_size * batch_size
     batches = lengths[order[:usable]].reshape(-1, batch_size)
-    padded = np.array([pl.frame_grid_ceil(n) for n in batches.max(axis=1)])
+    padded = np.array([frame_grid_ceil(n) for n in batches.max(axis=1)])
     shapes: dict[tuple[int, int], int] = {}
     for length in padded:
         shapes[(batch_size, int(length))] = shapes.get((batch_size, int(length)), 0) + 1

@@ -41,11 +41,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import scipy.special
 
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 from papt_jax.shift_analysis import Projection, fit_projection
 
 COMPARE_DIM = 6373
-SAMPLE_RATE = 16_000
 
 
 # --- 1. ComParE functionals --------------------------------------------------------------------

@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from papt_jax.data.audio import SAMPLE_RATE
+
 __all__ = [
     "FEATURE_DIM",
     "FRAME_LENGTH",
@@ -41,9 +43,8 @@ __all__ = [
     "mfcc_num_frames",
 ]
 
-SAMPLE_RATE = 16_000
-FRAME_LENGTH = 400  # 25 ms
-FRAME_SHIFT = 160  # 10 ms
+FRAME_LENGTH = SAMPLE_RATE * 25 // 1000  # Kaldi's 25 ms window (400 samples)
+FRAME_SHIFT = SAMPLE_RATE * 10 // 1000  # 10 ms (160 samples)
 FFT_SIZE = 512
 NUM_MEL_BINS = 23
 NUM_CEPS = 13

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from papt_jax import features as features_lib
 from papt_jax import kmeans
+from papt_jax.data import audio as audio_lib
 from papt_jax.errors import UserError
 from papt_jax.models.hubert import HubertModel
 
@@ -131,7 +132,7 @@ def chosen_for_fit(key: str, fraction: float, seed: int) -> bool:
 
 
 def _to_encoder_rate(labels: np.ndarray, rate: int, num_samples: int) -> np.ndarray:
-    frames = max((num_samples - 400) // 320 + 1, 0)
+    frames = int(audio_lib.num_frames(num_samples))
     if rate == 100:
         return features_lib.labels_to_encoder_rate(labels, frames)
     return labels[:frames]

@@ -204,3 +204,13 @@ def test_audio_errors_are_user_errors_with_stable_reasons():
         "silent",
     }
     assert issubclass(audio.AudioError, UserError)
+
+
+def test_frame_grid():
+    assert audio.num_frames(399) == 0 and audio.num_frames(400) == 1
+    assert audio.num_frames(16_000) == 49  # 50 Hz, less the last partial window
+    np.testing.assert_array_equal(audio.num_frames(np.array([0, 720, 721])), [0, 2, 2])
+    ceil = [audio.frame_grid_ceil(n) for n in (0, 400, 401, 720, 721)]
+    assert ceil == [400, 400, 720, 720, 1040]
+    floor = [audio.frame_grid_floor(n) for n in (0, 400, 719, 720, 1039)]
+    assert floor == [400, 400, 400, 720, 720]

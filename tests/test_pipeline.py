@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from papt_jax.data import audio
 from papt_jax.data import pipeline as pl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ def _records(lengths):
     return [
         {
             "key": f"utt{i:03d}".encode(),
-            "audio": (np.arange(n) // pl.FRAME_HOP).astype(np.int16),
+            "audio": (np.arange(n) // audio.FRAME_HOP).astype(np.int16),
             "speaker_index": np.int32(i % 7),
             "speaker": f"spk{i % 7}".encode(),
             "arousal": np.float32(1 + i % 6),
@@ -33,7 +34,7 @@ def _records(lengths):
 
 def _frame_targets(source):
     """Frame j of every utterance is labelled j (so crop alignment can be checked)."""
-    return {r["key"].decode(): np.arange(pl.num_frames(len(r["audio"]))) for r in source}
+    return {r["key"].decode(): np.arange(audio.num_frames(len(r["audio"]))) for r in source}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def _same(a, b):
 def test_fit_bucket_lengths_is_optimal_and_on_the_frame_grid():
     lengths = np.random.default_rng(1).integers(400, 6000, size=40)
     buckets = pl.fit_bucket_lengths(lengths, num_buckets=3)
-    grid = np.array([pl.frame_grid_ceil(n) for n in lengths])
+    grid = np.array([audio.frame_grid_ceil(n) for n in lengths])
     assert len(buckets) == 3 and buckets[-1] == grid.max()
     assert all((b - 400) % 320 == 0 for b in buckets)
 
@@ -82,7 +83,7 @@ def test_fit_bucket_lengths_is_optimal_and_on_the_frame_grid():
     brute = min(padded((*c, values[-1])) for c in itertools.combinations(values[:-1], 2))
     assert padded(buckets) == brute
     capped = pl.fit_bucket_lengths(lengths, num_buckets=8, max_length=3000)
-    assert capped[-1] == pl.frame_grid_floor(3000) == 2960 and len(capped) <= 8
+    assert capped[-1] == audio.frame_grid_floor(3000) == 2960 and len(capped) <= 8
 
 
 def test_batches_hold_the_records_cropped_and_padded(data):
@@ -94,7 +95,7 @@ def test_batches_hold_the_records_cropped_and_padded(data):
     batches = list(pipe)
     assert len(batches) == pipe.batches_per_epoch > 0
     assert {b["audio"].shape[1] for b in batches} <= set(pipe.bucket_lengths)
-    assert pipe.bucket_lengths[-1] == pl.frame_grid_floor(6000)
+    assert pipe.bucket_lengths[-1] == audio.frame_grid_floor(6000)
     for batch in batches:
         rows, length = batch["audio"].shape
         assert rows == 4 and batch["example_mask"].all()
@@ -301,7 +302,7 @@ END_TO_END = """
 import sys, tempfile, json, itertools
 from pathlib import Path
 import numpy as np
-from papt_jax.data import msp_podcast, pipeline, prepare, synthetic
+from papt_jax.data import audio, msp_podcast, pipeline, prepare, synthetic
 
 tmp = Path(tempfile.mkdtemp())
 corpus = synthetic.generate_corpus(tmp / "corpus", preset="smoke", seed=0)
@@ -312,7 +313,7 @@ out = prepare.prepare(config, tmp / "data")
 counts = {}
 for split in ("train", "validation", "test_a", "test_b", "test_c"):
     source, index = pipeline.open_split(tmp / "data", split)
-    targets = {k: np.zeros(pipeline.num_frames(n), np.int16) + 3
+    targets = {k: np.zeros(audio.num_frames(n), np.int16) + 3
                for k, n in zip(index.keys, index.num_samples)}
     cfg = pipeline.PipelineConfig(mode="eval", batch_size=8, device_count=8, num_buckets=3)
     pipe = pipeline.BatchPipeline(source, index, cfg, targets)

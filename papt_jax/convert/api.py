@@ -33,6 +33,7 @@ from papt_jax.convert.errors import (
     OutputExistsError,
 )
 from papt_jax.convert.hf_config import hf_config, saves_mask_embedding, to_hf_config
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHead, PretrainHeadConfig
 from papt_jax.models.hubert import HubertModel
@@ -333,7 +334,7 @@ def _hf_preprocessor_config(config: HubertConfig) -> dict[str, Any]:
     return {
         "feature_extractor_type": "Wav2Vec2FeatureExtractor",
         "feature_size": 1,
-        "sampling_rate": 16_000,
+        "sampling_rate": SAMPLE_RATE,
         "padding_side": "right",
         "padding_value": 0.0,
         "do_normalize": config.normalize_waveform,

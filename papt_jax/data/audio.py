@@ -1,4 +1,11 @@
-"""Reading and checking audio files.
+"""The audio format and its frame grid; reading and checking audio files.
+
+Everything in papt_jax works on 16 kHz mono audio (`SAMPLE_RATE`). HuBERT's convolutional
+feature extractor turns it into one frame every `FRAME_HOP` = 320 samples (20 ms, 50 Hz), each
+frame seeing `RECEPTIVE_FIELD` = 400 samples (25 ms): `num_frames(T) = (T - 400) // 320 + 1`.
+The batch plan keeps padded lengths on that grid (`frame_grid_ceil`, `frame_grid_floor`) and
+frame labels are stored at its rate. `HubertConfig` derives the same numbers from its conv
+kernels and strides; every model preset matches these constants.
 
 Every audio file that enters the dataset goes through `probe_audio` (header only, cheap) and
 `read_audio` (samples). Problems raise a named subclass of `AudioError` so callers can skip a
@@ -39,8 +46,9 @@ import soundfile
 
 from papt_jax.errors import UserError
 
-# One HuBERT frame needs 400 samples (25 ms at 16 kHz); shorter audio yields no frame at all.
-MIN_SAMPLES = 400
+SAMPLE_RATE = 16_000
+FRAME_HOP = 320  # samples per encoder frame: the product of the conv strides (20 ms)
+RECEPTIVE_FIELD = 400  # samples one frame sees (25 ms); shorter audio yields no frame at all
 # int16 storage rounds x * 32768: a peak up to half a step above 1.0 still maps to the
 # largest magnitude, so only larger peaks lose information.
 CLIP_LIMIT = 1.0 + 0.5 / 32768
@@ -51,6 +59,27 @@ _UNKNOWN_RIFF_SIZES = (0, 0xFFFFFFFF)
 
 ChannelPolicy = Literal["error", "mean", "first"]
 CHANNEL_POLICIES = ("error", "mean", "first")
+
+
+def num_frames(num_samples):
+    """Encoder frames of `num_samples` samples (int or array): (T - 400) // 320 + 1, 0 below 400.
+
+    Returns:
+      A NumPy integer or array of the shape of `num_samples`.
+    """
+    return np.maximum((np.asarray(num_samples) - RECEPTIVE_FIELD) // FRAME_HOP + 1, 0)
+
+
+def frame_grid_ceil(num_samples: int) -> int:
+    """Smallest length 400 + 320 k >= `num_samples` (whole frames, no partial-frame waste)."""
+    k = max(0, -(-(int(num_samples) - RECEPTIVE_FIELD) // FRAME_HOP))
+    return RECEPTIVE_FIELD + FRAME_HOP * k
+
+
+def frame_grid_floor(num_samples: int) -> int:
+    """Largest length 400 + 320 k <= `num_samples` (at least 400)."""
+    k = max(0, (int(num_samples) - RECEPTIVE_FIELD) // FRAME_HOP)
+    return RECEPTIVE_FIELD + FRAME_HOP * k
 
 
 class AudioError(UserError):
@@ -83,7 +112,7 @@ class EmptyAudio(AudioError):
 
 
 class TooShortAudio(AudioError):
-    """The file is shorter than one HuBERT frame (`MIN_SAMPLES` samples at the target rate)."""
+    """The file is shorter than one HuBERT frame (`RECEPTIVE_FIELD` samples at the target rate)."""
 
     reason = "too_short"
 
@@ -202,7 +231,7 @@ def resampled_length(frames: int, rate: int, target_rate: int) -> int:
 def check_audio_info(
     info: AudioInfo,
     path: str | Path,
-    expected_rate: int = 16000,
+    expected_rate: int = SAMPLE_RATE,
     resample: bool = False,
     channels: ChannelPolicy = "error",
 ) -> None:
@@ -222,8 +251,8 @@ def check_audio_info(
     if info.channels > 1 and channels == "error":
         raise MultiChannelAudio(path, f"{info.channels} channels (channel policy 'error')")
     length = resampled_length(info.frames, info.sample_rate, expected_rate)
-    if length < MIN_SAMPLES:
-        raise TooShortAudio(path, f"{length} samples at {expected_rate} Hz < {MIN_SAMPLES}")
+    if length < RECEPTIVE_FIELD:
+        raise TooShortAudio(path, f"{length} samples at {expected_rate} Hz < {RECEPTIVE_FIELD}")
 
 
 def _mix_down(samples: np.ndarray, channels: ChannelPolicy) -> np.ndarray:
@@ -260,7 +289,7 @@ def _check_samples(samples: np.ndarray, path: str | Path) -> None:
 
 def read_audio(
     path: str | Path,
-    expected_rate: int = 16000,
+    expected_rate: int = SAMPLE_RATE,
     resample: bool = False,
     channels: ChannelPolicy = "error",
     dtype: Literal["int16", "float32"] = "int16",

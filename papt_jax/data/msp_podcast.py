@@ -235,7 +235,7 @@ class CorpusConfig:
     test_a_seconds: float = 200.0
     on_bad_rows: Literal["error", "skip"] = "error"
     on_bad_audio: Literal["error", "skip"] = "skip"
-    sample_rate: int = 16000
+    sample_rate: int = audio_lib.SAMPLE_RATE
     resample: bool = False
     channels: audio_lib.ChannelPolicy = "error"
     duration_cache: Path | None = None

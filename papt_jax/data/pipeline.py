@@ -49,10 +49,16 @@ from typing import Any, Literal
 import grain
 import numpy as np
 
+from papt_jax.data.audio import (
+    FRAME_HOP,
+    RECEPTIVE_FIELD,
+    SAMPLE_RATE,
+    frame_grid_floor,
+    num_frames,
+)
+
 log = logging.getLogger(__name__)
 
-FRAME_HOP = 320  # samples per encoder frame (20 ms at 16 kHz)
-FRAME_WINDOW = 400  # receptive field of one frame
 # Frame-label sequences may differ from the audio's frame count by this much (label
 # extractors round differently at the end of an utterance); more means a wrong key or rate.
 TARGET_LENGTH_TOLERANCE = 2
@@ -61,23 +67,6 @@ STATE_VERSION = 1
 
 class TargetsError(ValueError):
     """Frame targets are missing for a key or do not match its audio length."""
-
-
-def num_frames(num_samples):
-    """Encoder frames for `num_samples` samples: (T - 400) // 320 + 1 (0 below 400)."""
-    return np.maximum((np.asarray(num_samples) - FRAME_WINDOW) // FRAME_HOP + 1, 0)
-
-
-def frame_grid_ceil(num_samples: int) -> int:
-    """Smallest length 400 + 320 k >= `num_samples` (whole frames, no partial-frame waste)."""
-    k = max(0, -(-(int(num_samples) - FRAME_WINDOW) // FRAME_HOP))
-    return FRAME_WINDOW + FRAME_HOP * k
-
-
-def frame_grid_floor(num_samples: int) -> int:
-    """Largest length 400 + 320 k <= `num_samples` (at least 400)."""
-    k = max(0, (int(num_samples) - FRAME_WINDOW) // FRAME_HOP)
-    return FRAME_WINDOW + FRAME_HOP * k
 
 
 def fit_bucket_lengths(
@@ -99,7 +88,7 @@ def fit_bucket_lengths(
         raise ValueError("no lengths to fit buckets to")
     if max_length is not None:
         lengths = np.minimum(lengths, frame_grid_floor(max_length))
-    grid = FRAME_WINDOW + FRAME_HOP * np.maximum(0, -(-(lengths - FRAME_WINDOW) // FRAME_HOP))
+    grid = RECEPTIVE_FIELD + FRAME_HOP * np.maximum(0, -(-(lengths - RECEPTIVE_FIELD) // FRAME_HOP))
     values, counts = np.unique(grid, return_counts=True)
     n, k = len(values), min(num_buckets, len(values))
     # cost of one bucket covering values[i..j] = values[j] * count - sum of lengths (the
@@ -162,7 +151,7 @@ class PipelineConfig:
     batch_size: int | None = 8
     batch_seconds: float | None = None
     max_length: int | None = None
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     seed: int = 0
     shuffle: bool = True
     drop_remainder: bool = True
@@ -183,13 +172,13 @@ class PipelineConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.bucket_lengths is not None:
             lengths = tuple(int(x) for x in self.bucket_lengths)
-            if not lengths or list(lengths) != sorted(set(lengths)) or lengths[0] < FRAME_WINDOW:
+            if not lengths or list(lengths) != sorted(set(lengths)) or lengths[0] < RECEPTIVE_FIELD:
                 raise ValueError(
-                    f"bucket_lengths must be increasing and >= {FRAME_WINDOW}: {lengths}"
+                    f"bucket_lengths must be increasing and >= {RECEPTIVE_FIELD}: {lengths}"
                 )
             object.__setattr__(self, "bucket_lengths", lengths)
-        if self.max_length is not None and self.max_length < FRAME_WINDOW:
-            raise ValueError(f"max_length must be >= {FRAME_WINDOW}, got {self.max_length}")
+        if self.max_length is not None and self.max_length < RECEPTIVE_FIELD:
+            raise ValueError(f"max_length must be >= {RECEPTIVE_FIELD}, got {self.max_length}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
 

@@ -47,9 +47,9 @@ import tqdm
 from absl import flags
 
 from papt_jax import cli
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 
-SAMPLE_RATE = 16_000
 CSV_COLUMNS = (
     "FileName",
     "EmoClass",

@@ -31,9 +31,10 @@ import numpy as np
 
 from papt_jax.data import pipeline as data_pipeline
 from papt_jax.data import prepare
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 from papt_jax.experiment import settings
-from papt_jax.models.config import SAMPLE_RATE, HubertConfig, get_preset
+from papt_jax.models.config import HubertConfig, get_preset
 from papt_jax.models.hubert import HubertModel
 from papt_jax.train.sharding import make_mesh
 

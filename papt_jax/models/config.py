@@ -16,10 +16,6 @@ from typing import Any
 SPEAKER_FUSIONS = ("none", "last", "first", "prefix")
 FEATURE_EXTRACTOR_NORMS = ("group", "layer")
 
-# Samples per encoder frame (product of the conv strides) and the receptive field
-# of one frame: 320 samples = 20 ms at 16 kHz, 400 samples = 25 ms.
-SAMPLE_RATE = 16_000
-
 
 @dataclasses.dataclass(frozen=True)
 class HubertConfig:

@@ -27,15 +27,13 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 from papt_jax.train.checkpoint import Checkpoints
 from papt_jax.train.metric_writer import MetricWriter
 from papt_jax.train.sharding import shard_batch
 
 log = logging.getLogger(__name__)
-
-
-SAMPLE_RATE = 16_000
 
 
 class NonFiniteLossError(UserError, RuntimeError):
