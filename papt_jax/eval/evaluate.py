@@ -119,7 +119,10 @@ def _calibrated_result(
     """
     train_unique, train_dense = dense_ids(train["speaker"])
     _, test_dense = dense_ids(test["speaker_id"])
-    k = min(k, len(train_unique))
+    if not 1 <= k < len(train_unique):
+        # Cutting k to the speakers there are would retrieve every training speaker for
+        # every test speaker: no longer personalised, so never done silently.
+        raise ValueError(f"PLDC k={k} needs 1 <= k < {len(train_unique)} training speakers")
     out = pldc.pldc(
         test["prediction"], test_dense, test_vecs, train_vecs, train[dimension], train_dense, k
     )
@@ -155,9 +158,13 @@ def evaluate_seen(
       mesh: Device mesh.
       k: PLDC neighbours.
       split: Name in reports.
+
+    Returns:
+      (the result, the `predict` output on the test split, with 'pooled').
     """
     test = predict(predict_step, variables, batches, mesh, extra_keys=("speaker_id",))
-    return _calibrated_result(test, test["pooled"], train, train["pooled"], dimension, split, k)
+    result = _calibrated_result(test, test["pooled"], train, train["pooled"], dimension, split, k)
+    return result, test
 
 
 def evaluate_unseen(
@@ -204,6 +211,68 @@ def evaluate_unseen(
     )
     order = {str(k): i for i, k in enumerate(original_test["key"])}
     rows = np.asarray([order[str(k)] for k in test["key"]])
-    return _calibrated_result(
+    result = _calibrated_result(
         test, original_test["pooled"][rows], train, original_train["pooled"], dimension, split, k
     )
+    return result, test
+
+
+def evaluate_dimension(
+    predict_step,
+    variables,
+    dimension: str,
+    train_batches: Iterable,
+    split_batches: dict[str, Iterable],
+    original: dict[str, dict] | None,
+    mesh: Mesh,
+    k: int,
+) -> tuple[list[EvalResult], dict[str, dict]]:
+    """The whole protocol for one fine-tuned regressor: every split, with PLDC.
+
+    Args:
+      predict_step, variables, dimension, mesh, k: As in `evaluate_seen`.
+      train_batches: One pass over the training split (PLDC's reference speakers).
+      split_batches: dataset split name ('test_b', 'test_c', ...) -> one pass over it;
+        'test_c' is evaluated as unseen speakers, every other split as seen ones.
+      original: with 'test_c', `encode_pooled` of the original encoder on 'train' and
+        'test_c' (speaker retrieval for unseen speakers).
+
+    Returns:
+      (one result per split, {'train' or split: its `predict` output with 'pooled'}).
+    """
+    train = predict(predict_step, variables, train_batches, mesh)
+    results, passes = [], {"train": train}
+    for split, batches in split_batches.items():
+        name = split.replace("_", "-")
+        if split == "test_c":
+            if original is None:
+                raise ValueError("test_c needs the original encoder's pooled vectors")
+            result, test = evaluate_unseen(
+                predict_step,
+                variables,
+                dimension,
+                train,
+                original["train"],
+                original["test_c"],
+                batches,
+                mesh,
+                k,
+                split=name,
+            )
+        else:
+            result, test = evaluate_seen(
+                predict_step, variables, dimension, train, batches, mesh, k, split=name
+            )
+        results.append(result)
+        passes[split] = test
+    return results, passes
+
+
+def save_passes(passes: dict[str, dict], path) -> None:
+    """Writes `evaluate_dimension`'s passes as one `.npz`: '<pass>/<field>' arrays."""
+    arrays = {
+        f"{name}/{field}": np.asarray(value)
+        for name, fields in passes.items()
+        for field, value in fields.items()
+    }
+    np.savez(path, **{k: v.astype(str) if v.dtype == object else v for k, v in arrays.items()})

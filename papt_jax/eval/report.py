@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from papt_jax.eval.figures import FIGURES
@@ -12,7 +12,11 @@ from papt_jax.eval.tables import write_per_speaker_csv, write_predictions_csv, w
 
 
 def write_report(
-    results: Sequence[EvalResult], out_dir: str | Path, system: str, plots: bool = True
+    results: Sequence[EvalResult],
+    out_dir: str | Path,
+    system: str,
+    plots: bool = True,
+    run: Mapping | None = None,
 ) -> dict[str, Path]:
     """Writes every report file of one system into `out_dir` (created if needed).
 
@@ -21,6 +25,7 @@ def write_report(
       out_dir: destination folder.
       system: system name for the tables and plots, e.g. "PAPT-FT".
       plots: also write the PNGs of `FIGURES` per result.
+      run: facts about the run (PLDC k, fingerprint) for the summary and `results.md`.
 
     Returns:
       {name: path} of the files written, e.g. "summary", "results_md",
@@ -32,7 +37,7 @@ def write_report(
         raise ValueError("no results to report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = build_summary(results, system)
+    summary = build_summary(results, system, run)
     written = {
         "summary": write_summary_json(summary, out / "summary.json"),
         "results_md": write_results_md(summary, out / "results.md"),

@@ -130,15 +130,22 @@ def summarize(result: EvalResult) -> dict:
     return out
 
 
-def build_summary(results: Sequence[EvalResult], system: str) -> dict:
-    """The summary dict (see the module docstring) of one system's results."""
+def build_summary(results: Sequence[EvalResult], system: str, run: Mapping | None = None) -> dict:
+    """The summary dict (see the module docstring) of one system's results.
+
+    Args:
+      results: one per (split, dimension).
+      system: the system's name in tables.
+      run: facts about the run that produced them (e.g. PLDC `pldc_k`, the evaluation's
+        `fingerprint`), stored under "run" so the numbers never lose their settings.
+    """
     splits: dict[str, dict] = {}
     for result in results:
         per_split = splits.setdefault(result.split, {})
         if result.dimension in per_split:
             raise ValueError(f"two results for {result.split}/{result.dimension}")
         per_split[result.dimension] = summarize(result)
-    return {"system": system, "splits": splits}
+    return {"system": system, "run": dict(run or {}), "splits": splits}
 
 
 def _json_float(value: float) -> float | None:

@@ -140,6 +140,9 @@ def write_results_md(
     """`results.md`: one paper-shaped table per split, with speaker counts under each."""
     path = Path(path)
     lines = [f"# Results: {summary['system']}", ""]
+    run = summary.get("run") or {}
+    if run:
+        lines += [", ".join(f"{k} = {v}" for k, v in run.items()), ""]
     for split in summary["splits"]:
         lines += [f"## {split}", "", results_table(summary, split, dimensions), ""]
         lines += [_speaker_note(summary["splits"][split], dimensions), ""]

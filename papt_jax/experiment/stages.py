@@ -358,31 +358,27 @@ def run_evaluate(ws: Workspace) -> dict[str, Any]:
         }
     written = []
     with atomic_dir(ws.path("evaluate")) as tmp:
+        (tmp / "passes").mkdir()
+        if original is not None:
+            evaluate_lib.save_passes(original, tmp / "passes" / "original_encoder.npz")
         for dimension in csv(ws.config.finetune.dimensions):
             run, variables = load_finetuned(ws, dimension)
             scaling = finetune.LabelScaling(run.label_scaling)
             predict_step = finetune.make_predict_step(run.model(), scaling, ws.mesh)
-            train = finetune.predict(predict_step, variables, train_batches(), ws.mesh)
-            for split in splits:
-                batches, _ = ws.eval_batches(split)
-                name = split.replace("_", "-")
-                if split == "test_c":
-                    result = evaluate_lib.evaluate_unseen(
-                        predict_step,
-                        variables,
-                        dimension,
-                        train,
-                        original["train"],
-                        original["test_c"],
-                        batches(),
-                        ws.mesh,
-                        k,
-                        split=name,
-                    )
-                else:
-                    result = evaluate_lib.evaluate_seen(
-                        predict_step, variables, dimension, train, batches(), ws.mesh, k, split=name
-                    )
+            results, passes = evaluate_lib.evaluate_dimension(
+                predict_step,
+                variables,
+                dimension,
+                train_batches(),
+                {split: ws.eval_batches(split)[0]() for split in splits},
+                original,
+                ws.mesh,
+                k,
+            )
+            # Pooled representations and predictions of every pass, for the shift analysis
+            # and for prediction on new audio (PLDC's reference speakers).
+            evaluate_lib.save_passes(passes, tmp / "passes" / f"{dimension}.npz")
+            for result in results:
                 save_result(result, tmp / f"{result.stem}.npz")
                 written.append(f"{result.stem}.npz")
     return {"results": written, "pldc_k": k}
@@ -391,8 +387,13 @@ def run_evaluate(ws: Workspace) -> dict[str, Any]:
 def run_report(ws: Workspace) -> dict[str, Any]:
     paths = sorted(ws.path("evaluate").glob("*.npz"))
     results = [load_result(p) for p in paths]
+    record = ws.record("evaluate") or {}
+    run = {
+        "PLDC k": (record.get("facts") or {}).get("pldc_k"),
+        "evaluation fingerprint": record.get("fingerprint"),
+    }
     with atomic_dir(ws.path("report")) as tmp:
-        report_lib.write_report(results, tmp, ws.config.name)
+        report_lib.write_report(results, tmp, ws.config.name, run=run)
     return {"results_md": str(ws.path("report", "results.md"))}
 
 
