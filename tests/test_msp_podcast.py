@@ -403,3 +403,8 @@ def test_rows_without_split_name_are_reported_not_validated(tmp_path, caplog):
         corpus = mp.load_corpus(mp.CorpusConfig(corpus_dir=root, splits=TRAIN_ONLY))
     assert _keys(corpus.splits["train"]) == ["a.wav"]
     assert "1 row(s) have no Split_Set value" in caplog.text
+
+
+def test_default_columns_name_header_columns():
+    assert set(mp.DEFAULT_COLUMNS.values()) <= set(mp.CSV_COLUMNS)
+    assert set(mp.RATED_DIMENSIONS) <= set(mp.DEFAULT_COLUMNS)

@@ -8,7 +8,8 @@ synthetic corpus, which uses the same layout:
                                                    labels_concensus.csv
     RELEASE/Partitions.txt, Speaker_ids.txt, ...   anything else is ignored
 
-Every release has the header `FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set`.
+Every release has the header `FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set`
+(`CSV_COLUMNS`).
 Split names differ by release (`Validation` up to v1.8, `Development` from v1.9; `Test1`,
 `Test2`, and from v1.11 `Test3`, whose labels may be withheld); they are mapped by
 configuration (`CorpusConfig.splits`, `CorpusConfig.test_c_splits`). A configured split name
@@ -61,12 +62,31 @@ from papt_jax.errors import UserError
 log = logging.getLogger(__name__)
 
 LABEL_FILE_NAMES = ("labels_consensus.csv", "labels_concensus.csv")
+# The labels file's header, identical in every release v1.6-v1.12.
+CSV_COLUMNS = (
+    "FileName",
+    "EmoClass",
+    "EmoAct",
+    "EmoVal",
+    "EmoDom",
+    "SpkrID",
+    "Gender",
+    "Split_Set",
+)
+# Speaker id of rows whose speaker is not known; such rows are dropped.
 UNKNOWN_SPEAKER = "Unknown"
-LABEL_RANGE = (1.0, 7.0)
+# The emotion dimensions papt_jax predicts, and every dimension the corpus rates.
+DIMENSIONS = ("arousal", "valence")
+RATED_DIMENSIONS = (*DIMENSIONS, "dominance")
+# Every rating lies on a 1..7 scale.
+LABEL_MIN, LABEL_MAX = 1.0, 7.0
+LABEL_CENTRE = (LABEL_MIN + LABEL_MAX) / 2
+# The dataset's splits (see the module docstring for how each is built).
 SPLIT_NAMES = ("train", "validation", "test_a", "test_b", "test_c")
 # Rows listed in full in an error message; the rest are counted.
 MAX_LISTED_ROWS = 20
 
+# Logical name -> column of `CSV_COLUMNS` (the categorical EmoClass is not read).
 DEFAULT_COLUMNS = {
     "file": "FileName",
     "arousal": "EmoAct",
@@ -467,7 +487,7 @@ def _parse_label(value: str) -> float | None:
         label = float(value)
     except ValueError:
         return None
-    if math.isnan(label) or not LABEL_RANGE[0] <= label <= LABEL_RANGE[1]:
+    if math.isnan(label) or not LABEL_MIN <= label <= LABEL_MAX:
         return None
     return label
 
@@ -479,7 +499,7 @@ def _check_row(line: int, raw: Mapping[str, str], audio_dir: Path) -> _Row | Bad
         if not raw[name]:
             return BadRow(line, key, "missing_value", f"empty {name!r}")
     labels = {}
-    for name in ("arousal", "valence", "dominance"):
+    for name in RATED_DIMENSIONS:
         if not raw[name]:
             return BadRow(line, key, "missing_value", f"empty {name!r} (labels withheld?)")
         labels[name] = _parse_label(raw[name])

@@ -48,19 +48,9 @@ from absl import flags
 
 from papt_jax import cli
 from papt_jax.data.audio import SAMPLE_RATE
+from papt_jax.data.msp_podcast import CSV_COLUMNS, LABEL_MAX, LABEL_MIN, UNKNOWN_SPEAKER
 from papt_jax.errors import UserError
 
-CSV_COLUMNS = (
-    "FileName",
-    "EmoClass",
-    "EmoAct",
-    "EmoVal",
-    "EmoDom",
-    "SpkrID",
-    "Gender",
-    "Split_Set",
-)
-UNKNOWN_SPEAKER = "Unknown"
 GENERATOR_VERSION = 1
 
 # Speaker roles -> split name in the CSV. "new" speakers exist only in the newer release;
@@ -459,10 +449,10 @@ def _emo_class(arousal: float, valence: float) -> str:
 def _draw_labels(rng: np.random.Generator, speaker: Speaker, model: LabelModel) -> dict[str, float]:
     p = speaker.label_params
     a, v, d_noise = rng.normal(size=3)
-    arousal = np.clip(p["arousal_mean"] + p["arousal_std"] * a, 1.0, 7.0)
-    valence = np.clip(p["valence_mean"] + p["valence_std"] * v, 1.0, 7.0)
+    arousal = np.clip(p["arousal_mean"] + p["arousal_std"] * a, LABEL_MIN, LABEL_MAX)
+    valence = np.clip(p["valence_mean"] + p["valence_std"] * v, LABEL_MIN, LABEL_MAX)
     dominance = 4.0 + model.dominance_from_arousal * (arousal - 4.0)
-    dominance = np.clip(dominance + model.dominance_noise * d_noise, 1.0, 7.0)
+    dominance = np.clip(dominance + model.dominance_noise * d_noise, LABEL_MIN, LABEL_MAX)
     ndigits = model.label_decimals
     return {
         "arousal": round(float(arousal), ndigits),

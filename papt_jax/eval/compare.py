@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from papt_jax.eval.results import DIMENSIONS, MODE_LABELS, SYSTEM, ReportError, load_summary
+from papt_jax.data.msp_podcast import DIMENSIONS
+from papt_jax.eval.results import MODE_LABELS, SYSTEM, ReportError, load_summary
 from papt_jax.eval.tables import table_header, table_row, variant_cells
 from papt_jax.pldc import MODES
 

@@ -38,8 +38,6 @@ VARIANTS = (SYSTEM, *MODES)
 
 MODE_LABELS = {"mu": "+ μ shift", "sigma": "+ σ shift", "both": "+ (μ, σ) shift"}
 
-DIMENSIONS = ("arousal", "valence")
-
 MISSING = "–"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from papt_jax import metrics
-from papt_jax.eval.results import DIMENSIONS, MISSING, MODE_LABELS, SYSTEM, VARIANTS, EvalResult
+from papt_jax.data.msp_podcast import DIMENSIONS
+from papt_jax.eval.results import MISSING, MODE_LABELS, SYSTEM, VARIANTS, EvalResult
 
 
 def _num(value) -> float:

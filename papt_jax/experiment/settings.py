@@ -20,6 +20,8 @@ from typing import Any
 
 import ml_collections
 
+from papt_jax.data.msp_podcast import DIMENSIONS
+from papt_jax.data.msp_podcast import SPLIT_NAMES as DATASET_SPLITS
 from papt_jax.errors import UserError
 
 STAGES = (
@@ -32,8 +34,6 @@ STAGES = (
     "evaluate",
     "report",
 )
-DIMENSIONS = ("arousal", "valence")
-DATASET_SPLITS = ("train", "validation", "test_a", "test_b", "test_c")
 MODEL_PRESETS = ("base", "large", "small", "tiny")
 # Stage outputs that can stand in for an encoder spec.
 WORKDIR_ENCODERS = ("bootstrap", "pretrain")

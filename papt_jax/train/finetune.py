@@ -12,6 +12,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from papt_jax.data.audio import SAMPLE_RATE
+from papt_jax.data.msp_podcast import DIMENSIONS, LABEL_CENTRE, LABEL_MAX, LABEL_MIN
 from papt_jax.losses import ccc_loss, weighted_ccc_loss
 from papt_jax.metrics import ccc
 from papt_jax.models.config import HubertConfig
@@ -25,10 +26,6 @@ from papt_jax.train.sharding import (
     shard_batch,
 )
 from papt_jax.train.state import TrainState, guarded_update, make_optimizer, make_schedule
-
-# MSP-Podcast attribute scores lie on a 1..7 scale.
-LABEL_MIN, LABEL_MAX = 1.0, 7.0
-LABEL_CENTRE = (LABEL_MIN + LABEL_MAX) / 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,8 +236,8 @@ class FinetuneRun:
     seed: int = 0
 
     def __post_init__(self):
-        if self.dimension not in ("arousal", "valence"):
-            raise ValueError(f"dimension must be 'arousal' or 'valence', got {self.dimension!r}")
+        if self.dimension not in DIMENSIONS:
+            raise ValueError(f"dimension must be one of {DIMENSIONS}, got {self.dimension!r}")
         if self.speaker_weights is not None:
             w = np.asarray(self.speaker_weights, np.float64)
             if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):
