@@ -29,15 +29,49 @@ Target: bucketed >= 90 % real samples with <= 8 shapes.
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from papt_jax.data import msp_podcast
-from papt_jax.data import pipeline as pl
+from papt_jax.data import batching, msp_podcast
 from papt_jax.data.audio import SAMPLE_RATE, frame_grid_ceil
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchStats:
+    """Padding summary of a set of batches.
+
+    Attributes:
+      shapes: (rows, samples) -> number of batches with that audio shape.
+      real_samples: audio samples of real rows that are not padding.
+      total_samples: all audio samples, padding included.
+    """
+
+    shapes: Mapping[tuple[int, int], int]
+    real_samples: int
+    total_samples: int
+
+    @property
+    def real_share(self) -> float:
+        return self.real_samples / max(self.total_samples, 1)
+
+
+def summarize_plan(planner: batching.BatchPlanner, epoch: int = 0) -> BatchStats:
+    """Batch shapes and real samples of one epoch's plan, from lengths only (global batches)."""
+    shapes = collections.Counter()
+    real = total = 0
+    for planned in planner.plan(epoch):
+        size = planner.batch_sizes[planned.bucket]
+        length = planner.bucket_lengths[planned.bucket]
+        shapes[(size, length)] += 1
+        real += int(planner.lengths[list(planned.indices)].sum())
+        total += size * length
+    return BatchStats(dict(shapes), real, total)
 
 
 def corpus_lengths(corpus_dir: Path | None) -> tuple[str, np.ndarray]:
@@ -60,14 +94,14 @@ def msp_like_lengths(num: int, shape: str) -> np.ndarray:
     return np.round((2.75 + 8.25 * unit) * SAMPLE_RATE).astype(np.int64)
 
 
-def plan_stats(lengths: np.ndarray, **config) -> pl.BatchStats:
+def plan_stats(lengths: np.ndarray, **config) -> BatchStats:
     """One training epoch's padding statistics for a `PipelineConfig`."""
     keys = tuple(f"u{i}" for i in range(len(lengths)))
-    cfg = pl.PipelineConfig(device_count=1, process_index=0, process_count=1, **config)
-    return pl.summarize_plan(pl.BatchPlanner(pl.DatasetIndex(keys, lengths), cfg))
+    cfg = batching.PipelineConfig(device_count=1, process_index=0, process_count=1, **config)
+    return summarize_plan(batching.BatchPlanner(batching.DatasetIndex(keys, lengths), cfg))
 
 
-def per_batch_max_stats(lengths: np.ndarray, batch_size: int) -> pl.BatchStats:
+def per_batch_max_stats(lengths: np.ndarray, batch_size: int) -> BatchStats:
     """Random batches padded to their own longest member (frame grid), remainder dropped."""
     order = np.random.default_rng(0).permutation(len(lengths))
     usable = len(order) // batch_size * batch_size
@@ -76,7 +110,7 @@ def per_batch_max_stats(lengths: np.ndarray, batch_size: int) -> pl.BatchStats:
     shapes: dict[tuple[int, int], int] = {}
     for length in padded:
         shapes[(batch_size, int(length))] = shapes.get((batch_size, int(length)), 0) + 1
-    return pl.BatchStats(shapes, int(batches.sum()), int(padded.sum() * batch_size))
+    return BatchStats(shapes, int(batches.sum()), int(padded.sum() * batch_size))
 
 
 def report(name: str, lengths: np.ndarray, batch_seconds: float) -> None:
@@ -85,7 +119,7 @@ def report(name: str, lengths: np.ndarray, batch_seconds: float) -> None:
         f"\n{name}: {len(lengths)} utterances, {seconds.min():.2f}-{seconds.max():.2f} s, "
         f"mean {seconds.mean():.2f} s"
     )
-    buckets = pl.fit_bucket_lengths(lengths, num_buckets=8)
+    buckets = batching.fit_bucket_lengths(lengths, num_buckets=8)
     print(f"  buckets (s): {', '.join(f'{b / SAMPLE_RATE:.2f}' for b in buckets)}")
     rows = {
         "bucketed/count (8 utts)": plan_stats(lengths, bucket_lengths=buckets, batch_size=8),

@@ -29,8 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from papt_jax.data import pipeline as data_pipeline
-from papt_jax.data import prepare
+from papt_jax.data import batching, input_pipeline, prepare
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 from papt_jax.experiment import settings
@@ -220,7 +219,7 @@ class Workspace:
     def train_data(self, splits: str, targets=None, seed_offset: int = 0):
         """Shuffled, cropped, bucketed training batches over one or more splits."""
         d = self.config.data
-        cfg = data_pipeline.PipelineConfig(
+        cfg = batching.PipelineConfig(
             mode="train",
             num_buckets=int(d.num_buckets),
             max_length=int(d.max_seconds * SAMPLE_RATE),
@@ -229,18 +228,18 @@ class Workspace:
             device_count=self.mesh.size,
             **self._batch_options(),
         )
-        return data_pipeline.make_pipeline(self.data_dir, settings.csv(splits), cfg, targets)
+        return input_pipeline.make_pipeline(self.data_dir, settings.csv(splits), cfg, targets)
 
     def eval_batches(self, splits: str, targets=None):
         """A callable giving one fresh, ordered, uncropped pass over `splits`, and its length."""
-        cfg = data_pipeline.PipelineConfig(
+        cfg = batching.PipelineConfig(
             mode="eval",
             bucket_lengths=self.eval_bucket_lengths(),
             batch_size=int(self.config.data.eval_batch_size),
             device_count=self.mesh.size,
             worker_count=int(self.config.data.worker_count),
         )
-        pipe = data_pipeline.make_pipeline(self.data_dir, settings.csv(splits), cfg, targets)
+        pipe = input_pipeline.make_pipeline(self.data_dir, settings.csv(splits), cfg, targets)
         return lambda: iter(pipe), pipe.batches_per_epoch
 
     def eval_bucket_lengths(self) -> tuple[int, ...]:
@@ -249,9 +248,9 @@ class Workspace:
         if self._eval_buckets is None:
             splits = [s for s in settings.DATASET_SPLITS if self.has_split(s)]
             lengths = np.concatenate(
-                [data_pipeline.load_index(self.data_dir, s).num_samples for s in splits]
+                [input_pipeline.load_index(self.data_dir, s).num_samples for s in splits]
             )
-            self._eval_buckets = data_pipeline.fit_bucket_lengths(
+            self._eval_buckets = batching.fit_bucket_lengths(
                 lengths, int(self.config.data.num_buckets)
             )
         return self._eval_buckets
