@@ -15,8 +15,8 @@ PYTHON="${PYTHON:-python}"
 RUNS="${RUNS:-runs}"
 # MSP-Podcast v1.6 release (Audios/, Labels/, Partitions.txt) for the paper's setting.
 CORPUS_DIR="${CORPUS_DIR:-/data/MSP-Podcast-1.6}"
-# Consensus labels of the newer release that define the unseen-speaker test set.
-NEW_LABELS="${NEW_LABELS:-/data/MSP-Podcast-1.10/Labels/labels_consensus.csv}"
+# The newer release (its own Audios/ and Labels/) whose test speakers form test-c.
+NEW_CORPUS="${NEW_CORPUS:-/data/MSP-Podcast-1.10}"
 # Original checkpoints to convert: HuBERT-large (encoder) and HuBERT-base (k-means teacher).
 HUBERT_LARGE_SRC="${HUBERT_LARGE_SRC:-/models/hubert-large-ll60k}"
 HUBERT_BASE_SRC="${HUBERT_BASE_SRC:-/models/hubert_base_ls960.pt}"
@@ -43,13 +43,13 @@ paper() {
   for system in papt tapt; do
     "$PYTHON" -m papt_jax.main --config="configs/${system}.py" --workdir="$RUNS/${system}" \
       --config.data.corpus_dir="$CORPUS_DIR" \
-      --config.data.new_labels_file="$NEW_LABELS" \
+      --config.data.new_corpus_dir="$NEW_CORPUS" \
       --config.model.init="converted:$CKPT/hubert_large" \
       --config.pseudo_labels.teacher="converted:$CKPT/hubert_base"
   done
   "$PYTHON" -m papt_jax.main --config=configs/vanilla_ft.py --workdir="$RUNS/vanilla_ft" \
     --config.data.corpus_dir="$CORPUS_DIR" \
-    --config.data.new_labels_file="$NEW_LABELS" \
+    --config.data.new_corpus_dir="$NEW_CORPUS" \
     --config.model.init="converted:$CKPT/hubert_large"
 }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs Vanilla-FT, TAPT-FT and PAPT-FT and writes one comparison report shaped like the
-# paper's Tables 2 (test-b) and 3 (test-c).
+# Runs every system of the paper's Tables 2-4 and writes one report, OUT/tables.md:
+# Vanilla-FT, B2, TAPT-FT and PAPT-FT (Tables 2 and 3, test-b and test-c) and the
+# speaker-fusion ablation last / first / prefix / none (Table 4).
 #
-# Embedded synthetic corpus (no downloads):
+# Embedded synthetic corpus (no downloads; about 1.5 h on 2 CPU cores):
 #   launch/reproduce_tables.sh demo runs/tables_demo
 # MSP-Podcast (set the paths below first):
 #   launch/reproduce_tables.sh paper runs/tables
@@ -12,8 +13,8 @@ MODE=${1:-demo}          # 'demo' (embedded corpus), 'smoke' (tiny) or 'paper' (
 OUT=${2:-runs/tables_$MODE}  # one workdir per system below this folder
 
 # Paper setting only: where the corpus and the converted checkpoints live.
-MSP_DIR=${MSP_DIR:-/data/MSP-Podcast-1.6}                                     # v1.6 root
-NEW_LABELS=${NEW_LABELS:-/data/MSP-Podcast-1.10/Labels/labels_consensus.csv}  # test-c
+MSP_DIR=${MSP_DIR:-/data/MSP-Podcast-1.6}       # v1.6 root
+NEW_CORPUS=${NEW_CORPUS:-/data/MSP-Podcast-1.10}  # v1.10 root: test-c
 LARGE=${LARGE:-ckpt/hubert_large}   # python -m papt_jax.convert --source hubert-large-ll60k
 TEACHER=${TEACHER:-ckpt/hubert_base}  # HuBERT-base iteration 2 (layer-9 k-means labels)
 
@@ -21,27 +22,35 @@ run() {  # run CONFIG NAME [extra flags...]
   local config=$1 name=$2; shift 2
   if [ "$MODE" = paper ]; then
     python -m papt_jax.main --config="configs/$config.py" --workdir="$OUT/$name" \
-      --config.data.corpus_dir="$MSP_DIR" --config.data.new_labels_file="$NEW_LABELS" \
+      --config.data.corpus_dir="$MSP_DIR" --config.data.new_corpus_dir="$NEW_CORPUS" \
       --config.model.init="converted:$LARGE" --config.pseudo_labels.teacher="converted:$TEACHER" "$@"
   else
-    python -m papt_jax.main --config="configs/$config.py:$MODE" --workdir="$OUT/$name" "$@"
+    python -m papt_jax.main --config="configs/$config.py:$MODE" --workdir="$OUT/$name" \
+      "${shared[@]}" "$@"
   fi
 }
 
-# PAPT first: on the embedded corpus its bootstrap encoder is the "pre-trained HuBERT"
-# that the baselines start from too (same corpus and data directory, no second bootstrap).
+# PAPT first: on the embedded corpus its corpus, dataset and bootstrap encoder (the
+# stand-in for pre-trained HuBERT) are shared by every other system.
+shared=()
 run papt papt
-if [ "$MODE" = paper ]; then
-  run tapt tapt
-  run vanilla_ft vanilla
-else
-  shared=(--config.data.data_dir="$OUT/papt/data" --config.model.init="converted:$OUT/papt/bootstrap/encoder"
+if [ "$MODE" != paper ]; then
+  shared=(--config.data.corpus_dir="$OUT/papt/corpus" --config.data.synthetic_preset=
+          --config.data.data_dir="$OUT/papt/data"
+          --config.model.init="converted:$OUT/papt/bootstrap/encoder"
           --config.pseudo_labels.teacher="converted:$OUT/papt/bootstrap/encoder")
-  run tapt tapt --config.stages=prepare,pseudo_labels,pretrain,finetune,evaluate,report \
-    --config.data.corpus_dir="$OUT/papt/corpus" --config.data.synthetic_preset= "${shared[@]}"
-  run vanilla_ft vanilla --config.stages=prepare,finetune,evaluate,report \
-    --config.data.corpus_dir="$OUT/papt/corpus" --config.data.synthetic_preset= "${shared[@]}"
 fi
+no_corpus=prepare,pseudo_labels,pretrain,finetune,evaluate,report
+run tapt tapt --config.stages="$no_corpus"
+run vanilla_ft vanilla --config.stages=prepare,finetune,evaluate,report
+run b2 b2 --config.stages=prepare,speaker_weights,finetune,evaluate,report
+for fusion in first prefix; do
+  run papt "papt_$fusion" --config.stages="$no_corpus" --config.pretrain.speaker_fusion="$fusion"
+done
 
 python -m papt_jax.eval.compare --out "$OUT/comparison.md" \
-  "$OUT/vanilla/report/summary.json" "$OUT/tapt/report/summary.json" "$OUT/papt/report/summary.json"
+  "$OUT/vanilla" "$OUT/b2" "$OUT/tapt" "$OUT/papt"
+python -m papt_jax.eval.ablation --out "$OUT/table4.md" \
+  "$OUT/papt" "$OUT/papt_first" "$OUT/papt_prefix" "$OUT/tapt"
+cat "$OUT/comparison.md" "$OUT/table4.md" > "$OUT/tables.md"
+echo "tables: $OUT/tables.md"

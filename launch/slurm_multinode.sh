@@ -24,7 +24,7 @@ WORKDIR="${WORKDIR:-runs/papt_${SLURM_JOB_ID:-local}}"
 # MSP-Podcast v1.6 on the shared filesystem.
 CORPUS_DIR="${CORPUS_DIR:-/data/MSP-Podcast-1.6}"
 # Labels of the newer release (unseen-speaker test set).
-NEW_LABELS="${NEW_LABELS:-/data/MSP-Podcast-1.10/Labels/labels_consensus.csv}"
+NEW_CORPUS="${NEW_CORPUS:-/data/MSP-Podcast-1.10}"
 # Converted Flax checkpoints (see launch/local.sh convert).
 CKPT="${CKPT:-ckpt}"
 # Let XLA take most of each GPU's memory up front (JAX's default is 75 %).
@@ -33,6 +33,6 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
 srun --kill-on-bad-exit=1 "$PYTHON" -m papt_jax.main --distributed \
   --config="$CONFIG" --workdir="$WORKDIR" \
   --config.data.corpus_dir="$CORPUS_DIR" \
-  --config.data.new_labels_file="$NEW_LABELS" \
+  --config.data.new_corpus_dir="$NEW_CORPUS" \
   --config.model.init="converted:$CKPT/hubert_large" \
   --config.pseudo_labels.teacher="converted:$CKPT/hubert_base"

@@ -24,7 +24,7 @@ CONFIG="${CONFIG:-configs/papt.py}"
 WORKDIR="${WORKDIR:-/mnt/shared/runs/papt}"
 # MSP-Podcast v1.6 and the newer labels file, readable by every worker.
 CORPUS_DIR="${CORPUS_DIR:-/mnt/shared/MSP-Podcast-1.6}"
-NEW_LABELS="${NEW_LABELS:-/mnt/shared/MSP-Podcast-1.10/Labels/labels_consensus.csv}"
+NEW_CORPUS="${NEW_CORPUS:-/mnt/shared/MSP-Podcast-1.10}"
 # Converted Flax checkpoints.
 CKPT="${CKPT:-/mnt/shared/ckpt}"
 
@@ -32,6 +32,6 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --project="$PROJECT" -
   --command "cd $REPO_DIR && $PYTHON -m papt_jax.main --distributed \
     --config=$CONFIG --workdir=$WORKDIR \
     --config.data.corpus_dir=$CORPUS_DIR \
-    --config.data.new_labels_file=$NEW_LABELS \
+    --config.data.new_corpus_dir=$NEW_CORPUS \
     --config.model.init=converted:$CKPT/hubert_large \
     --config.pseudo_labels.teacher=converted:$CKPT/hubert_base"

@@ -10,16 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-ALL_STAGES = (
-    "corpus",  # generate the synthetic corpus (embedded-corpus runs only)
-    "prepare",  # build the TFDS array_record dataset from the corpus
-    "bootstrap",  # embedded corpus: pre-train a small HuBERT from scratch on MFCC labels
-    "pseudo_labels",  # k-means labels for the adaptation corpus
-    "pretrain",  # PAPT / TAPT continued pre-training
-    "finetune",  # arousal and valence regressors
-    "evaluate",  # test-b (seen) and test-c (unseen speakers), with PLDC
-    "report",  # results.md and plots
-)
+from papt_jax.experiment.settings import STAGES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,7 +18,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "papt"  # system name in reports
     c.seed = 0  # one seed drives init, shuffling, masking and dropout
-    c.stages = ",".join(ALL_STAGES)  # comma-separated subset of ALL_STAGES, run in order
+    c.stages = ",".join(STAGES)  # comma-separated subset of the stages, run in order
     c.num_devices = 0  # devices in the data-parallel mesh (0: all)
     c.log_every = 10  # steps between host reads of training metrics
 
@@ -79,6 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     p.fit_fraction = 0.1  # share of utterances whose frames fit k-means
     p.kmeans_batch_size = 10_000  # frames per mini-batch k-means step (fairseq: 10 000)
     p.kmeans_max_iter = 100  # mini-batch k-means iterations (fairseq: 100)
+    p.kmeans_n_init = 20  # k-means++ initialisations, the best kept (fairseq: 20)
     p.centroids = ""  # precomputed centroids (.npy, (K, dim)) instead of fitting
 
     # --- Continued pre-training (PAPT / TAPT) -----------------------------------------
@@ -97,6 +89,13 @@ def base_config() -> ml_collections.ConfigDict:
     t.adam_eps = 1e-6  # Adam denominator constant (fairseq HuBERT: 1e-6)
     t.weight_decay = 0.01  # decoupled weight decay (fairseq HuBERT: 0.01)
     t.clip_norm = 1.0  # gradient clipping at this global norm (fairseq HuBERT large: 1.0)
+    # Dropout inside the encoder during PAPT/TAPT, set here rather than taken from the
+    # checkpoint's config (HF's hubert-large-ll60k says 0.1): fairseq's HuBERT-large recipe
+    # (hubert_large_librivox.yaml) uses 0 everywhere (base: 0.1 for hidden/attention/input).
+    t.hidden_dropout = 0.0  # residual branches and encoder input (fairseq `dropout`: 0.0)
+    t.attention_dropout = 0.0  # attention probabilities (fairseq: 0.0)
+    t.activation_dropout = 0.0  # after the feed-forward activation (fairseq: 0.0)
+    t.feat_proj_dropout = 0.0  # after the feature projection (fairseq `dropout_input`: 0.0)
     t.mask_prob = 0.8  # share of frames starting a masked span (fairseq base and large: 0.8)
     t.mask_length = 10  # masked span length in frames (fairseq: 10)
     t.features_pen_weight = 10.0  # CNN-feature L2 penalty weight (fairseq base and large: 10)
@@ -117,6 +116,15 @@ def base_config() -> ml_collections.ConfigDict:
     f.label_scaling = "none"  # 'none' (1..7) or 'unit' ([0, 1]); CCC is on 1..7 either way
     f.head_dropout = 0.1  # paper: dropout 0.1 in the regression head
     f.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
+    f.speaker_weighting = "none"  # 'b2': Sridhar & Busso's speaker-similarity loss weights
+
+    # --- B2 baseline (finetune.speaker_weighting='b2'; papt_jax/b2.py explains each) -------
+    c.b2 = b2 = ml_collections.ConfigDict()
+    b2.test_split = "test_b"  # test speakers' audio (no labels) that picks the adaptation set
+    b2.pca_components = 10  # whitened PCA components of the ComParE functionals
+    b2.gmm_components = 2  # diagonal Gaussians per speaker mixture
+    b2.neighbours = 5  # closest training speakers per test speaker (the adaptation set)
+    b2.weight = 2.0  # loss weight of adaptation-set utterances (others 1; mean scaled to 1)
 
     # --- Evaluation with PLDC ---------------------------------------------------------
     c.evaluate = e = ml_collections.ConfigDict()
@@ -162,4 +170,6 @@ def apply_embedded_corpus(c: ml_collections.ConfigDict, preset: str) -> ml_colle
         c.finetune.peak_lr = 1e-3
     c.finetune.freeze_feature_extractor = True
     c.evaluate.pldc_k = 3 if smoke else 5
+    # Few training speakers: 5 neighbours per test speaker would cover most of them.
+    c.b2.neighbours = 2
     return c

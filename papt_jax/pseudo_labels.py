@@ -55,6 +55,7 @@ class PseudoLabelConfig:
       fit_fraction: Share of utterances (chosen with the seed) whose frames fit k-means.
       batch_size: Mini-batch size of k-means.
       max_iter: Passes over the fitting frames.
+      n_init: k-means++ initialisations tried, the best kept (fairseq learn_kmeans.py: 20).
       seed: Seed for utterance choice and k-means.
       centroids_path: Precomputed (K, dim) centroids (.npy); skips fitting.
     """
@@ -63,6 +64,7 @@ class PseudoLabelConfig:
     fit_fraction: float = 0.1
     batch_size: int = 10_000
     max_iter: int = 100
+    n_init: int = 20
     seed: int = 0
     centroids_path: str = ""
 
@@ -185,10 +187,13 @@ def compute_pseudo_labels(
             config.num_clusters,
             batch_size=min(config.batch_size, x.shape[0]),
             max_iter=config.max_iter,
+            n_init=config.n_init,
         )
         centroids = np.asarray(result.centroids)
         fit_info = {
             "fit_frames": int(x.shape[0]),
+            "n_init": config.n_init,
+            "chosen_init": int(result.chosen_init),
             "inertia_per_frame": float(result.inertia) / x.shape[0],
             "iterations": int(result.n_iter),
         }

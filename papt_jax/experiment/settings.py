@@ -25,14 +25,15 @@ from papt_jax.data.msp_podcast import SPLIT_NAMES as DATASET_SPLITS
 from papt_jax.errors import UserError
 
 STAGES = (
-    "corpus",
-    "prepare",
-    "bootstrap",
-    "pseudo_labels",
-    "pretrain",
-    "finetune",
-    "evaluate",
-    "report",
+    "corpus",  # generate the synthetic corpus (embedded-corpus runs only)
+    "prepare",  # build the TFDS array_record dataset from the corpus
+    "bootstrap",  # embedded corpus: pre-train a small HuBERT from scratch on MFCC labels
+    "pseudo_labels",  # k-means labels for the adaptation corpus
+    "pretrain",  # PAPT / TAPT continued pre-training
+    "speaker_weights",  # B2 only: loss weights of the training speakers
+    "finetune",  # arousal and valence regressors
+    "evaluate",  # test-b (seen) and test-c (unseen speakers), with PLDC
+    "report",  # results.md and plots
 )
 MODEL_PRESETS = ("base", "large", "small", "tiny")
 # Stage outputs that can stand in for an encoder spec.
@@ -232,6 +233,7 @@ FIELDS: dict[str, Rule] = {
     "pseudo_labels.fit_fraction": number(0.0, 1.0, low_open=True),
     "pseudo_labels.kmeans_batch_size": integer(1),
     "pseudo_labels.kmeans_max_iter": integer(1),
+    "pseudo_labels.kmeans_n_init": integer(1),
     "pseudo_labels.centroids": existing_path_or_empty,
     # continued pre-training
     "pretrain.speaker_fusion": choice("last", "first", "prefix", "none"),
@@ -245,6 +247,10 @@ FIELDS: dict[str, Rule] = {
     "pretrain.adam_eps": positive,
     "pretrain.weight_decay": number(0.0),
     "pretrain.clip_norm": positive,
+    "pretrain.hidden_dropout": number(0.0, 1.0, high_open=True),
+    "pretrain.attention_dropout": number(0.0, 1.0, high_open=True),
+    "pretrain.activation_dropout": number(0.0, 1.0, high_open=True),
+    "pretrain.feat_proj_dropout": number(0.0, 1.0, high_open=True),
     "pretrain.mask_prob": number(0.0, 1.0, low_open=True),
     "pretrain.mask_length": integer(1),
     "pretrain.features_pen_weight": number(0.0),
@@ -263,6 +269,13 @@ FIELDS: dict[str, Rule] = {
     "finetune.label_scaling": choice("none", "unit"),
     "finetune.head_dropout": number(0.0, 1.0, high_open=True),
     "finetune.stop_after_steps": integer(0),
+    "finetune.speaker_weighting": choice("none", "b2"),
+    # B2
+    "b2.test_split": choice("test_a", "test_b"),
+    "b2.pca_components": integer(1),
+    "b2.gmm_components": integer(1),
+    "b2.neighbours": integer(1),
+    "b2.weight": number(1.0),
     # evaluation
     "evaluate.splits": csv_of("validation", "test_a", "test_b", "test_c"),
     "evaluate.pldc_k": integer(1),

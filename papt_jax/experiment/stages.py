@@ -22,6 +22,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+import tqdm
 
 from papt_jax import pseudo_labels as pseudo_labels_lib
 from papt_jax.eval import evaluate as evaluate_lib
@@ -36,6 +37,9 @@ from papt_jax.train import checkpoint, finetune, pretrain
 log = logging.getLogger(__name__)
 
 csv = settings.csv
+
+# The encoder's dropout rates that pre-training sets from the config (the HuBERT recipe).
+DROPOUT_KEYS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout")
 
 # Keys that change only speed or logging, never what a stage writes.
 SPEED_ONLY_KEYS = ("num_devices", "log_every", "data.worker_count", "model.remat")
@@ -120,6 +124,7 @@ def _compute_labels(
                 fit_fraction=float(p.fit_fraction),
                 batch_size=int(p.kmeans_batch_size),
                 max_iter=int(p.kmeans_max_iter),
+                n_init=int(p.kmeans_n_init),
                 seed=int(ws.config.seed),
                 centroids_path=p.centroids if source == p.source else "",
             ),
@@ -159,11 +164,18 @@ def _pretrain(
     t,
     own_labels: bool,
     description: str,
+    recipe_dropout: bool = True,
 ) -> dict[str, Any] | None:
-    """One masked-prediction run into `out`; None when stopped before the end."""
+    """One masked-prediction run into `out`; None when stopped before the end.
+
+    With `recipe_dropout`, the encoder's dropout rates are the config's (`t.*_dropout`,
+    the HuBERT recipe), not whatever the source checkpoint's config says.
+    """
     targets = pseudo_labels_lib.load_pseudo_labels(str(labels_dir))
     num_clusters = int(np.load(labels_dir / pseudo_labels_lib.CENTROIDS_FILE).shape[0])
     enc_cfg, enc_params = with_speakers(encoder, fusion, ws.num_speakers(), ws.config)
+    if recipe_dropout:
+        enc_cfg = enc_cfg.replace(**{k: float(t[k]) for k in DROPOUT_KEYS})
     head_cfg, head_params, head_source = _head(encoder, num_clusters, int(t.final_dim), own_labels)
     run = pretrain.PretrainRun(
         encoder_config=enc_cfg,
@@ -236,7 +248,15 @@ def run_bootstrap(ws: Workspace) -> dict[str, Any] | None:
         stop_after_steps=0,
     )
     return _pretrain(
-        ws, out, encoder, "none", labels_dir, t, own_labels=False, description="bootstrap"
+        ws,
+        out,
+        encoder,
+        "none",
+        labels_dir,
+        t,
+        own_labels=False,
+        description="bootstrap",
+        recipe_dropout=False,  # a from-scratch miniature keeps its preset's dropout
     )
 
 
@@ -260,6 +280,90 @@ def run_pretrain(ws: Workspace) -> dict[str, Any] | None:
         own_labels=bool(ws.config.pseudo_labels.centroids),
         description="PAPT" if ws.config.pretrain.speaker_fusion != "none" else "TAPT",
     )
+
+
+# --- B2 speaker weights ------------------------------------------------------------------
+
+
+def _compare_features(ws: Workspace, split: str, out: Path) -> dict[str, np.ndarray]:
+    """ComParE functionals of every utterance of `split`, cached in `out` (an .npz)."""
+    from papt_jax import b2
+
+    if out.is_file():
+        with np.load(out) as z:
+            return {k: z[k] for k in z.files}
+    batches, total = ws.eval_batches(split)
+    keys, speakers, rows = [], [], []
+    for batch in tqdm.tqdm(batches(), total=total, desc=f"B2 ComParE {split}", unit="batch"):
+        lengths = batch["audio_mask"].sum(axis=1)
+        real = np.flatnonzero(batch["example_mask"])
+        rows.append(
+            b2.compare_functionals(
+                [batch["audio"][r, : lengths[r]] for r in real],
+                keys=[str(batch["key"][r]) for r in real],
+            )
+        )
+        keys += [str(batch["key"][r]) for r in real]
+        speakers += [int(batch["speaker"][r]) for r in real]
+    features = {
+        "key": np.asarray(keys),
+        "speaker": np.asarray(speakers, np.int32),
+        "features": np.concatenate(rows),
+    }
+    tmp = out.with_name(out.name + ".partial.npz")
+    np.savez(tmp, **features)
+    tmp.replace(out)
+    return features
+
+
+def run_speaker_weights(ws: Workspace) -> dict[str, Any]:
+    """B2 (Sridhar & Busso 2022): training-speaker loss weights from test-speaker audio."""
+    from papt_jax import b2
+
+    if ws.config.finetune.speaker_weighting != "b2":
+        return {"needed": False}
+    c = ws.config.b2
+    out = ws.stage_dir("speaker_weights")
+    train = _compare_features(ws, "train", out / "compare_train.npz")
+    test = _compare_features(ws, c.test_split, out / f"compare_{c.test_split}.npz")
+    result = b2.b2_weights(
+        train["features"],
+        train["speaker"],
+        test["features"],
+        test["speaker"],
+        b2.B2Config(
+            pca_components=int(c.pca_components),
+            gmm_components=int(c.gmm_components),
+            neighbours=int(c.neighbours),
+            weight=float(c.weight),
+            seed=int(ws.config.seed),
+        ),
+    )
+    table = np.ones(ws.num_speakers(), np.float64)
+    for speaker, weight in result.speaker_weight.items():
+        table[int(speaker)] = weight
+    facts = {
+        "adaptation_speakers": [int(s) for s in result.adaptation_speakers],
+        "weights": table.tolist(),
+        "test_split": c.test_split,
+    }
+    (out / "weights.json").write_text(json.dumps(facts, indent=1))
+    log.info(
+        "B2: %d of %d training speakers form the adaptation set (weight %.3f vs %.3f)",
+        len(result.adaptation_speakers),
+        len(result.train_speakers),
+        table.max(),
+        table.min(),
+    )
+    return {"adaptation_speakers": len(result.adaptation_speakers)}
+
+
+def speaker_weights_of(ws: Workspace) -> tuple[float, ...] | None:
+    """The B2 loss weight of every speaker index, or None without B2."""
+    if ws.config.finetune.speaker_weighting != "b2":
+        return None
+    facts = json.loads(ws.path("speaker_weights", "weights.json").read_text())
+    return tuple(facts["weights"])
 
 
 # --- fine-tuning ---------------------------------------------------------------------------
@@ -293,6 +397,7 @@ def _finetune_run(ws: Workspace, dimension: str) -> finetune.FinetuneRun:
         log_every=int(ws.config.log_every),
         stop_after_steps=int(f.stop_after_steps),
         seed=int(ws.config.seed),
+        speaker_weights=speaker_weights_of(ws),
     )
 
 
@@ -456,6 +561,7 @@ def _bootstrap_keys(c) -> tuple[str, ...]:
         return ("model.init", "pseudo_labels.teacher")
     # The bootstrap reads the pre-training settings except these (its own, or fixed).
     overridden = {"epochs", "peak_lr", "mask_prob", "features_pen_weight", "speaker_fusion"}
+    overridden |= set(DROPOUT_KEYS)
     shared = tuple(f"pretrain.{k}" for k in c.pretrain if k not in overridden)
     return ("bootstrap.", "model.init", "pseudo_labels.teacher") + shared + _TRAIN_DATA_KEYS
 
@@ -467,6 +573,12 @@ def _pseudo_label_keys(c) -> tuple[str, ...]:
 
 def _pretrain_keys(c) -> tuple[str, ...]:
     return ("pretrain.", "model.init", "pseudo_labels.centroids") + _TRAIN_DATA_KEYS
+
+
+def _speaker_weight_keys(c) -> tuple[str, ...]:
+    if c.finetune.speaker_weighting != "b2":
+        return ("finetune.speaker_weighting",)
+    return ("finetune.speaker_weighting", "b2.", "seed")
 
 
 def _finetune_keys(c) -> tuple[str, ...]:
@@ -515,10 +627,20 @@ STAGES: dict[str, Stage] = {
             resumable=True,
         ),
         Stage(
+            "speaker_weights",
+            run_speaker_weights,
+            lambda c: ("prepare",),
+            _speaker_weight_keys,
+            lambda ws: (ws.path("speaker_weights"),),
+            # Its ComParE feature cache is kept and reused when an attempt is resumed.
+            resumable=True,
+        ),
+        Stage(
             "finetune",
             run_finetune,
             lambda c: (
-                ("prepare", "bootstrap") + (("pretrain",) if c.finetune.init == "pretrain" else ())
+                ("prepare", "bootstrap", "speaker_weights")
+                + (("pretrain",) if c.finetune.init == "pretrain" else ())
             ),
             _finetune_keys,
             lambda ws: (ws.path("finetune"),),
