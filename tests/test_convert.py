@@ -28,7 +28,7 @@ from papt_jax.convert import (
     save_converted,
 )
 from papt_jax.convert.fairseq import parse_conv_feature_layers
-from papt_jax.models import PRESETS
+from papt_jax.models import MODEL_PRESETS
 
 TINY = dict(
     hidden_size=32,
@@ -472,5 +472,5 @@ def test_presets_convert_from_their_hf_configs():
     from papt_jax.convert.hf_config import from_hf_config, to_hf_config
 
     for name in ("base", "large"):
-        preset = PRESETS[name]
+        preset = MODEL_PRESETS[name]
         assert from_hf_config(to_hf_config(preset)) == preset

@@ -18,7 +18,10 @@ import soundfile as sf
 from absl import flags
 
 from papt_jax import metrics
-from papt_jax.data import synthetic
+from papt_jax.data import msp_podcast, synthetic
+from papt_jax.data.synthetic import __main__ as synthetic_cli
+from papt_jax.data.synthetic import speakers as speakers_lib
+from papt_jax.data.synthetic import voice
 from papt_jax.errors import UserError
 
 SPLITS = {"Train", "Development", "Test1", "Test2"}
@@ -63,14 +66,15 @@ def truth(corpus):
 def _cli_flags(*args: str) -> flags.FlagValues:
     """The CLI's flags parsed from `args`, in their own FlagValues (not the global one)."""
     fv = flags.FlagValues()
-    synthetic.define_flags(fv)
+    synthetic_cli.define_flags(fv)
     fv(["synthetic", *args])
     return fv
 
 
 def test_same_seed_is_byte_identical_and_cli_matches_library(corpus, tmp_path, capsys):
     out = tmp_path / "again"
-    synthetic.generate_from_flags(_cli_flags("--preset", "smoke", "--out", str(out), "--seed=0"))
+    flag_values = _cli_flags("--preset", "smoke", "--out", str(out), "--seed=0")
+    synthetic_cli.generate_from_flags(flag_values)
     assert "wrote" in capsys.readouterr().out
     assert _digest(out) == _digest(corpus)
 
@@ -117,7 +121,7 @@ def _speakers_by_split(rows) -> dict[str, set[str]]:
 
 
 def test_splits_are_disjoint_by_speaker(old_rows, new_rows):
-    preset = synthetic.PRESETS["smoke"]
+    preset = synthetic.CORPUS_PRESETS["smoke"]
     for rows in (old_rows, new_rows):
         by_split = _speakers_by_split(rows)
         splits = sorted(by_split)
@@ -136,19 +140,19 @@ def test_new_release_is_superset_with_new_test1_speakers(corpus):
     new_lines = (corpus / "Labels_new/labels_consensus.csv").read_text().splitlines()
     assert set(old_lines) <= set(new_lines)
     added = [
-        dict(zip(synthetic.CSV_COLUMNS, line.split(","), strict=True))
+        dict(zip(msp_podcast.CSV_COLUMNS, line.split(","), strict=True))
         for line in set(new_lines) - set(old_lines)
     ]
     assert added and all(r["Split_Set"] == "Test1" for r in added)
     old_speakers = {line.split(",")[5] for line in old_lines[1:]}
     new_speakers = {r["SpkrID"] for r in added}
     assert not new_speakers & old_speakers
-    assert len(new_speakers) == synthetic.PRESETS["smoke"].num_new_speakers
+    assert len(new_speakers) == synthetic.CORPUS_PRESETS["smoke"].num_new_speakers
 
 
 def test_unknown_rows_present(old_rows, new_rows):
     unknown = [r for r in old_rows if r["SpkrID"] == "Unknown"]
-    assert len(unknown) == synthetic.PRESETS["smoke"].num_unknown_rows
+    assert len(unknown) == synthetic.CORPUS_PRESETS["smoke"].num_unknown_rows
     assert len([r for r in new_rows if r["SpkrID"] == "Unknown"]) == len(unknown)
 
 
@@ -156,7 +160,7 @@ def test_unknown_rows_present(old_rows, new_rows):
 
 
 def test_wavs_are_16k_mono_int16_with_recorded_durations(corpus, new_rows, truth):
-    preset = synthetic.PRESETS["smoke"]
+    preset = synthetic.CORPUS_PRESETS["smoke"]
     wavs = {p.name for p in (corpus / "Audios").iterdir()}
     assert wavs == {r["FileName"] for r in new_rows}
     for row in new_rows:
@@ -175,7 +179,7 @@ def test_wavs_are_16k_mono_int16_with_recorded_durations(corpus, new_rows, truth
 
 
 def test_ground_truth_matches_csv(truth, new_rows):
-    preset = json.loads(json.dumps(dataclasses.asdict(synthetic.PRESETS["smoke"])))
+    preset = json.loads(json.dumps(dataclasses.asdict(synthetic.CORPUS_PRESETS["smoke"])))
     assert truth["preset"] == preset
     assert truth["seed"] == 0 and truth["sample_rate"] == 16_000
     assert set(truth["utterances"]) == {r["FileName"] for r in new_rows}
@@ -216,8 +220,8 @@ def test_test_a_seconds_leaves_a_test_b_remainder(truth, new_rows):
 
 
 def test_label_distributions_follow_traits():
-    preset = dataclasses.replace(synthetic.PRESETS["demo"], name="traits")
-    speakers = [s for s in synthetic._make_speakers(preset, seed=0) if s.role != "hidden"]
+    preset = dataclasses.replace(synthetic.CORPUS_PRESETS["demo"], name="traits")
+    speakers = [s for s in speakers_lib.make_speakers(preset, seed=0) if s.role != "hidden"]
     expressiveness = [s.traits["expressiveness"] for s in speakers]
     arousal_mean = [s.label_params["arousal_mean"] for s in speakers]
     arousal_std = [s.label_params["arousal_std"] for s in speakers]
@@ -226,9 +230,9 @@ def test_label_distributions_follow_traits():
 
 
 def test_arousal_raises_level_and_pitch():
-    traits = synthetic._make_speakers(synthetic.PRESETS["smoke"], seed=0)[0].traits
+    traits = speakers_lib.make_speakers(synthetic.CORPUS_PRESETS["smoke"], seed=0)[0].traits
     calm, aroused = (
-        synthetic.synthesize_utterance(np.random.default_rng(7), traits, a, 4.0, 2.0)
+        voice.synthesize_utterance(np.random.default_rng(7), traits, a, 4.0, 2.0)
         for a in (2.0, 6.0)
     )
     assert calm.shape == aroused.shape == (32_000,)
@@ -246,9 +250,9 @@ def test_refuses_non_empty_dir_unless_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         synthetic.generate_corpus(out, "smoke")
     with pytest.raises(UserError, match="overwrite"):
-        synthetic.generate_from_flags(_cli_flags("--out", str(out)))
+        synthetic_cli.generate_from_flags(_cli_flags("--out", str(out)))
     tiny = dataclasses.replace(
-        synthetic.PRESETS["smoke"],
+        synthetic.CORPUS_PRESETS["smoke"],
         name="tiny",
         num_train_speakers=1,
         num_dev_speakers=1,
@@ -284,9 +288,10 @@ def test_bad_presets_raise():
     with pytest.raises(ValueError, match="unknown preset"):
         synthetic.generate_corpus("/nonexistent/never", "huge")
     with pytest.raises(ValueError, match="num_new_speakers"):
-        dataclasses.replace(synthetic.PRESETS["smoke"], num_new_speakers=0)
+        dataclasses.replace(synthetic.CORPUS_PRESETS["smoke"], num_new_speakers=0)
     with pytest.raises(ValueError, match="min_duration_s"):
-        dataclasses.replace(synthetic.PRESETS["smoke"], min_duration_s=4.0, max_duration_s=2.0)
+        smoke = synthetic.CORPUS_PRESETS["smoke"]
+        dataclasses.replace(smoke, min_duration_s=4.0, max_duration_s=2.0)
 
 
 # --------------------------------------------------------------------------- learnability
@@ -365,8 +370,8 @@ def test_arousal_is_learnable_from_acoustics_and_valence_is_harder(corpus, old_r
 def test_frame_wise_formant_filter_matches_recursive_filter_for_constant_formants():
     source = np.random.default_rng(0).normal(size=20_000)
     formants = np.array([500.0, 1500.0, 2500.0, 3500.0])
-    tracks = np.tile(formants, (synthetic._num_frames(source.size), 1))
-    frame_wise = synthetic._formant_filter(source, tracks)
-    sos = synthetic._resonator_sos(formants, synthetic._FORMANT_BANDWIDTHS)
+    tracks = np.tile(formants, (voice._num_frames(source.size), 1))
+    frame_wise = voice._formant_filter(source, tracks)
+    sos = voice._resonator_sos(formants, voice._FORMANT_BANDWIDTHS)
     recursive = scipy.signal.sosfilt(sos, source)
     assert np.abs(frame_wise - recursive).max() < 1e-3 * np.abs(recursive).max()

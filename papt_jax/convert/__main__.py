@@ -15,7 +15,7 @@ from absl import flags
 
 from papt_jax import cli
 from papt_jax.errors import UserError
-from papt_jax.models.config import PRESETS
+from papt_jax.models.config import MODEL_PRESETS
 
 _SOURCE = flags.DEFINE_string(
     "source",
@@ -29,7 +29,7 @@ _OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
 _PRESET = flags.DEFINE_enum(
     "preset",
     None,
-    sorted(PRESETS),
+    sorted(MODEL_PRESETS),
     "Architecture for a bare state dict without a config (ignored when the checkpoint "
     "carries its own config).",
 )

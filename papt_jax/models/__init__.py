@@ -1,10 +1,10 @@
 """Flax HuBERT encoder, its configuration and the task heads."""
 
-from papt_jax.models.config import PRESETS, HubertConfig, get_preset
+from papt_jax.models.config import MODEL_PRESETS, HubertConfig, get_preset
 from papt_jax.models.hubert import HubertModel, HubertOutput, masked_mean
 
 __all__ = [
-    "PRESETS",
+    "MODEL_PRESETS",
     "HubertConfig",
     "HubertModel",
     "HubertOutput",

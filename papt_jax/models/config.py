@@ -219,7 +219,7 @@ def to_hf_config(config: HubertConfig) -> dict[str, Any]:
     return values
 
 
-PRESETS: dict[str, HubertConfig] = {
+MODEL_PRESETS: dict[str, HubertConfig] = {
     # facebook/hubert-base-ls960 (fairseq hubert_base_ls960.pt).
     "base": HubertConfig(),
     # facebook/hubert-large-ll60k (fairseq hubert_large_ll60k.pt).
@@ -265,6 +265,6 @@ PRESETS: dict[str, HubertConfig] = {
 
 def get_preset(name: str, **overrides: Any) -> HubertConfig:
     """Returns preset `name` ('base', 'large', 'small', 'tiny') with `overrides`."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name].replace(**overrides)
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return MODEL_PRESETS[name].replace(**overrides)

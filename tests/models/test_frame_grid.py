@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 from papt_jax.data import audio
-from papt_jax.models.config import PRESETS
+from papt_jax.models.config import MODEL_PRESETS
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(MODEL_PRESETS))
 def test_preset_frames_match_the_data_layer(name):
-    config = PRESETS[name]
+    config = MODEL_PRESETS[name]
     assert config.frame_hop == audio.FRAME_HOP
     assert config.receptive_field == audio.RECEPTIVE_FIELD
     lengths = np.arange(399, 20_000, 7)
