@@ -117,6 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
     f.head_dropout = 0.1  # paper: dropout 0.1 in the regression head
     f.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
     f.speaker_weighting = "none"  # 'b2': Sridhar & Busso's speaker-similarity loss weights
+    f.train_speakers = 0  # >0: only this many training speakers (nested subsets; Figure 1)
+    f.speaker_dependent = False  # with train_speakers: swap some for test-a's speakers + test-a
 
     # --- B2 baseline (finetune.speaker_weighting='b2'; papt_jax/b2.py explains each) -------
     c.b2 = b2 = ml_collections.ConfigDict()

@@ -12,7 +12,7 @@ import shutil
 import pytest
 from conftest import run_main
 
-from papt_jax.eval import ablation
+from papt_jax.eval import ablation, gap
 from papt_jax.eval.results import ReportError
 
 pytestmark = pytest.mark.slow
@@ -75,3 +75,83 @@ def test_fusion_ablation_table_reads_each_runs_loss_and_a_ccc(smoke_run, tmp_pat
     with pytest.raises(ReportError, match="no finished pre-training"):
         (first / "stages" / "pretrain.json").unlink()
         ablation.ablation_row(first)
+
+
+class _Speakers:
+    """The two things `finetune_speakers` reads from a workspace."""
+
+    def __init__(self, config, train, test_a):
+        self.config = config
+        self._speakers = {"train": train, "test_a": test_a}
+
+    def record_speakers(self, split):
+        return self._speakers[split]
+
+
+def test_gap_subsets_are_nested_and_speaker_dependent_ones_swap_in_test_a():
+    from papt_jax.config_defaults import apply_embedded_corpus, base_config
+    from papt_jax.experiment.settings import ConfigError
+    from papt_jax.experiment.stages import finetune_speakers
+
+    config = apply_embedded_corpus(base_config(), "smoke")
+    train = [f"t{i}" for i in range(10) for _ in range(3)]  # 10 speakers, 3 records each
+    test_a = ["a1", "a2", "a1"]
+    ws = _Speakers(config, train, test_a)
+    assert finetune_speakers(ws) == ("train", None)
+    subsets = []
+    for k in (4, 6, 10):
+        config.finetune.train_speakers = k
+        splits, speakers = finetune_speakers(ws)
+        assert splits == "train" and len(speakers) == k
+        subsets.append(speakers)
+    assert subsets[0] < subsets[1] < subsets[2]  # nested
+    config.finetune.speaker_dependent = True
+    config.finetune.train_speakers = 6
+    splits, speakers = finetune_speakers(ws)
+    assert splits == "train,test_a"
+    # The first 6 - 2 speakers of the same order (the K=4 subset) plus test-a's two.
+    assert speakers == subsets[0] | {"a1", "a2"}
+    config.finetune.train_speakers = 2
+    with pytest.raises(ConfigError, match="more than test-a's 2 speakers"):
+        finetune_speakers(ws)
+    config.finetune.train_speakers = 11
+    with pytest.raises(ConfigError, match="has 10 speakers"):
+        finetune_speakers(ws)
+
+
+def _point(k, dependent, value):
+    point = {"k": k, "dependent": dependent}
+    for dim in ("arousal", "valence"):
+        for metric in ("o_ccc", "a_ccc"):
+            point[f"{dim}/{metric}"] = value
+    return point
+
+
+def test_gap_table_and_figure(tmp_path):
+    points = [_point(10, False, 0.5), _point(10, True, 0.6), _point(20, True, 0.55)]
+    with pytest.raises(ReportError, match="K=20 has no SI run"):
+        gap.pair_points(points)
+    points.append(_point(20, False, 0.54))
+    table, figure = gap.write_gap(points, tmp_path / "gap.md")
+    text = table.read_text()
+    assert "| 10 | 0.500 | 0.600 | +0.100 |" in text
+    assert "| 20 | 0.540 | 0.550 | +0.010 |" in text
+    assert figure.is_file() and figure.stat().st_size > 0
+
+
+def test_speaker_dependent_run_trains_on_the_subset_with_test_a(smoke_run, tmp_path):
+    run = run_main(
+        tmp_path / "sd",
+        "--config=configs/personalization_gap.py:smoke",
+        "--config.stages=prepare,finetune,evaluate,report",
+        "--config.finetune.train_speakers=6",
+        "--config.finetune.speaker_dependent=True",
+        "--config.finetune.dimensions=arousal",
+        *shared_flags(smoke_run),
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    facts = json.loads((tmp_path / "sd" / "stages" / "finetune.json").read_text())["facts"]
+    arousal = facts["arousal"]
+    assert arousal["train_splits"] == "train,test_a" and len(arousal["train_speakers"]) == 6
+    point = gap.gap_point(tmp_path / "sd")
+    assert point["k"] == 6 and point["dependent"] is True

@@ -270,6 +270,8 @@ FIELDS: dict[str, Rule] = {
     "finetune.head_dropout": number(0.0, 1.0, high_open=True),
     "finetune.stop_after_steps": integer(0),
     "finetune.speaker_weighting": choice("none", "b2"),
+    "finetune.train_speakers": integer(0),
+    "finetune.speaker_dependent": boolean,
     # B2
     "b2.test_split": choice("test_a", "test_b"),
     "b2.pca_components": integer(1),
@@ -349,6 +351,11 @@ def _cross_field(values: Mapping[str, Any]) -> list[str]:
                 problems.append(
                     f"--config.{key}={size} is not a multiple of --config.num_devices={devices}"
                 )
+    if values["finetune.speaker_dependent"] and not values["finetune.train_speakers"]:
+        problems.append(
+            "--config.finetune.speaker_dependent=True needs --config.finetune.train_speakers "
+            "(the number of speakers the model trains on)"
+        )
     if values["pretrain.eval_split"] in csv(values["pretrain.train_splits"]):
         problems.append(
             f"--config.pretrain.eval_split={values['pretrain.eval_split']!r} is also in "

@@ -401,6 +401,37 @@ def _finetune_run(ws: Workspace, dimension: str) -> finetune.FinetuneRun:
     )
 
 
+def finetune_speakers(ws: Workspace) -> tuple[str, set[str] | None]:
+    """(splits, speakers) that fine-tuning trains on.
+
+    All of `train` by default. With `finetune.train_speakers = k` (the personalization-gap
+    experiment, paper Figure 1): the first k training speakers of one seeded order, so the
+    subsets for growing k are nested. With `finetune.speaker_dependent`, the last of those
+    k make room for test-a's speakers and test-a is added: as many speakers, some of them
+    the test speakers (a speaker-dependent model).
+    """
+    f = ws.config.finetune
+    k = int(f.train_speakers)
+    if not k:
+        return "train", None
+    train = sorted(set(ws.record_speakers("train") or []))
+    if k > len(train):
+        raise settings.ConfigError(
+            f"--config.finetune.train_speakers={k} but the training set has {len(train)} speakers"
+        )
+    order = np.random.default_rng(int(ws.config.seed)).permutation(len(train))
+    chosen = [train[i] for i in order[:k]]
+    if not f.speaker_dependent:
+        return "train", set(chosen)
+    test_a = sorted(set(ws.record_speakers("test_a") or []))
+    if k <= len(test_a):
+        raise settings.ConfigError(
+            f"--config.finetune.train_speakers={k}: a speaker-dependent model needs more "
+            f"than test-a's {len(test_a)} speakers"
+        )
+    return "train,test_a", set(chosen[: k - len(test_a)]) | set(test_a)
+
+
 def run_finetune(ws: Workspace) -> dict[str, Any] | None:
     facts = {}
     for dimension in csv(ws.config.finetune.dimensions):
@@ -411,13 +442,19 @@ def run_finetune(ws: Workspace) -> dict[str, Any] | None:
             facts[dimension] = json.loads((out / "result.json").read_text())
             continue
         run = _finetune_run(ws, dimension)
-        train_data = ws.train_data("train", seed_offset=1)
+        splits, speakers = finetune_speakers(ws)
+        train_data = ws.train_data(splits, seed_offset=1, speakers=speakers)
         eval_batches, _ = ws.eval_batches("validation")
         result, best = finetune.run_finetuning(run, train_data, eval_batches, ws.mesh, str(out))
         if not result.finished:
             log.info("finetune[%s] stopped at step %d; run again to resume", dimension, result.step)
             return None
-        facts[dimension] = {"best_ccc": result.best, "steps": result.step}
+        facts[dimension] = {
+            "best_ccc": result.best,
+            "steps": result.step,
+            "train_splits": splits,
+            "train_speakers": None if speakers is None else sorted(speakers),
+        }
         (out / "result.json").write_text(json.dumps(facts[dimension]))
         with atomic_dir(out / "model") as tmp:
             checkpoint.save_tree(tmp / "variables", best)
@@ -493,12 +530,12 @@ def run_report(ws: Workspace) -> dict[str, Any]:
     paths = sorted(ws.path("evaluate").glob("*.npz"))
     results = [load_result(p) for p in paths]
     record = ws.record("evaluate") or {}
-    run = {
-        "PLDC k": (record.get("facts") or {}).get("pldc_k"),
-        "evaluation fingerprint": record.get("fingerprint"),
-    }
+    k = (record.get("facts") or {}).get("pldc_k")
+    run = {"PLDC k": k, "evaluation fingerprint": record.get("fingerprint")}
+    # The saved passes feed the retrieval diagnostic and the speaker-shift analysis.
+    references = report_lib.load_references(ws.path("evaluate", "passes"), results, k)
     with atomic_dir(ws.path("report")) as tmp:
-        report_lib.write_report(results, tmp, ws.config.name, run=run)
+        report_lib.write_report(results, tmp, ws.config.name, run=run, references=references)
     return {"results_md": str(ws.path("report", "results.md"))}
 
 

@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from papt_jax.data import batching, input_pipeline, prepare
+from papt_jax.data import batching, input_pipeline, prepare, subset
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 from papt_jax.experiment import settings
@@ -207,8 +207,13 @@ class Workspace:
 
     def split_speakers(self, split: str) -> int | None:
         """Number of distinct speakers in a built split (None: an index from before 0.2)."""
+        speakers = self.record_speakers(split)
+        return None if speakers is None else len(set(speakers))
+
+    def record_speakers(self, split: str) -> list[str] | None:
+        """Speaker id of every record of a built split, in record order (None: old index)."""
         index = json.loads((self.dataset_dir / "index" / f"{split}.json").read_text())
-        return len(set(index["speakers"])) if "speakers" in index else None
+        return index.get("speakers")
 
     def _batch_options(self) -> dict[str, Any]:
         d = self.config.data
@@ -216,8 +221,17 @@ class Workspace:
             return {"batch_size": None, "batch_seconds": float(d.batch_seconds)}
         return {"batch_size": int(d.batch_size)}
 
-    def train_data(self, splits: str, targets=None, seed_offset: int = 0):
-        """Shuffled, cropped, bucketed training batches over one or more splits."""
+    def train_data(
+        self, splits: str, targets=None, seed_offset: int = 0, speakers: set[str] | None = None
+    ):
+        """Shuffled, cropped, bucketed training batches over one or more splits.
+
+        Args:
+          splits: comma-separated dataset splits, read as one.
+          targets: utterance key -> frame labels (pre-training).
+          seed_offset: added to the run's seed (different shuffles per stage).
+          speakers: keep only these speakers' utterances (None: all).
+        """
         d = self.config.data
         cfg = batching.PipelineConfig(
             mode="train",
@@ -228,7 +242,19 @@ class Workspace:
             device_count=self.mesh.size,
             **self._batch_options(),
         )
-        return input_pipeline.make_pipeline(self.data_dir, settings.csv(splits), cfg, targets)
+        names = settings.csv(splits)
+        if speakers is None:
+            return input_pipeline.make_pipeline(self.data_dir, names, cfg, targets)
+        source, index = input_pipeline.open_split(self.data_dir, names)
+        of_record = [s for name in names for s in (self.record_speakers(name) or [])]
+        if len(of_record) != len(index.keys):
+            raise settings.ConfigError(
+                f"{self.dataset_dir} was built before speaker subsets were supported",
+                hint="run again with --redo=prepare",
+            )
+        keep = np.isin(np.asarray(of_record), sorted(speakers))
+        source, index = subset.select(source, index, keep)
+        return input_pipeline.BatchPipeline(source, index, cfg, targets)
 
     def eval_batches(self, splits: str, targets=None):
         """A callable giving one fresh, ordered, uncropped pass over `splits`, and its length."""
