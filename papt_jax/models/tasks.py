@@ -62,8 +62,13 @@ class HubertForRegression(nn.Module):
         audio_mask: jax.Array,
         speaker: jax.Array | None = None,
         train: bool = False,
+        example_mask: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Returns predictions (batch,) and pooled representations (batch, dim)."""
+        """Returns predictions (batch,) and pooled representations (batch, dim).
+
+        `example_mask` (batch,) marks real rows; rows that only pad a batch stay out of the
+        head's BatchNorm statistics in training.
+        """
         out = self.hubert(
             audio,
             audio_mask=audio_mask,
@@ -72,4 +77,4 @@ class HubertForRegression(nn.Module):
             freeze_feature_extractor=self.freeze_feature_extractor,
         )
         pooled = masked_mean(out.last_hidden_state, out.frame_mask)
-        return self.head(pooled, train=train), pooled
+        return self.head(pooled, train=train, example_mask=example_mask), pooled

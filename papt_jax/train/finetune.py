@@ -99,6 +99,7 @@ def make_train_step(
                 batch["audio_mask"],
                 _speaker(model, batch),
                 train=True,
+                example_mask=batch["example_mask"],
                 rngs={"dropout": dropout_key},
                 mutable=["batch_stats"],
             )
