@@ -47,9 +47,10 @@ import numpy as np
 import torch
 import transformers
 
+from papt_jax.convert.hf_config import to_hf_config
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.models import HubertModel, get_preset
-from papt_jax.models.config import HubertConfig, to_hf_config
+from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHeadConfig
 from papt_jax.models.tasks import HubertForPretraining, HubertForRegression
 from papt_jax.train import finetune, pretrain, sharding
