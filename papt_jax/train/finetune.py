@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.data.msp_podcast import DIMENSIONS, LABEL_CENTRE, LABEL_MAX, LABEL_MIN
@@ -135,6 +136,7 @@ def predict(
     batches: Iterable[dict[str, np.ndarray]],
     mesh: Mesh,
     extra_keys: tuple[str, ...] = (),
+    description: str | None = "predict",
 ) -> dict[str, np.ndarray]:
     """Runs `predict_step` over every batch and gathers real rows on the host.
 
@@ -147,6 +149,7 @@ def predict(
       batches: One pass of evaluation batches.
       mesh: Device mesh.
       extra_keys: Further batch fields to return (e.g. 'speaker_id').
+      description: Name of the progress bar (None: no bar).
 
     Returns:
       Dict with `key`, `speaker`, `arousal`, `valence`, the `extra_keys`,
@@ -154,7 +157,8 @@ def predict(
     """
     fields = ("key", "speaker", "arousal", "valence", *extra_keys)
     outputs, host = [], []
-    for batch in batches:
+    shown = description is not None and jax.process_index() == 0
+    for batch in tqdm(batches, desc=description, unit="batch", disable=not shown):
         outputs.append(predict_step(variables, shard_batch(batch, mesh)))
         host.append({k: batch[k] for k in (*fields, "example_mask")})
     if not outputs:

@@ -222,6 +222,7 @@ def run_loop(
         )
 
     pending: list[dict[str, jax.Array]] = []
+    compiled_shapes: set[tuple[int, ...]] = set()
     throughput = _Throughput()
     progress = tqdm(
         total=config.total_steps, initial=step, desc=description, disable=jax.process_index() != 0
@@ -231,9 +232,18 @@ def run_loop(
         while step < config.total_steps:
             host_batch = next(train_iter)
             throughput.add(host_batch)
+            shape = host_batch["audio"].shape
+            new_shape = shape not in compiled_shapes
+            if new_shape:  # jit compiles before it dispatches: say so while it does
+                progress.set_description_str(f"{description} (compiling {shape[0]}x{shape[1]})")
             state, metrics = train_step(state, shard_batch(host_batch, mesh), rng)
+            if new_shape:
+                compiled_shapes.add(shape)
+                progress.set_description_str(description)
             step += 1
             pending.append(metrics)
+            # Host-side counter every step (a smooth ETA); device metrics only every log_every.
+            progress.update(1)
             if step % config.log_every == 0 or step == config.total_steps:
                 means = _mean_metrics(pending)
                 pending = []
@@ -254,7 +264,6 @@ def run_loop(
                 writer.write_scalars(step, means, prefix="train/")
                 shown = {k: f"{v:.4g}" for k, v in means.items() if k not in ("finite", "lr")}
                 progress.set_postfix(shown)
-                progress.update(step - progress.n)
             if step % config.eval_every == 0 or step == config.total_steps:
                 scores = evaluate(state)
                 writer.write_scalars(step, scores, prefix="eval/")
