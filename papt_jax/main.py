@@ -12,12 +12,18 @@ import logging
 import os
 import sys
 
-from absl import flags
-from ml_collections import config_flags
+# XLA's C++ messages (e.g. a "Very slow compile?" banner on a loaded machine) are hidden
+# like the Python libraries' chatter unless --library_logs asks for them. Set before jax
+# is imported; errors still surface as Python exceptions.
+if not any(a.replace("-", "_").startswith("--library_logs") for a in sys.argv[1:]):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from papt_jax import cli
-from papt_jax.experiment import describe, settings
-from papt_jax.experiment.run import run as run_experiment
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from papt_jax import cli  # noqa: E402
+from papt_jax.experiment import describe, settings  # noqa: E402
+from papt_jax.experiment.run import run as run_experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/papt.py or configs/papt.py:demo."
