@@ -1,0 +1,11 @@
+"""Prediction on new recordings with a finished run (or an exported model).
+
+`Predictor` (predictor.py) is the Python API; `python -m papt_jax.predict` the command line.
+Speaker profiles and PLDC on them: profiles.py; windows and buckets: windows.py; finding and
+reading audio files: files.py; what is loaded from a run or export: assets.py.
+"""
+
+from papt_jax.predict.predictor import Predictor
+from papt_jax.predict.profiles import SpeakerProfile
+
+__all__ = ["Predictor", "SpeakerProfile"]

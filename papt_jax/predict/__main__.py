@@ -1,0 +1,260 @@
+"""Predict arousal and valence of audio files with a finished run or an exported model.
+
+  python -m papt_jax.predict --workdir=RUN --audio=a.wav,recordings/ --out=predictions.csv
+  python -m papt_jax.predict --export=MODEL --audio=... --out=... --speaker=1234
+  python -m papt_jax.predict --export=MODEL --enroll=alice/ --save_profile=alice.json
+  python -m papt_jax.predict --export=MODEL --profile=alice.json --audio=new/ --out=alice.csv
+
+`--audio` takes files and folders (searched recursively), comma-separated. The CSV has one
+row per predicted file: file, duration_s, speaker (the speaker or profile used, or "none
+(plain model output)"), one column per emotion dimension and, with a speaker, its PLDC
+variants `<dim>_mu`, `<dim>_sigma`, `<dim>_both`. Files that cannot be used are named on
+stderr and listed in `<out stem>.rejected.csv` (file, reason, detail); the others are
+predicted. Exit code 0 when at least one file was predicted, 2 otherwise (one error line).
+
+Speakers (exclusive: --speaker with --enroll means a training speaker's enrollment set):
+  --speaker=ID       a training speaker; calibrated with the --audio files as its set
+  --enroll=FOLDER    a new speaker's recordings (>= 2 files, >= 10 s): proxy speaker and PLDC
+                     neighbours chosen with the original encoder, as for test-c
+  --profile=FILE     a profile saved earlier with --save_profile (no enrollment audio needed)
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from absl import flags, logging
+
+from papt_jax import cli
+from papt_jax.data.audio import SAMPLE_RATE
+from papt_jax.errors import UserError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir.")
+_EXPORT = flags.DEFINE_string("export", None, "A folder written by python -m papt_jax.export.")
+_AUDIO = flags.DEFINE_string("audio", None, "Comma-separated audio files and/or folders.")
+_OUT = flags.DEFINE_string("out", None, "CSV file to write the predictions to.")
+_SPEAKER = flags.DEFINE_string("speaker", None, "A training speaker's id (speakers.json).")
+_ENROLL = flags.DEFINE_string("enroll", None, "Folder (or files) of a new speaker's recordings.")
+_PROFILE = flags.DEFINE_string("profile", None, "A speaker profile saved with --save_profile.")
+_SAVE_PROFILE = flags.DEFINE_string("save_profile", None, "Write the speaker profile here.")
+_WINDOW = flags.DEFINE_float("window_seconds", 20.0, "Longest window a recording is encoded in.")
+_BATCH = flags.DEFINE_float("batch_seconds", 80.0, "Padded audio per batch (memory).")
+_DEVICES = flags.DEFINE_integer("num_devices", 1, "Accelerators to spread batches over.")
+
+PLAIN_NOTE = "none (plain model output)"
+
+
+def _check_flags() -> None:
+    if (_WORKDIR.value is None) == (_EXPORT.value is None):
+        raise UserError("give exactly one of --workdir (a finished run) and --export (a model)")
+    if _PROFILE.value and (_SPEAKER.value or _ENROLL.value):
+        raise UserError("--profile cannot be combined with --speaker or --enroll")
+    if _AUDIO.value and not _OUT.value:
+        raise UserError("--audio needs --out (the CSV to write)")
+    if _OUT.value and not _AUDIO.value:
+        raise UserError("--out needs --audio (the files to predict)")
+    if not _AUDIO.value and not (_ENROLL.value and _SAVE_PROFILE.value):
+        raise UserError(
+            "nothing to do: give --audio and --out, or --enroll with --save_profile",
+            hint="run with --help for examples",
+        )
+    if _SAVE_PROFILE.value and not (_ENROLL.value or _SPEAKER.value):
+        raise UserError("--save_profile needs --enroll (or --speaker) to make a profile from")
+
+
+def _report_problems(problems) -> None:
+    for p in problems:
+        print(f"skipped {p.file}: {p.reason} ({p.detail})", file=sys.stderr)
+
+
+def _progress_bar(total_seconds: float, desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=total_seconds,
+        desc=desc,
+        file=sys.stderr,
+        leave=False,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
+        "[{elapsed}<{remaining}]",
+    )
+
+    def progress(seconds: float) -> None:
+        # Header durations (the total) and decoded lengths differ by resampling round-off.
+        bar.update(min(seconds, max(bar.total - bar.n, 0.0)))
+
+    return bar, progress
+
+
+def _read_all(files):
+    """Reads every file (for enrollment): (waveforms, problems)."""
+    from papt_jax.predict import files as files_lib
+
+    waves, problems = [], []
+    for _, w, bad in files_lib.read_chunks(files):
+        waves += w
+        problems += bad
+    return waves, problems
+
+
+def _enroll(predictor):
+    from papt_jax.predict import files as files_lib
+
+    found = files_lib.find_audio(files_lib.split_paths(_ENROLL.value), "--enroll")
+    waves, problems = _read_all(found.files)
+    _report_problems(problems)
+    seconds = sum(len(w) for w in waves) / SAMPLE_RATE
+    passes = len(predictor.dimensions) + (0 if _SPEAKER.value else 1)
+    bar, progress = _progress_bar(seconds * passes, "enrolling")
+    with bar:
+        name = Path(files_lib.split_paths(_ENROLL.value)[0]).name or "enrolled"
+        profile = predictor.enroll_prepared(
+            waves,
+            speaker=_SPEAKER.value,
+            name=name,
+            where=f"--enroll={_ENROLL.value}",
+            progress=progress,
+        )
+    print(
+        f"enrolled {profile.name}: {profile.recordings} recordings, {profile.seconds:.1f} s; "
+        f"model input: training speaker {profile.speaker_id}",
+        file=sys.stderr,
+    )
+    return profile
+
+
+def _predict_files(predictor, profile, out: Path) -> int:
+    import numpy as np
+
+    from papt_jax.predict import files as files_lib
+    from papt_jax.predict.predictor import PLAIN
+
+    found = files_lib.find_audio(files_lib.split_paths(_AUDIO.value))
+    if found.ignored:
+        kinds = sorted({p.suffix or p.name for p in found.ignored})
+        print(
+            f"ignored {len(found.ignored)} non-audio file(s) in the folders ({', '.join(kinds)})",
+            file=sys.stderr,
+        )
+    index = None
+    if _SPEAKER.value and profile is None:
+        index = predictor.speaker_index(_SPEAKER.value)
+    elif profile is not None:
+        index = predictor.speaker_index(profile.speaker_id)
+    total = sum(files_lib.probe_seconds(f) for f in found.files) * len(predictor.dimensions)
+    paths, durations, problems, parts = [], [], [], []
+    bar, progress = _progress_bar(total, "predicting")
+    with bar:
+        for chunk_paths, waves, bad in files_lib.read_chunks(found.files):
+            problems += bad
+            bar.total -= sum(files_lib.probe_seconds(p.file) for p in bad) * len(
+                predictor.dimensions
+            )
+            if waves:
+                parts.append(predictor.forward(waves, index, progress))
+                paths += chunk_paths
+                durations += [len(w) / SAMPLE_RATE for w in waves]
+    _report_problems(problems)
+    rejected = _write_rejected(out, problems)
+    if not paths:
+        raise UserError(
+            f"no file could be predicted: all {len(problems)} were refused (listed in {rejected})"
+        )
+    outputs = {
+        dim: {k: np.concatenate([p[dim][k] for p in parts]) for k in (PLAIN, "pooled")}
+        for dim in predictor.dimensions
+    }
+    if _SPEAKER.value and profile is None:
+        profile = predictor.profile_from(outputs, sum(durations), speaker=_SPEAKER.value)
+        if _SAVE_PROFILE.value:
+            profile.save(_SAVE_PROFILE.value)
+            print(f"saved profile to {_SAVE_PROFILE.value}", file=sys.stderr)
+    results = predictor.results(outputs, profile)
+    _write_predictions(out, paths, durations, results, profile)
+    print(
+        f"wrote {len(paths)} prediction(s) to {out}"
+        + (f"; {len(problems)} file(s) refused, listed in {rejected}" if problems else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def rejected_path(out: Path) -> Path:
+    """Where the refused files of `out` are listed: `<stem>.rejected.csv` beside it."""
+    return out.with_name(out.stem + ".rejected.csv")
+
+
+def _write_rejected(out: Path, problems) -> Path:
+    path = rejected_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "reason", "detail"])
+        for p in problems:
+            writer.writerow([str(p.file), p.reason, p.detail])
+    return path
+
+
+def _write_predictions(out: Path, paths, durations, results, profile) -> None:
+    from papt_jax.pldc import MODES
+    from papt_jax.predict.predictor import PLAIN
+
+    dims = list(results)
+    header = ["file", "duration_s", "speaker", *dims]
+    if profile is not None:
+        header += [f"{dim}_{mode}" for dim in dims for mode in MODES]
+    note = PLAIN_NOTE if profile is None else profile.describe()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for i, (path, seconds) in enumerate(zip(paths, durations, strict=True)):
+            row = [str(path), f"{seconds:.3f}", note]
+            row += [f"{results[dim][PLAIN][i]:.6g}" for dim in dims]
+            if profile is not None:
+                row += [f"{results[dim][mode][i]:.6g}" for dim in dims for mode in MODES]
+            writer.writerow(row)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {argv[1:]}", hint="flags only; see --help")
+    _check_flags()
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax and JAX log every checkpoint read at INFO; the user wants the predictions.
+        logging.set_verbosity(logging.WARNING)
+    from papt_jax.predict import assets as assets_lib
+    from papt_jax.predict.predictor import Predictor
+    from papt_jax.predict.profiles import SpeakerProfile
+
+    source = (
+        assets_lib.from_workdir(_WORKDIR.value)
+        if _WORKDIR.value
+        else assets_lib.from_export(_EXPORT.value)
+    )
+    predictor = Predictor(
+        source,
+        window_seconds=_WINDOW.value,
+        batch_seconds=_BATCH.value,
+        num_devices=_DEVICES.value,
+    )
+    if _SPEAKER.value:
+        predictor.speaker_index(_SPEAKER.value)  # an unknown id fails before any work
+    profile = None
+    if _PROFILE.value:
+        profile = SpeakerProfile.load(_PROFILE.value)
+        predictor.check_profile(profile)
+    elif _ENROLL.value:
+        profile = _enroll(predictor)
+        if _SAVE_PROFILE.value:
+            profile.save(_SAVE_PROFILE.value)
+            print(f"saved profile to {_SAVE_PROFILE.value}", file=sys.stderr)
+    if not _AUDIO.value:
+        return 0
+    return _predict_files(predictor, profile, Path(_OUT.value))
+
+
+if __name__ == "__main__":
+    cli.run(main)

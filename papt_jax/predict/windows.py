@@ -1,0 +1,194 @@
+"""Long recordings in windows, windows in length buckets, and how windows recombine.
+
+The window rule (frames are the encoder's 20 ms frames, `papt_jax.data.audio`):
+
+* A recording of T samples has F = (T - 400) // 320 + 1 frames. With at most W frames per
+  window (W = frames of `window_seconds`), it is cut into n = ceil(F / W) windows whose frame
+  counts differ by at most one (the first F mod n windows get one more), so no window is a
+  short leftover. Window i starts at sample 320 * s_i (s_i: its first frame) and spans
+  exactly the samples its frames see, 400 + 320 * (f_i - 1); the last window runs to the end
+  of the recording. Every frame of the whole recording therefore lies in exactly one window,
+  and a recording of at most W frames is one window: the whole recording, unchanged.
+* Each window is encoded on its own (its frames see no audio of the other windows), and its
+  mean-pooled representation p_i (the mean of its f_i frames) is computed as in training.
+* The recording's pooled representation is the frame-weighted mean sum_i f_i p_i / sum_i f_i
+  (in float64, then float32): the mean over all F frames of the windows' outputs. The
+  regression head is applied to it once. For a single window this is p_1 exactly.
+
+Buckets: window lengths are padded to a fixed ladder of at most `num_buckets` lengths (the
+longest holds any window; each next one is half as long, on the frame grid), and every batch
+of a bucket has the same number of rows (`batch_seconds / length`, the last one padded with
+empty rows), so each model compiles at most `num_buckets` shapes, once per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from papt_jax.data.audio import (
+    FRAME_HOP,
+    RECEPTIVE_FIELD,
+    SAMPLE_RATE,
+    frame_grid_ceil,
+    frame_grid_floor,
+    num_frames,
+)
+from papt_jax.errors import UserError
+
+
+class BatchingError(UserError, ValueError):
+    """Window and batch settings that cannot work."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One window of one recording.
+
+    Attributes:
+      item: position of the recording in the input list.
+      start: first sample.
+      length: number of samples.
+      frames: encoder frames it yields.
+    """
+
+    item: int
+    start: int
+    length: int
+    frames: int
+
+
+def split_windows(item: int, num_samples: int, max_frames: int) -> list[Window]:
+    """The windows of one recording (see the module docstring for the rule).
+
+    Args:
+      item: the recording's position (copied into each window).
+      num_samples: its length T (>= 400).
+      max_frames: W, most frames per window (>= 1).
+    """
+    total = int(num_frames(num_samples))
+    if total < 1:
+        raise ValueError(f"{num_samples} samples give no encoder frame (need {RECEPTIVE_FIELD})")
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    count = -(-total // max_frames)
+    base, extra = divmod(total, count)
+    windows, first = [], 0
+    for i in range(count):
+        frames = base + (1 if i < extra else 0)
+        start = FRAME_HOP * first
+        last = i == count - 1
+        length = num_samples - start if last else RECEPTIVE_FIELD + FRAME_HOP * (frames - 1)
+        windows.append(Window(item, start, length, frames))
+        first += frames
+    return windows
+
+
+def combine(pooled: np.ndarray, frames: np.ndarray, items: np.ndarray, num_items: int):
+    """Frame-weighted mean of window representations per recording.
+
+    Args:
+      pooled: (num_windows, D) mean-pooled window representations.
+      frames: (num_windows,) frames of each window.
+      items: (num_windows,) recording of each window, in [0, num_items).
+      num_items: number of recordings (each must have a window).
+
+    Returns:
+      (num_items, D) float32 pooled representation of each recording.
+    """
+    weights = np.asarray(frames, np.float64)
+    sums = np.zeros((num_items, pooled.shape[1]), np.float64)
+    np.add.at(sums, items, np.asarray(pooled, np.float64) * weights[:, None])
+    totals = np.bincount(items, weights=weights, minlength=num_items)
+    if np.any(totals <= 0):
+        raise ValueError("a recording has no window")
+    return (sums / totals[:, None]).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batching:
+    """How windows become fixed-shape batches.
+
+    Attributes:
+      window_seconds: longest window (audio beyond it goes to further windows).
+      batch_seconds: padded audio per batch; each bucket gets batch_seconds / its length
+        rows (at least `row_multiple`).
+      num_buckets: padded lengths on the ladder (compiled shapes per model).
+      row_multiple: rows per batch are a multiple of this (the device count).
+    """
+
+    window_seconds: float = 20.0
+    batch_seconds: float = 80.0
+    num_buckets: int = 5
+    row_multiple: int = 1
+
+    def __post_init__(self):
+        if not self.window_seconds * SAMPLE_RATE >= RECEPTIVE_FIELD:
+            raise BatchingError(
+                f"window_seconds must be at least {RECEPTIVE_FIELD / SAMPLE_RATE} s (one "
+                f"encoder frame), got {self.window_seconds}"
+            )
+        if not self.batch_seconds > 0:
+            raise BatchingError(f"batch_seconds must be > 0, got {self.batch_seconds}")
+        if self.num_buckets < 1 or self.row_multiple < 1:
+            raise BatchingError(f"num_buckets and row_multiple must be >= 1: {self}")
+
+    @property
+    def max_frames(self) -> int:
+        """W: most frames per window."""
+        return int(num_frames(frame_grid_floor(int(self.window_seconds * SAMPLE_RATE))))
+
+    @property
+    def bucket_lengths(self) -> tuple[int, ...]:
+        """Increasing padded lengths; the longest holds a window plus its tail (< 320)."""
+        top = RECEPTIVE_FIELD + FRAME_HOP * self.max_frames
+        lengths = {frame_grid_ceil(-(-top // 2**j)) for j in range(self.num_buckets)}
+        return tuple(sorted(lengths))
+
+    def rows(self, length: int) -> int:
+        """Rows of a full batch of a bucket of `length` samples."""
+        rows = int(self.batch_seconds * SAMPLE_RATE) // length
+        return max(self.row_multiple, rows // self.row_multiple * self.row_multiple)
+
+
+@dataclasses.dataclass
+class WindowBatch:
+    """One padded batch of windows.
+
+    Attributes:
+      audio: (rows, T) float32, zero on padding.
+      audio_mask: (rows, T) bool, True on real samples.
+      windows: indices into the window list of the real rows (rows beyond are padding).
+      seconds: real audio seconds in the batch (for progress).
+    """
+
+    audio: np.ndarray
+    audio_mask: np.ndarray
+    windows: np.ndarray
+    seconds: float
+
+
+def window_batches(
+    waveforms: Sequence[np.ndarray], windows: Sequence[Window], batching: Batching
+) -> Iterator[WindowBatch]:
+    """Padded batches over `windows`, grouped by bucket (shortest first), input order inside."""
+    buckets = np.asarray(batching.bucket_lengths)
+    lengths = np.asarray([w.length for w in windows])
+    bucket_of = np.searchsorted(buckets, lengths, side="left")
+    if lengths.size and bucket_of.max() >= buckets.size:
+        raise ValueError(f"a window of {lengths.max()} samples exceeds every bucket {buckets}")
+    for b, length in enumerate(buckets):
+        members = np.flatnonzero(bucket_of == b)
+        rows = batching.rows(int(length))
+        for first in range(0, members.size, rows):
+            chosen = members[first : first + rows]
+            audio = np.zeros((rows, int(length)), np.float32)
+            mask = np.zeros((rows, int(length)), bool)
+            for row, index in enumerate(chosen):
+                w = windows[index]
+                audio[row, : w.length] = waveforms[w.item][w.start : w.start + w.length]
+                mask[row, : w.length] = True
+            seconds = float(lengths[chosen].sum()) / SAMPLE_RATE
+            yield WindowBatch(audio, mask, chosen, seconds)
