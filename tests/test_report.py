@@ -170,7 +170,14 @@ def test_results_md_shape_and_numbers(written, results):
         "Valence A-CCC (std)",
     ]
     body = table[2:]
-    assert [row[0] for row in body] == ["PAPT-FT", "+ μ shift", "+ σ shift", "+ (μ, σ) shift"]
+    oracle = [f"{tables.ORACLE_LABEL} {results_lib.MODE_LABELS[m]}" for m in MODES]
+    assert [row[0] for row in body] == [
+        "PAPT-FT",
+        "+ μ shift",
+        "+ σ shift",
+        "+ (μ, σ) shift",
+        *oracle,
+    ]
     assert all(len(row) == 5 for row in body)
     valence = results[1]
     mean, std, *_ = metrics.average_ccc(

@@ -10,10 +10,13 @@
            "n_utterances": 812, "n_speakers": 41,
            "system": {"o_ccc": .., "a_ccc": .., "a_ccc_std": ..,
                       "n_speakers_used": .., "n_speakers_excluded": ..},
-           "mu": {...}, "sigma": {...}, "both": {...}}}}}
+           "mu": {...}, "sigma": {...}, "both": {...},
+           "analysis": {...}}}}}
 
-  The variant keys are "system" (raw predictions) and each PLDC mode present. NaN values (no
-  speaker qualified for A-CCC) are stored as JSON null.
+  The variant keys are "system" (raw predictions) and each PLDC mode present; "analysis"
+  (when the report had it) holds the PLDC oracle, retrieval diagnostic and speaker shift of
+  `eval.analysis.summary_entry`. NaN values (no speaker qualified for A-CCC, an undefined
+  correlation) are stored as JSON null.
 """
 
 from __future__ import annotations
@@ -110,6 +113,18 @@ class EvalResult:
         return f"{self.split}_{self.dimension}"
 
 
+def variant_metrics(predictions, labels, speakers) -> dict:
+    """{"o_ccc", "a_ccc", "a_ccc_std", "n_speakers_used", "n_speakers_excluded"} of one array."""
+    mean, std, used, excluded = metrics.average_ccc(predictions, labels, speakers)
+    return {
+        "o_ccc": _json_float(metrics.overall_ccc(predictions, labels)),
+        "a_ccc": _json_float(mean),
+        "a_ccc_std": _json_float(std),
+        "n_speakers_used": used,
+        "n_speakers_excluded": excluded,
+    }
+
+
 def summarize(result: EvalResult) -> dict:
     """O-CCC and A-CCC (with std and speaker counts) of each variant of one result."""
     out = {
@@ -117,18 +132,16 @@ def summarize(result: EvalResult) -> dict:
         "n_speakers": int(np.unique(result.speakers).size),
     }
     for variant, preds in result.variants().items():
-        mean, std, used, excluded = metrics.average_ccc(preds, result.labels, result.speakers)
-        out[variant] = {
-            "o_ccc": metrics.overall_ccc(preds, result.labels),
-            "a_ccc": _json_float(mean),
-            "a_ccc_std": _json_float(std),
-            "n_speakers_used": used,
-            "n_speakers_excluded": excluded,
-        }
+        out[variant] = variant_metrics(preds, result.labels, result.speakers)
     return out
 
 
-def build_summary(results: Sequence[EvalResult], system: str, run: Mapping | None = None) -> dict:
+def build_summary(
+    results: Sequence[EvalResult],
+    system: str,
+    run: Mapping | None = None,
+    analyses: Mapping[str, Mapping] | None = None,
+) -> dict:
     """The summary dict (see the module docstring) of one system's results.
 
     Args:
@@ -136,6 +149,7 @@ def build_summary(results: Sequence[EvalResult], system: str, run: Mapping | Non
       system: the system's name in tables.
       run: facts about the run that produced them (e.g. PLDC `pldc_k`, the evaluation's
         `fingerprint`), stored under "run" so the numbers never lose their settings.
+      analyses: {result stem: `analysis.summary_entry`}, stored as the entry's "analysis".
     """
     splits: dict[str, dict] = {}
     for result in results:
@@ -143,6 +157,8 @@ def build_summary(results: Sequence[EvalResult], system: str, run: Mapping | Non
         if result.dimension in per_split:
             raise ValueError(f"two results for {result.split}/{result.dimension}")
         per_split[result.dimension] = summarize(result)
+        if analyses is not None and result.stem in analyses:
+            per_split[result.dimension]["analysis"] = dict(analyses[result.stem])
     return {"system": system, "run": dict(run or {}), "splits": splits}
 
 
