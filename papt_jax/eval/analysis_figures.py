@@ -95,7 +95,7 @@ def retrieval_figure(result: EvalResult, retrieval: Retrieval, k: int) -> Figure
         pad = 0.08 * max(float(np.ptp(values)), 1e-3)
         low, high = float(values.min()) - pad, float(values.max()) + pad
         ax.axline((low, low), slope=1.0, color="0.5", lw=1, ls="--", zorder=1, label="y = x")
-        ax.axhline(every, color="tab:green", lw=1, ls=":", zorder=1, label="all speakers")
+        ax.axhline(every, color="tab:green", lw=1.5, ls=":", zorder=1.5, label="all speakers")
         ax.axhline(trivial, color="tab:orange", lw=1, zorder=1, label="training set")
         ax.scatter(x, y, **_POINT)
         ax.set_xlim(low, high)
