@@ -63,7 +63,7 @@ class BootstrapDifference:
         return self.low > 0 or self.high < 0
 
 
-def _ccc_from_sums(n, sx, sy, sxx, syy, sxy):
+def ccc_from_sums(n, sx, sy, sxx, syy, sxy):
     """CCC (population moments) from pooled sums; inputs broadcast, all float64."""
     mx, my = sx / n, sy / n
     vx = sxx / n - mx * mx
@@ -73,7 +73,7 @@ def _ccc_from_sums(n, sx, sy, sxx, syy, sxy):
     return np.where(denom > 0, 2.0 * cov / np.where(denom > 0, denom, 1.0), 0.0)
 
 
-def _speaker_sums(x, y, seg, num):
+def speaker_sums(x, y, seg, num):
     """(S, 6) per-speaker n, sum x, sum y, sum x^2, sum y^2, sum xy."""
     columns = (np.ones_like(x), x, y, x * x, y * y, x * y)
     return np.stack([np.bincount(seg, weights=c, minlength=num) for c in columns], axis=1)
@@ -135,10 +135,10 @@ def paired_bootstrap(
     for c in (original, counts):
         per_system = []
         for x in (a, b):
-            sums = c @ _speaker_sums(x - centre, yc, seg, num)
-            per_system.append(_ccc_from_sums(*sums.T))
+            sums = c @ speaker_sums(x - centre, yc, seg, num)
+            per_system.append(ccc_from_sums(*sums.T))
         o_diff.append(per_system[0] - per_system[1])
-    results["o_ccc"] = _summary("o_ccc", o_diff[0][0], o_diff[1], confidence, num)
+    results["o_ccc"] = summarize_replicates("o_ccc", o_diff[0][0], o_diff[1], confidence, num)
 
     a_diff = []
     per = [per_speaker_ccc(x, y, ids) for x in (a, b)]
@@ -152,11 +152,20 @@ def paired_bootstrap(
         a_diff.append(means[0] - means[1])
     if not np.isfinite(a_diff[0][0]):
         raise UserError("A-CCC is undefined: a system has no speaker with a valid CCC")
-    results["a_ccc"] = _summary("a_ccc", a_diff[0][0], a_diff[1], confidence, num)
+    results["a_ccc"] = summarize_replicates("a_ccc", a_diff[0][0], a_diff[1], confidence, num)
     return results
 
 
-def _summary(metric, point, replicates, confidence, num) -> BootstrapDifference:
+def summarize_replicates(metric, point, replicates, confidence, num) -> BootstrapDifference:
+    """The percentile interval of the defined bootstrap replicates of one difference.
+
+    Args:
+      metric: 'o_ccc' or 'a_ccc' (named in errors).
+      point: the difference on the whole test set.
+      replicates: (n_boot,) replicate differences; undefined ones are NaN.
+      confidence: e.g. 0.95.
+      num: number of test speakers resampled.
+    """
     finite = replicates[np.isfinite(replicates)]
     if finite.size == 0:
         raise UserError(f"no bootstrap replicate of {metric} is defined")

@@ -25,17 +25,17 @@ from papt_jax.eval.runs import Run, load_predictions
 # summarise replicates identically.
 from papt_jax.significance import (
     BootstrapDifference,
-    _ccc_from_sums,
-    _speaker_sums,
-    _summary,
+    ccc_from_sums,
+    speaker_sums,
+    summarize_replicates,
 )
 
 BASELINE = "Vanilla-FT"
 
 
 def _o_ccc(counts, x, y, centre, seg, num):
-    sums = counts @ _speaker_sums(x - centre, y - centre, seg, num)
-    return _ccc_from_sums(*sums.T)
+    sums = counts @ speaker_sums(x - centre, y - centre, seg, num)
+    return ccc_from_sums(*sums.T)
 
 
 def _a_ccc(counts, x, y, ids):
@@ -88,7 +88,7 @@ def seed_bootstrap(
         diff = np.mean(values[: len(systems)], axis=0) - np.mean(values[len(systems) :], axis=0)
         if not np.isfinite(diff[0]):
             raise UserError(f"{metric} is undefined: a run has no speaker with a valid CCC")
-        out[metric] = _summary(metric, diff[0], diff[1:], confidence, num)
+        out[metric] = summarize_replicates(metric, diff[0], diff[1:], confidence, num)
     return out
 
 
