@@ -1,8 +1,8 @@
 """One process of the multi-host test: a few pre-training steps over a global device mesh.
 
-Started by tests/test_multihost.py, never imported by it. Run as
+Started by tests/train/test_multihost.py, never imported by it. Run as
 
-  python tests/multihost_worker.py --process-id I --num-processes N --port P --out FILE
+  python tests/train/multihost_worker.py --process-id I --num-processes N --port P --out FILE
 
 with `XLA_FLAGS=--xla_force_host_platform_device_count=K` in the environment (K local CPU
 devices). With N > 1 the process joins a `jax.distributed` job coordinated on

@@ -1,7 +1,7 @@
 """Checkpoints you can trust: manifests, fallback to a good step, idempotent saves, save_tree.
 
 The training-loop side (resuming after a kill between the best and latest saves, or from
-a damaged latest step) is in tests/test_train.py.
+a damaged latest step) is in tests/train/test_train.py.
 """
 
 import logging

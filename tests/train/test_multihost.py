@@ -1,6 +1,6 @@
 """Multi-host data parallelism: two JAX processes on localhost take the single-process step.
 
-Two worker processes (tests/multihost_worker.py) join one `jax.distributed` job over TCP,
+Two worker processes (tests/train/multihost_worker.py) join one `jax.distributed` job over TCP,
 each with 2 emulated CPU devices, build one 4-device mesh and take three pre-training steps,
 each process feeding only its half of every global batch through `shard_batch`. A third
 process with 4 local devices takes the same steps on the full batches. Parameters and
