@@ -1,0 +1,90 @@
+"""Window plan, frame-weighted combination and bucket batching (no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from papt_jax.data.audio import FRAME_HOP, RECEPTIVE_FIELD, num_frames
+from papt_jax.predict.windows import (
+    Batching,
+    BatchingError,
+    combine,
+    split_windows,
+    window_batches,
+)
+
+
+@pytest.mark.parametrize("num_samples", [400, 719, 720, 16_000, 48_123, 160_000 + 317])
+@pytest.mark.parametrize("max_frames", [1, 7, 49, 1000])
+def test_windows_tile_every_frame_once(num_samples, max_frames):
+    windows = split_windows(3, num_samples, max_frames)
+    total = int(num_frames(num_samples))
+    assert sum(w.frames for w in windows) == total
+    assert len(windows) == -(-total // max_frames)
+    sizes = [w.frames for w in windows]
+    assert max(sizes) - min(sizes) <= 1 and max(sizes) <= max_frames
+    first = 0
+    for w in windows:
+        assert w.item == 3
+        assert w.start == FRAME_HOP * first  # window frames are the whole recording's frames
+        assert int(num_frames(w.length)) == w.frames
+        first += w.frames
+    assert windows[-1].start + windows[-1].length == num_samples  # the tail is kept
+    for w in windows[:-1]:
+        assert w.length == RECEPTIVE_FIELD + FRAME_HOP * (w.frames - 1)
+
+
+def test_a_recording_that_fits_is_one_whole_window():
+    assert split_windows(0, 30_001, 100) == [split_windows(0, 30_001, 100)[0]]
+    (w,) = split_windows(0, 30_001, 100)
+    assert (w.start, w.length, w.frames) == (0, 30_001, int(num_frames(30_001)))
+    with pytest.raises(ValueError, match="no encoder frame"):
+        split_windows(0, 399, 10)
+
+
+def test_combine_is_the_frame_weighted_mean_and_exact_for_one_window():
+    rng = np.random.default_rng(0)
+    pooled = rng.normal(size=(4, 5)).astype(np.float32)
+    out = combine(pooled, np.asarray([10, 30, 7, 3]), np.asarray([0, 0, 1, 0]), 2)
+    expected = (pooled[0] * 10.0 + pooled[1] * 30.0 + pooled[3] * 3.0) / 43.0
+    np.testing.assert_allclose(out[0], expected, rtol=1e-6)
+    np.testing.assert_array_equal(out[1], pooled[2])  # one window: its vector exactly
+    assert out.dtype == np.float32
+    with pytest.raises(ValueError, match="no window"):
+        combine(pooled, np.ones(4), np.zeros(4, int), 2)
+
+
+def test_batches_use_few_fixed_shapes_and_keep_every_window():
+    batching = Batching(window_seconds=2.0, batch_seconds=8.0, num_buckets=3, row_multiple=2)
+    lengths = batching.bucket_lengths
+    assert len(lengths) == 3 and lengths == tuple(sorted(lengths))
+    assert all((n - RECEPTIVE_FIELD) % FRAME_HOP == 0 for n in lengths)
+    rng = np.random.default_rng(1)
+    waves = [rng.uniform(-0.5, 0.5, n).astype(np.float32) for n in (500, 9_000, 31_999, 100_000)]
+    windows = [
+        w for i, x in enumerate(waves) for w in split_windows(i, len(x), batching.max_frames)
+    ]
+    seen, shapes = [], set()
+    for batch in window_batches(waves, windows, batching):
+        shapes.add(batch.audio.shape)
+        assert batch.audio.shape[0] == batching.rows(batch.audio.shape[1])
+        assert batch.audio.shape[0] % 2 == 0
+        for row, index in enumerate(batch.windows):
+            w = windows[index]
+            np.testing.assert_array_equal(
+                batch.audio[row, : w.length], waves[w.item][w.start : w.start + w.length]
+            )
+            assert batch.audio_mask[row].sum() == w.length
+            assert not batch.audio[row, w.length :].any()
+        assert not batch.audio_mask[len(batch.windows) :].any()  # padding rows are empty
+        seen += list(batch.windows)
+    assert sorted(seen) == list(range(len(windows)))
+    assert len(shapes) <= 3
+
+
+def test_bad_batching_settings_are_user_errors():
+    with pytest.raises(BatchingError, match="window_seconds must be at least"):
+        Batching(window_seconds=0.01)
+    with pytest.raises(BatchingError, match="batch_seconds must be > 0"):
+        Batching(batch_seconds=0)
