@@ -29,9 +29,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "papt_jax"
 #   eval         evaluation protocol, results, tables, figures, report, comparisons
 #   experiment   the config (defaults, settings) and the staged run of an experiment
 #   predict      prediction on new audio with a finished experiment's models and profiles
-#   entry        papt_jax.main, the experiment command line
+#   export       a finished run written as one self-contained folder (uses predict's assets)
+#   entry        papt_jax.main, the experiment command line, and the papt_jax package itself:
+#                its __init__ re-exports the Predictor (imported on first attribute use, so
+#                importing any submodule stays light)
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("papt_jax", "papt_jax.errors", "papt_jax.cli", "papt_jax.data.audio")),
+    ("foundation", ("papt_jax.errors", "papt_jax.cli", "papt_jax.data.audio")),
     ("models", ("papt_jax.models",)),
     ("data", ("papt_jax.data",)),
     (
@@ -54,7 +57,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("eval", ("papt_jax.eval",)),
     ("experiment", ("papt_jax.experiment", "papt_jax.config_defaults")),
     ("predict", ("papt_jax.predict",)),
-    ("entry", ("papt_jax.main",)),
+    ("export", ("papt_jax.export",)),
+    ("entry", ("papt_jax", "papt_jax.main")),
 )
 
 
