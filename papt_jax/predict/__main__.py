@@ -41,6 +41,7 @@ _PROFILE = flags.DEFINE_string("profile", None, "A speaker profile saved with --
 _SAVE_PROFILE = flags.DEFINE_string("save_profile", None, "Write the speaker profile here.")
 _WINDOW = flags.DEFINE_float("window_seconds", 20.0, "Longest window a recording is encoded in.")
 _BATCH = flags.DEFINE_float("batch_seconds", 80.0, "Padded audio per batch (memory).")
+_BUCKETS = flags.DEFINE_integer("num_buckets", 5, "Padded window lengths (compiled shapes).")
 _DEVICES = flags.DEFINE_integer("num_devices", 1, "Accelerators to spread batches over.")
 
 PLAIN_NOTE = "none (plain model output)"
@@ -99,10 +100,9 @@ def _read_all(files):
     return waves, problems
 
 
-def _enroll(predictor):
+def _enroll(predictor, found):
     from papt_jax.predict import files as files_lib
 
-    found = files_lib.find_audio(files_lib.split_paths(_ENROLL.value), "--enroll")
     waves, problems = _read_all(found.files)
     _report_problems(problems)
     seconds = sum(len(w) for w in waves) / SAMPLE_RATE
@@ -125,13 +125,12 @@ def _enroll(predictor):
     return profile
 
 
-def _predict_files(predictor, profile, out: Path) -> int:
+def _predict_files(predictor, profile, found, out: Path) -> int:
     import numpy as np
 
     from papt_jax.predict import files as files_lib
     from papt_jax.predict.predictor import PLAIN
 
-    found = files_lib.find_audio(files_lib.split_paths(_AUDIO.value))
     if found.ignored:
         kinds = sorted({p.suffix or p.name for p in found.ignored})
         print(
@@ -226,8 +225,15 @@ def main(argv: list[str]) -> int:
         # Orbax and JAX log every checkpoint read at INFO; the user wants the predictions.
         logging.set_verbosity(logging.WARNING)
     from papt_jax.predict import assets as assets_lib
+    from papt_jax.predict import files as files_lib
     from papt_jax.predict.predictor import Predictor
     from papt_jax.predict.profiles import SpeakerProfile
+
+    # Paths first: a typo fails before the model is loaded.
+    audio = files_lib.find_audio(files_lib.split_paths(_AUDIO.value)) if _AUDIO.value else None
+    enroll = None
+    if _ENROLL.value:
+        enroll = files_lib.find_audio(files_lib.split_paths(_ENROLL.value), "--enroll")
 
     source = (
         assets_lib.from_workdir(_WORKDIR.value)
@@ -238,6 +244,7 @@ def main(argv: list[str]) -> int:
         source,
         window_seconds=_WINDOW.value,
         batch_seconds=_BATCH.value,
+        num_buckets=_BUCKETS.value,
         num_devices=_DEVICES.value,
     )
     if _SPEAKER.value:
@@ -247,13 +254,13 @@ def main(argv: list[str]) -> int:
         profile = SpeakerProfile.load(_PROFILE.value)
         predictor.check_profile(profile)
     elif _ENROLL.value:
-        profile = _enroll(predictor)
+        profile = _enroll(predictor, enroll)
         if _SAVE_PROFILE.value:
             profile.save(_SAVE_PROFILE.value)
             print(f"saved profile to {_SAVE_PROFILE.value}", file=sys.stderr)
-    if not _AUDIO.value:
+    if audio is None:
         return 0
-    return _predict_files(predictor, profile, Path(_OUT.value))
+    return _predict_files(predictor, profile, audio, Path(_OUT.value))
 
 
 if __name__ == "__main__":

@@ -157,7 +157,6 @@ def test_a_recording_in_one_window_equals_the_unwindowed_model(predictor, smoke_
     import jax
 
     from papt_jax.predict.windows import window_batches
-    from papt_jax.train import finetune
 
     workdir = smoke_run.workdir
     speaker, keys = sorted(split_keys(workdir, "test_b").items())[0]
@@ -167,14 +166,13 @@ def test_a_recording_in_one_window_equals_the_unwindowed_model(predictor, smoke_
     index = predictor.speaker_index(speaker)
     windowed = predictor.forward([wave], index)
 
-    reg = predictor.assets.regressors["arousal"]
-    run = finetune.FinetuneRun(reg.encoder_config, {}, "arousal", label_scaling=reg.label_scaling)
-    step = finetune.make_predict_step(run.model(), finetune.LabelScaling("none"), predictor.mesh)
+    # The evaluation's step (`finetune.make_predict_step`) as the predictor holds it.
+    runtime = predictor._runtimes["arousal"]
 
     def model_output(audio, mask):
         speakers = np.full(audio.shape[:1], index, np.int32)
         batch = {"audio": audio, "audio_mask": mask, "speaker": speakers}
-        preds, pooled = jax.device_get(step(reg.variables, batch))
+        preds, pooled = jax.device_get(runtime.encode(runtime.variables, batch))
         return preds[0], pooled[0]
 
     # The model on the same padded batch: bit for bit.
