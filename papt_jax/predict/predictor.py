@@ -56,11 +56,37 @@ def _head_rows(n: int) -> int:
     return max(8, 1 << (n - 1).bit_length())
 
 
+@functools.cache
+def _regressor_steps(config, label_scaling: str, mesh):
+    """Jitted (encoder step, head step) of a regressor architecture, shared by every Predictor
+    in the process (a workdir and its export compile once)."""
+    from papt_jax.train import finetune
+
+    run = finetune.FinetuneRun(
+        encoder_config=config, encoder_params={}, dimension="arousal", label_scaling=label_scaling
+    )
+    model = run.model()
+    scaling = finetune.LabelScaling(label_scaling)
+
+    def head(variables, pooled):
+        preds = model.apply(variables, pooled, method=lambda m, x: m.head(x, train=False))
+        return scaling.from_model(preds)
+
+    return finetune.make_predict_step(model, scaling, mesh), jax.jit(head)
+
+
+@functools.cache
+def _original_step(config, mesh):
+    from papt_jax.eval.evaluate import make_encode_step
+    from papt_jax.models.hubert import HubertModel
+
+    return make_encode_step(HubertModel(config), mesh)
+
+
 class _RegressorRuntime:
     """One regressor on the devices: the encoder step, the head step, and the speaker table."""
 
     def __init__(self, regressor: assets_lib.Regressor, train_speakers: np.ndarray, mesh):
-        from papt_jax.train import finetune
         from papt_jax.train.sharding import replicate
 
         self.dimension = regressor.dimension
@@ -71,22 +97,8 @@ class _RegressorRuntime:
         if self.fuses:
             variables, self.plain_index = _with_average_speaker(variables, train_speakers)
             config = config.replace(num_speakers=self.plain_index + 1)
-        run = finetune.FinetuneRun(
-            encoder_config=config,
-            encoder_params={},
-            dimension=regressor.dimension,
-            label_scaling=regressor.label_scaling,
-        )
-        model = run.model()
-        scaling = finetune.LabelScaling(regressor.label_scaling)
         self.variables = replicate(variables, mesh)
-        self.encode = finetune.make_predict_step(model, scaling, mesh)
-
-        def head(variables, pooled):
-            preds = model.apply(variables, pooled, method=lambda m, x: m.head(x, train=False))
-            return scaling.from_model(preds)
-
-        self.head = jax.jit(head)
+        self.encode, self.head = _regressor_steps(config, regressor.label_scaling, mesh)
 
 
 def _with_average_speaker(variables: dict, train_speakers: np.ndarray) -> tuple[dict, int]:
@@ -179,13 +191,10 @@ class Predictor:
 
     @functools.cached_property
     def _original_step(self):
-        from papt_jax.eval.evaluate import make_encode_step
-        from papt_jax.models.hubert import HubertModel
         from papt_jax.train.sharding import replicate
 
         original = self.assets.original
-        step = make_encode_step(HubertModel(original.config), self.mesh)
-        return step, replicate(original.params, self.mesh)
+        return _original_step(original.config, self.mesh), replicate(original.params, self.mesh)
 
     # --- model passes ----------------------------------------------------------------------
 
