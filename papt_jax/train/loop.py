@@ -222,7 +222,7 @@ def run_loop(
         )
 
     pending: list[dict[str, jax.Array]] = []
-    compiled_shapes: set[tuple[int, ...]] = set()
+    compiled_shapes: set[tuple] = set()
     throughput = _Throughput()
     progress = tqdm(
         total=config.total_steps, initial=step, desc=description, disable=jax.process_index() != 0
@@ -232,10 +232,10 @@ def run_loop(
         while step < config.total_steps:
             host_batch = next(train_iter)
             throughput.add(host_batch)
-            shape = host_batch["audio"].shape
+            shape = tuple(sorted((k, np.shape(v)) for k, v in host_batch.items()))
             new_shape = shape not in compiled_shapes
             if new_shape:  # jit compiles before it dispatches: say so while it does
-                progress.set_description_str(f"{description} (compiling {shape[0]}x{shape[1]})")
+                progress.set_description_str(f"{description} (compiling)")
             state, metrics = train_step(state, shard_batch(host_batch, mesh), rng)
             if new_shape:
                 compiled_shapes.add(shape)
