@@ -14,38 +14,9 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import dataclasses  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclasses.dataclass(frozen=True)
-class MainRun:
-    """One `python -m papt_jax.main` process: its workdir and captured output."""
-
-    workdir: Path
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_main(workdir: Path, *args: str, timeout: int = 3600) -> MainRun:
-    """Runs the command line as a user would (hang guard only: a healthy run never nears it)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "papt_jax.main", f"--workdir={workdir}", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return MainRun(Path(workdir), proc.returncode, proc.stdout, proc.stderr)
+from fixtures.main_runs import MainRun, run_main  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import run_main
+from fixtures.main_runs import run_main
 
 from papt_jax.experiment.settings import STAGES
 
@@ -87,9 +87,7 @@ def test_a_finished_run_is_reused_and_a_changed_one_is_redone(smoke_run, tmp_pat
     assert "earlier run, reused" in again.stdout and "| PAPT-FT |" in again.stdout
     assert time.time() - start < 600  # no training: a reused run only imports and prints
 
-    changed = run_main(
-        workdir, "--config=configs/papt.py:smoke", "--config.evaluate.pldc_k=2"
-    )
+    changed = run_main(workdir, "--config=configs/papt.py:smoke", "--config.evaluate.pldc_k=2")
     assert changed.returncode == 0, changed.stderr[-4000:]
     assert "evaluate.pldc_k: 3 -> 2" in changed.stderr
     assert "stage evaluate: starting" in changed.stderr

@@ -10,7 +10,7 @@ import json
 import shutil
 
 import pytest
-from conftest import run_main
+from fixtures.main_runs import run_main
 
 from papt_jax.eval import ablation, gap
 from papt_jax.eval.results import ReportError
