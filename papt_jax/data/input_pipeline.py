@@ -41,6 +41,7 @@ import numpy as np
 from papt_jax.data.audio import FRAME_HOP, num_frames
 from papt_jax.data.batching import BatchPlanner, DatasetIndex, PipelineConfig
 from papt_jax.data.msp_podcast import DIMENSIONS
+from papt_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 # extractors round differently at the end of an utterance); more means a wrong key or rate.
 TARGET_LENGTH_TOLERANCE = 2
 STATE_VERSION = 1
+
+
+class DatasetDamagedError(UserError):
+    """A dataset file is missing, truncated or unreadable."""
 
 
 class TargetsError(ValueError):
@@ -83,9 +88,15 @@ class _LoadBatch:
     def _read(self, indices: list[int]) -> list[Mapping[str, Any]]:
         if not indices:
             return []
-        if hasattr(self.source, "__getitems__"):
-            return list(self.source.__getitems__(indices))
-        return [self.source[i] for i in indices]
+        try:
+            if hasattr(self.source, "__getitems__"):
+                return list(self.source.__getitems__(indices))
+            return [self.source[i] for i in indices]
+        except RuntimeError as e:  # array_record: "Corrupted Riegeli/records file ..."
+            raise DatasetDamagedError(
+                f"records {indices[0]}..{indices[-1]} of {self.source} cannot be read ({e})",
+                hint="the dataset files are damaged: rebuild them with --redo=prepare",
+            ) from e
 
     def _empty(self, rows: int, length: int) -> dict[str, np.ndarray]:
         batch = {
@@ -346,6 +357,7 @@ def open_split(data_dir: str | Path, split: str | Sequence[str]):
 
     sources, indices = [], []
     for name in split_names(split):
+        check_files(data_dir, name)
         source = tfds.data_source(
             prepare.DATASET_NAME, split=name, data_dir=str(data_dir), download=False
         )
@@ -358,6 +370,29 @@ def open_split(data_dir: str | Path, split: str | Sequence[str]):
         np.concatenate([i.num_samples for i in indices]),
     )
     return ConcatSource(sources), index
+
+
+def check_files(data_dir: str | Path, split: str) -> None:
+    """Every record file of `split` exists with the size `prepare` wrote (a cheap check
+    that catches truncated or missing files before training reads them).
+
+    Raises:
+      DatasetDamagedError: naming the file, its recorded and its present size.
+    """
+    from papt_jax.data import prepare
+
+    out = prepare.dataset_dir(data_dir)
+    path = out / "index" / f"{split}.json"
+    recorded = json.loads(path.read_text()).get("files", {}) if path.is_file() else {}
+    for name, size in recorded.items():
+        file = out / name
+        present = file.stat().st_size if file.is_file() else None
+        if present != size:
+            state = "is missing" if present is None else f"has {present} bytes, not {size}"
+            raise DatasetDamagedError(
+                f"dataset file {file} {state} (split {split})",
+                hint="rebuild the dataset: --redo=prepare, or delete the folder",
+            )
 
 
 def make_pipeline(

@@ -189,8 +189,13 @@ def _write_index(builder: PaptMspPodcast, out: Path) -> None:
             keys.append(record["key"].decode())
             lengths.append(int(record["num_samples"]))
             speakers.append(record["speaker"].decode())
+        # Sizes of the split's record files: a cheap check against truncation on every run.
+        files = {
+            f.name: f.stat().st_size
+            for f in sorted(out.glob(f"{DATASET_NAME}-{split}.{FILE_FORMAT}-*"))
+        }
         (out / "index" / f"{split}.json").write_text(
-            json.dumps({"keys": keys, "num_samples": lengths, "speakers": speakers})
+            json.dumps({"keys": keys, "num_samples": lengths, "speakers": speakers, "files": files})
         )
 
 

@@ -84,7 +84,13 @@ def test_builder_writes_all_splits_and_side_files(built, capsys):
     assert all(s["detail"] and s["path"].endswith(s["key"]) for s in skipped)
     assert json.loads((out / "speakers.json").read_text()) == {"speakers": ["1", "2", "3", "4"]}
     index = json.loads((out / "index" / "test_a.json").read_text())
-    assert index == {"keys": ["te_a.wav"], "num_samples": [16000], "speakers": ["4"]}
+    (record_file,) = out.glob("papt_msp_podcast-test_a.array_record-*")
+    assert index == {
+        "keys": ["te_a.wav"],
+        "num_samples": [16000],
+        "speakers": ["4"],
+        "files": {record_file.name: record_file.stat().st_size},
+    }
     assert (data_dir / "duration_cache.json").is_file()
     assert not (config.corpus_dir / "duration_cache.json").exists()
 
@@ -227,3 +233,25 @@ def test_cli_user_errors_print_one_line_and_exit_2(tmp_path):
         stderr.append(proc.stderr)
     assert "Split_Set values present: Test1, Test2, Train, Validation" in stderr[1]
     assert "hint: set data.test_splits (--test_splits)" in stderr[1]
+
+
+def test_a_truncated_record_file_is_named_before_anything_reads_it(built, tmp_path):
+    import shutil
+
+    from papt_jax.data import input_pipeline
+
+    _, data_dir, _ = built
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    out = prepare.dataset_dir(copy)
+    (record_file,) = out.glob("papt_msp_podcast-train.array_record-*")
+    size = record_file.stat().st_size
+    with record_file.open("r+b") as f:  # what an interrupted copy leaves
+        f.truncate(size // 2)
+    with pytest.raises(input_pipeline.DatasetDamagedError) as err:
+        input_pipeline.open_split(copy, "train")
+    assert str(record_file) in err.value.message and f"not {size}" in err.value.message
+    assert "--redo=prepare" in err.value.hint
+    record_file.unlink()
+    with pytest.raises(input_pipeline.DatasetDamagedError, match="is missing"):
+        input_pipeline.open_split(copy, "train")
