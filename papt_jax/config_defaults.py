@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from papt_jax.experiment.settings import STAGES
+from papt_jax.data.synthetic.presets import CORPUS_PRESETS
+from papt_jax.experiment.settings import STAGES, ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -142,8 +143,10 @@ def apply_embedded_corpus(c: ml_collections.ConfigDict, preset: str) -> ml_colle
     HuBERT from scratch on MFCC labels (`bootstrap`), then adapts it with labels from
     one of its layers: the HuBERT recipe in miniature.
     """
-    if preset not in ("demo", "smoke"):
-        raise ValueError(f"embedded corpus preset must be 'demo' or 'smoke', got {preset!r}")
+    if preset not in CORPUS_PRESETS:
+        raise ConfigError(
+            f"embedded corpus preset must be one of {', '.join(CORPUS_PRESETS)}, got {preset!r}"
+        )
     smoke = preset == "smoke"
     c.data.synthetic_preset = preset
     c.data.new_labels_file = "Labels_new/labels_consensus.csv"

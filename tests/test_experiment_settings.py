@@ -129,3 +129,13 @@ def test_every_key_is_described_from_the_defaults_comments():
     text = describe.describe(smoke())
     assert "--config.evaluate.pldc_k=3" in text
     assert "retrieved training speakers per test speaker" in text
+
+
+def test_preset_names_agree_with_their_owners():
+    from papt_jax.data.synthetic.presets import CORPUS_PRESETS
+    from papt_jax.models.config import MODEL_PRESETS
+
+    assert settings.MODEL_PRESET_NAMES == tuple(MODEL_PRESETS)
+    config = smoke()
+    config.data.synthetic_preset = "huge"
+    assert f"one of '', {', '.join(repr(p) for p in CORPUS_PRESETS)}" in problems_of(config)

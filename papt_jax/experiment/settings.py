@@ -22,6 +22,7 @@ import ml_collections
 
 from papt_jax.data.msp_podcast import DIMENSIONS
 from papt_jax.data.msp_podcast import SPLIT_NAMES as DATASET_SPLITS
+from papt_jax.data.synthetic.presets import CORPUS_PRESETS
 from papt_jax.errors import UserError
 
 STAGES = (
@@ -35,7 +36,9 @@ STAGES = (
     "evaluate",  # test-b (seen) and test-c (unseen speakers), with PLDC
     "report",  # results.md and plots
 )
-MODEL_PRESETS = ("base", "large", "small", "tiny")
+# models.config.MODEL_PRESETS' names (kept here so validating needs no JAX import; a test
+# checks that the two agree).
+MODEL_PRESET_NAMES = ("base", "large", "small", "tiny")
 # Stage outputs that can stand in for an encoder spec.
 WORKDIR_ENCODERS = ("bootstrap", "pretrain")
 
@@ -181,8 +184,8 @@ def encoder_spec(value: Any) -> str | None:
         return str(e)
     if spec.kind in ("converted", "pytorch") and not os.path.exists(spec.value):
         return f"{spec.value!r} does not exist"
-    if spec.kind == "preset" and spec.value not in MODEL_PRESETS:
-        return f"has no preset {spec.value!r}; choose from {', '.join(MODEL_PRESETS)}"
+    if spec.kind == "preset" and spec.value not in MODEL_PRESET_NAMES:
+        return f"has no preset {spec.value!r}; choose from {', '.join(MODEL_PRESET_NAMES)}"
     return None
 
 
@@ -194,7 +197,7 @@ FIELDS: dict[str, Rule] = {
     "log_every": integer(1),
     # data
     "data.corpus_dir": existing_dir_or_empty,
-    "data.synthetic_preset": choice("", "demo", "smoke"),
+    "data.synthetic_preset": choice("", *CORPUS_PRESETS),
     "data.labels_file": string,
     "data.new_labels_file": string,
     "data.new_corpus_dir": existing_dir_or_empty,
@@ -219,7 +222,7 @@ FIELDS: dict[str, Rule] = {
     "model.remat": boolean,
     "model.allow_unsafe_pickle": boolean,
     # bootstrap
-    "bootstrap.preset": choice(*MODEL_PRESETS),
+    "bootstrap.preset": choice(*MODEL_PRESET_NAMES),
     "bootstrap.num_clusters": integer(2),
     "bootstrap.epochs": integer(1),
     "bootstrap.peak_lr": positive,
@@ -279,7 +282,7 @@ FIELDS: dict[str, Rule] = {
     "b2.neighbours": integer(1),
     "b2.weight": number(1.0),
     # evaluation
-    "evaluate.splits": csv_of("validation", "test_a", "test_b", "test_c"),
+    "evaluate.splits": csv_of(*(s for s in DATASET_SPLITS if s != "train")),
     "evaluate.pldc_k": integer(1),
 }
 
