@@ -162,7 +162,7 @@ def from_workdir(workdir: str | Path) -> RunAssets:
     import ml_collections
 
     from papt_jax.data import msp_podcast
-    from papt_jax.experiment import stages
+    from papt_jax.experiment import finetuning
     from papt_jax.experiment.settings import csv
     from papt_jax.experiment.workspace import Workspace
 
@@ -184,7 +184,7 @@ def from_workdir(workdir: str | Path) -> RunAssets:
     k = int((record.get("facts") or {}).get("pldc_k", config.evaluate.pldc_k))
     regressors, references, train = {}, {}, None
     for dim in csv(config.finetune.dimensions):
-        run, variables = stages.load_finetuned(ws, dim)
+        run, variables = finetuning.load_finetuned(ws, dim)
         regressors[dim] = Regressor(dim, run.encoder_config, variables, run.label_scaling)
         passes = _passes(ws.path("evaluate", "passes", f"{dim}.npz"))
         references[dim] = Reference.from_utterances(

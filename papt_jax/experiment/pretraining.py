@@ -1,0 +1,212 @@
+"""Pre-training stages: the embedded corpus's bootstrap, pseudo-labels, PAPT / TAPT."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from papt_jax import pseudo_labels as pseudo_labels_lib
+from papt_jax.experiment import settings
+from papt_jax.experiment.workspace import Workspace, atomic_dir, random_encoder, with_speakers
+from papt_jax.models.config import get_preset
+from papt_jax.models.hubert import HubertModel
+from papt_jax.train import pretrain
+
+log = logging.getLogger(__name__)
+
+csv = settings.csv
+
+
+# The encoder's dropout rates that pre-training sets from the config (the HuBERT recipe).
+DROPOUT_KEYS = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout")
+
+
+def _compute_labels(
+    ws: Workspace, out_dir: Path, source: str, teacher_spec: str, layer: int, num_clusters: int
+) -> None:
+    """Clusters frame features of the adaptation audio into `out_dir` (written atomically)."""
+    p = ws.config.pseudo_labels
+    if source == "mfcc":
+        feature_fn, rate = pseudo_labels_lib.mfcc_feature_fn()
+    else:
+        teacher = ws.load_encoder(teacher_spec)
+        if layer > teacher.config.num_hidden_layers:
+            raise settings.ConfigError(
+                f"--config.pseudo_labels.layer={layer} but the teacher has "
+                f"{teacher.config.num_hidden_layers} layers"
+            )
+        cfg, params = with_speakers(teacher, "none", 0, ws.config)
+        feature_fn, rate = pseudo_labels_lib.teacher_feature_fn(HubertModel(cfg), params, layer)
+    batches, n = ws.eval_batches(
+        ws.config.pretrain.train_splits + "," + ws.config.pretrain.eval_split
+    )
+    with atomic_dir(out_dir) as tmp:
+        pseudo_labels_lib.compute_pseudo_labels(
+            batches,
+            feature_fn,
+            rate,
+            pseudo_labels_lib.PseudoLabelConfig(
+                num_clusters=num_clusters,
+                fit_fraction=float(p.fit_fraction),
+                batch_size=int(p.kmeans_batch_size),
+                max_iter=int(p.kmeans_max_iter),
+                n_init=int(p.kmeans_n_init),
+                seed=int(ws.config.seed),
+                centroids_path=p.centroids if source == p.source else "",
+            ),
+            str(tmp),
+            total_batches=n,
+        )
+
+
+def _head(encoder, num_clusters: int, final_dim: int, own_labels: bool):
+    """The pre-training head: the checkpoint's only when the labels are its own.
+
+    A converted fairseq head scores the cluster ids of the k-means that labelled its
+    pre-training; a freshly fitted k-means numbers its clusters differently, so its head
+    would start from wrong label embeddings. The user says the labels are the checkpoint's
+    own by supplying that k-means' centroids (`pseudo_labels.centroids`).
+    """
+    if encoder.head_params is not None and not own_labels:
+        log.info(
+            "pretrain: fresh pre-training head; the checkpoint's head scores its own k-means "
+            "clusters, not these pseudo-labels (give their centroids with "
+            "--config.pseudo_labels.centroids to reuse it)"
+        )
+        head_cfg, head_params = pretrain.choose_head(None, None, num_clusters, final_dim)
+        return head_cfg, head_params, "fresh (pseudo-labels are not the checkpoint's own)"
+    head_cfg, head_params = pretrain.choose_head(
+        encoder.head_config, encoder.head_params, num_clusters, final_dim
+    )
+    return head_cfg, head_params, "checkpoint's own" if head_params is not None else "fresh"
+
+
+def _pretrain(
+    ws: Workspace,
+    out: Path,
+    encoder,
+    fusion: str,
+    labels_dir: Path,
+    t,
+    own_labels: bool,
+    description: str,
+    recipe_dropout: bool = True,
+) -> dict[str, Any] | None:
+    """One masked-prediction run into `out`; None when stopped before the end.
+
+    With `recipe_dropout`, the encoder's dropout rates are the config's (`t.*_dropout`,
+    the HuBERT recipe), not whatever the source checkpoint's config says.
+    """
+    targets = pseudo_labels_lib.load_pseudo_labels(str(labels_dir))
+    num_clusters = int(np.load(labels_dir / pseudo_labels_lib.CENTROIDS_FILE).shape[0])
+    enc_cfg, enc_params = with_speakers(encoder, fusion, ws.num_speakers(), ws.config)
+    if recipe_dropout:
+        enc_cfg = enc_cfg.replace(**{k: float(t[k]) for k in DROPOUT_KEYS})
+    head_cfg, head_params, head_source = _head(encoder, num_clusters, int(t.final_dim), own_labels)
+    run = pretrain.PretrainRun(
+        encoder_config=enc_cfg,
+        encoder_params=enc_params,
+        head_config=head_cfg,
+        head_params=head_params,
+        loss=pretrain.PretrainLossConfig(
+            mask_prob=float(t.mask_prob),
+            mask_length=int(t.mask_length),
+            features_pen_weight=float(t.features_pen_weight),
+        ),
+        epochs=int(t.epochs),
+        peak_lr=float(t.peak_lr),
+        warmup_fraction=float(t.warmup_fraction),
+        adam_b1=float(t.adam_b1),
+        adam_b2=float(t.adam_b2),
+        adam_eps=float(t.adam_eps),
+        weight_decay=float(t.weight_decay),
+        clip_norm=float(t.clip_norm),
+        log_every=int(ws.config.log_every),
+        stop_after_steps=int(t.stop_after_steps),
+        seed=int(ws.config.seed),
+    )
+    train_data = ws.train_data(ws.config.pretrain.train_splits, targets)
+    eval_batches, _ = ws.eval_batches(ws.config.pretrain.eval_split, targets)
+    result, best = pretrain.run_pretraining(
+        run, train_data, eval_batches, ws.mesh, str(out), description=description
+    )
+    if not result.finished:
+        log.info("pretrain stopped at step %d (stop_after_steps); run again to resume", result.step)
+        return None
+    from papt_jax.convert import ConvertedCheckpoint, save_converted
+
+    with atomic_dir(out / "encoder") as tmp:
+        save_converted(
+            ConvertedCheckpoint(
+                enc_cfg.replace(dtype="float32", remat=False),
+                best["hubert"],
+                head_cfg,
+                best["head"],
+                "papt_jax",
+            ),
+            tmp,
+            overwrite=True,
+        )
+    return {"steps": result.step, "best_loss": result.best, "head": head_source}
+
+
+def bootstrap_needed(config: ml_collections.ConfigDict) -> bool:
+    return "bootstrap" in (config.model.init, config.pseudo_labels.teacher)
+
+
+def run_bootstrap(ws: Workspace) -> dict[str, Any] | None:
+    """HuBERT iteration 1 in miniature: MFCC k-means labels, a small encoder from scratch."""
+    if not bootstrap_needed(ws.config):
+        log.info("bootstrap: not needed (model.init=%s)", ws.config.model.init)
+        return {"needed": False}
+    b = ws.config.bootstrap
+    out = ws.stage_dir("bootstrap")
+    labels_dir = out / "pseudo_labels"
+    if not labels_dir.is_dir():  # renamed into place only once complete
+        _compute_labels(ws, labels_dir, "mfcc", "", 0, int(b.num_clusters))
+    encoder = random_encoder(get_preset(b.preset), int(ws.config.seed))
+    t = ml_collections.ConfigDict(dict(ws.config.pretrain))
+    t.update(
+        epochs=b.epochs,
+        peak_lr=b.peak_lr,
+        mask_prob=b.mask_prob,
+        features_pen_weight=b.features_pen_weight,
+        stop_after_steps=0,
+    )
+    return _pretrain(
+        ws,
+        out,
+        encoder,
+        "none",
+        labels_dir,
+        t,
+        own_labels=False,
+        description="bootstrap",
+        recipe_dropout=False,  # a from-scratch miniature keeps its preset's dropout
+    )
+
+
+def run_pseudo_labels(ws: Workspace) -> dict[str, Any]:
+    p = ws.config.pseudo_labels
+    _compute_labels(
+        ws, ws.path("pseudo_labels"), p.source, p.teacher, int(p.layer), int(p.num_clusters)
+    )
+    return {"num_clusters": int(p.num_clusters), "source": p.source}
+
+
+def run_pretrain(ws: Workspace) -> dict[str, Any] | None:
+    encoder = ws.load_encoder(ws.config.model.init)
+    return _pretrain(
+        ws,
+        ws.stage_dir("pretrain"),
+        encoder,
+        ws.config.pretrain.speaker_fusion,
+        ws.path("pseudo_labels"),
+        ws.config.pretrain,
+        own_labels=bool(ws.config.pseudo_labels.centroids),
+        description="PAPT" if ws.config.pretrain.speaker_fusion != "none" else "TAPT",
+    )
