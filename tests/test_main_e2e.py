@@ -29,6 +29,9 @@ def test_smoke_pipeline_writes_every_output(smoke_run):
         assert record["wall_s"] >= 0 and record["fingerprint"], stage
     assert (workdir / "pseudo_labels" / "labels.npz").is_file()
     assert (workdir / "pseudo_labels" / "centroids.npy").is_file()
+    # The bootstrap encoder's head scores the bootstrap's MFCC clusters, not PAPT's labels.
+    pretrain_facts = json.loads((workdir / "stages" / "pretrain.json").read_text())["facts"]
+    assert pretrain_facts["head"] == "fresh (pseudo-labels are not the checkpoint's own)"
     encoder_cfg = json.loads((workdir / "pretrain" / "encoder" / "config.json").read_text())
     assert encoder_cfg["speaker_fusion"] == "last" and encoder_cfg["num_speakers"] > 0
     for run in ("bootstrap", "pretrain", "finetune/arousal", "finetune/valence"):
