@@ -58,7 +58,7 @@ def _bench_sklearn(x: np.ndarray, k: int, settings: dict) -> dict:
     model = MiniBatchKMeans(
         k,
         random_state=1,
-        n_init=1,
+        n_init=settings["n_init"],
         reassignment_ratio=0.0,
         batch_size=settings["batch_size"],
         max_iter=settings["max_iter"],
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=10_000)
     parser.add_argument("--max-iter", type=int, default=None, help="passes (default 100)")
     parser.add_argument("--max-no-improvement", type=int, default=100)
+    parser.add_argument("--n-init", type=int, default=20, help="k-means++ inits (fairseq: 20)")
     args = parser.parse_args()
 
     n = args.n or (50_000 if args.quick else 200_000)
@@ -114,6 +115,7 @@ def main() -> None:
         max_iter=max_iter,
         max_no_improvement=args.max_no_improvement,
         tol=0.0,
+        n_init=args.n_init,
     )
     x = _mixture(n, args.dim, clusters=max(ks), seed=0)
     print(f"data {x.shape} float32, JAX device: {jax.devices()[0]}, settings {settings}")
