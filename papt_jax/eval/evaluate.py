@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 import jax
 import numpy as np
 from jax.sharding import Mesh
+from tqdm import tqdm
 
 from papt_jax import pldc
 from papt_jax.eval.results import EvalResult
@@ -49,10 +50,13 @@ def make_encode_step(model: HubertModel, mesh: Mesh):
     )
 
 
-def encode_pooled(encode_step, params, batches: Iterable, mesh: Mesh) -> dict[str, np.ndarray]:
-    """Keys, speaker ids and pooled vectors (N, dim) of every real row."""
+def encode_pooled(
+    encode_step, params, batches: Iterable, mesh: Mesh, description: str = "encode"
+) -> dict[str, np.ndarray]:
+    """Keys, speaker ids and pooled vectors (N, dim) of every real row (progress bar shown)."""
     outputs, keys, speakers, masks = [], [], [], []
-    for batch in batches:
+    shown = jax.process_index() == 0
+    for batch in tqdm(batches, desc=description, unit="batch", disable=not shown):
         outputs.append(encode_step(params, shard_batch(batch, mesh)))
         keys.append(batch["key"])
         speakers.append(batch["speaker_id"])
@@ -162,7 +166,14 @@ def evaluate_seen(
     Returns:
       (the result, the `predict` output on the test split, with 'pooled').
     """
-    test = predict(predict_step, variables, batches, mesh, extra_keys=("speaker_id",))
+    test = predict(
+        predict_step,
+        variables,
+        batches,
+        mesh,
+        extra_keys=("speaker_id",),
+        description=f"evaluate[{dimension}] {split}",
+    )
     result = _calibrated_result(test, test["pooled"], train, train["pooled"], dimension, split, k)
     return result, test
 
@@ -208,6 +219,7 @@ def evaluate_unseen(
         with_speakers(batches, speaker_of_key),
         mesh,
         extra_keys=("speaker_id",),
+        description=f"evaluate[{dimension}] {split}",
     )
     order = {str(k): i for i, k in enumerate(original_test["key"])}
     rows = np.asarray([order[str(k)] for k in test["key"]])
@@ -240,7 +252,9 @@ def evaluate_dimension(
     Returns:
       (one result per split, {'train' or split: its `predict` output with 'pooled'}).
     """
-    train = predict(predict_step, variables, train_batches, mesh)
+    train = predict(
+        predict_step, variables, train_batches, mesh, description=f"evaluate[{dimension}] train"
+    )
     results, passes = [], {"train": train}
     for split, batches in split_batches.items():
         name = split.replace("_", "-")

@@ -35,8 +35,12 @@ def run_evaluate(ws: Workspace) -> dict[str, Any]:
         encode = evaluate_lib.make_encode_step(HubertModel(enc_cfg), ws.mesh)
         test_c_batches, _ = ws.eval_batches("test_c")
         original = {
-            "train": evaluate_lib.encode_pooled(encode, enc_params, train_batches(), ws.mesh),
-            "test_c": evaluate_lib.encode_pooled(encode, enc_params, test_c_batches(), ws.mesh),
+            "train": evaluate_lib.encode_pooled(
+                encode, enc_params, train_batches(), ws.mesh, "evaluate: original encoder, train"
+            ),
+            "test_c": evaluate_lib.encode_pooled(
+                encode, enc_params, test_c_batches(), ws.mesh, "evaluate: original encoder, test_c"
+            ),
         }
     written = []
     with atomic_dir(ws.path("evaluate")) as tmp:
