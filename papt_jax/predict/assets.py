@@ -159,13 +159,6 @@ def from_workdir(workdir: str | Path) -> RunAssets:
     Raises:
       RunNotReadyError: not a run folder, or its evaluation is missing.
     """
-    import ml_collections
-
-    from papt_jax.data import msp_podcast
-    from papt_jax.experiment import finetuning
-    from papt_jax.experiment.settings import csv
-    from papt_jax.experiment.workspace import Workspace
-
     workdir = Path(workdir).absolute()
     config_path = workdir / "config.json"
     if not config_path.is_file():
@@ -176,6 +169,13 @@ def from_workdir(workdir: str | Path) -> RunAssets:
             f"{workdir}: the run has not finished its evaluate stage",
             hint="finish the run first: python -m papt_jax.main --workdir=... --config=...",
         )
+    import ml_collections
+
+    from papt_jax.data import msp_podcast
+    from papt_jax.experiment import finetuning
+    from papt_jax.experiment.settings import csv
+    from papt_jax.experiment.workspace import Workspace
+
     config_dict = json.loads(config_path.read_text())
     record = json.loads(record_path.read_text())
     config = ml_collections.ConfigDict(config_dict)
