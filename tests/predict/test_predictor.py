@@ -72,6 +72,13 @@ def test_training_speakers_match_test_b_evaluation(predictor, smoke_run):
         )
         expected = tuple(predictor.speakers[int(train_unique[j])] for j in near[0])
         assert profile.dimensions["arousal"].neighbours == expected
+        # Enrolling a training speaker's recordings stores the same numbers as a profile.
+        enrolled = predictor.enroll(waves, speaker=speaker, min_seconds=0.0)
+        assert enrolled.kind == "training" and enrolled.dimensions == profile.dimensions
+        again = predictor.predict(waves, profile=enrolled)
+        for dim in out:
+            for variant in out[dim]:
+                np.testing.assert_array_equal(again[dim][variant], out[dim][variant])
 
 
 def test_enrollment_picks_test_c_proxy_and_neighbours_and_matches_evaluation(predictor, smoke_run):
@@ -220,3 +227,19 @@ def test_bad_waveforms_are_named_and_channels_mixed(predictor, smoke_run):
     mixed = predictor.predict([stereo])
     mono = predictor.predict([(0.75 * wave.astype(np.float64)).astype(np.float32)])
     np.testing.assert_array_equal(mixed["arousal"][PLAIN], mono["arousal"][PLAIN])
+
+
+def test_original_vectors_are_recomputed_when_the_run_saved_none(predictor, smoke_run, tmp_path):
+    """A run evaluated without test-c saved no original-encoder passes: enrollment then
+    encodes the training split itself, as the evaluation would."""
+    import shutil
+
+    from papt_jax.predict import assets
+
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run.workdir, copy, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    (copy / "evaluate" / "passes" / "original_encoder.npz").unlink()
+    recomputed = assets.from_workdir(copy).original.reference
+    saved = predictor.assets.original.reference
+    np.testing.assert_array_equal(recomputed.speaker_index, saved.speaker_index)
+    np.testing.assert_allclose(recomputed.vectors, saved.vectors, rtol=1e-5, atol=1e-6)
