@@ -135,7 +135,7 @@ def test_preset_names_agree_with_their_owners():
     from papt_jax.data.synthetic.presets import CORPUS_PRESETS
     from papt_jax.models.config import MODEL_PRESETS
 
-    assert settings.MODEL_PRESET_NAMES == tuple(MODEL_PRESETS)
+    assert tuple(MODEL_PRESETS) == settings.MODEL_PRESET_NAMES
     config = smoke()
     config.data.synthetic_preset = "huge"
     assert f"one of '', {', '.join(repr(p) for p in CORPUS_PRESETS)}" in problems_of(config)

@@ -269,8 +269,13 @@ def _to_int16(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.round(samples * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def _check_samples(samples: np.ndarray, path: str | Path) -> None:
-    """Sample-level checks on (frames,) float samples: non_finite, clipping, silent."""
+def check_samples(samples: np.ndarray, path: str | Path) -> None:
+    """Sample-level checks on (frames,) float samples: non_finite, clipping, silent.
+
+    Args:
+      samples: (frames,) float samples at full scale.
+      path: the file (or a name for in-memory audio) that errors name.
+    """
     finite = np.isfinite(samples)
     if not finite.all():
         bad = int(samples.size - np.count_nonzero(finite))
@@ -285,6 +290,20 @@ def _check_samples(samples: np.ndarray, path: str | Path) -> None:
         )
     if peak < SILENCE_LIMIT:
         raise SilentAudio(path, f"all {samples.size} samples are zero at 16-bit resolution")
+
+
+def resample(samples: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(samples,) float at `rate` -> float32 at `target_rate` (polyphase, float64 inside)."""
+    if rate == target_rate:
+        return np.asarray(samples, np.float32)
+    from scipy.signal import resample_poly  # deferred: scipy.signal is slow to import
+
+    g = math.gcd(rate, target_rate)
+    out = resample_poly(np.asarray(samples, np.float64), target_rate // g, rate // g)
+    return out.astype(np.float32)
+
+
+_resample = resample  # read_audio's `resample` flag shadows the function's name there
 
 
 def read_audio(
@@ -324,14 +343,8 @@ def read_audio(
             path, f"header promises {info.frames} frames, {samples.shape[0]} could be read"
         )
     samples = _mix_down(samples, channels)
-    _check_samples(samples, path)
-    if info.sample_rate != expected_rate:
-        from scipy.signal import resample_poly  # deferred: scipy.signal is slow to import
-
-        g = math.gcd(info.sample_rate, expected_rate)
-        samples = resample_poly(
-            samples.astype(np.float64), expected_rate // g, info.sample_rate // g
-        ).astype(np.float32)
+    check_samples(samples, path)
+    samples = _resample(samples, info.sample_rate, expected_rate)
     if dtype == "float32":
         return samples
     return _to_int16(samples)

@@ -13,38 +13,20 @@ rules and raises the same `AudioError` subclasses (with the array's position as 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from papt_jax.data.audio import (
-    CLIP_LIMIT,
     RECEPTIVE_FIELD,
     SAMPLE_RATE,
-    SILENCE_LIMIT,
-    ClippedAudio,
     EmptyAudio,
-    NonFiniteAudio,
-    SilentAudio,
     TooShortAudio,
+    check_samples,
+    resample,
     resampled_length,
 )
 from papt_jax.errors import UserError
-
-
-def resample(samples: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """(samples,) float at `rate` -> float32 at `target_rate` (polyphase, float64 inside).
-
-    The same conversion `papt_jax.data.audio.read_audio` applies to files.
-    """
-    if rate == target_rate:
-        return np.asarray(samples, np.float32)
-    from scipy.signal import resample_poly  # deferred: scipy.signal is slow to import
-
-    g = math.gcd(rate, target_rate)
-    out = resample_poly(np.asarray(samples, np.float64), target_rate // g, rate // g)
-    return out.astype(np.float32)
 
 
 def mix_down(samples: np.ndarray, name: str) -> np.ndarray:
@@ -60,26 +42,17 @@ def mix_down(samples: np.ndarray, name: str) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
-def check_samples(samples: np.ndarray, name: str, rate: int) -> None:
-    """Raises the data path's `AudioError` for an unusable (samples,) float waveform."""
+def check_input(samples: np.ndarray, name: str, rate: int) -> None:
+    """Raises the data path's `AudioError` for an unusable (samples,) float waveform: the
+    file checks (`audio.check_samples`) plus empty and too short for one encoder frame."""
     if samples.size == 0:
         raise EmptyAudio(name, "no samples")
-    finite = np.isfinite(samples)
-    if not finite.all():
-        bad = int(samples.size - np.count_nonzero(finite))
-        raise NonFiniteAudio(name, f"{bad} of {samples.size} samples are NaN or infinite")
     length = resampled_length(samples.size, rate, SAMPLE_RATE)
     if length < RECEPTIVE_FIELD:
         raise TooShortAudio(
             name, f"{length} samples at {SAMPLE_RATE} Hz < {RECEPTIVE_FIELD} (one encoder frame)"
         )
-    peak = float(np.max(np.abs(samples)))
-    if peak > CLIP_LIMIT:
-        raise ClippedAudio(
-            name, f"peak {peak:.4g} exceeds 1.0: give float audio in [-1, 1] (rescale it)"
-        )
-    if peak < SILENCE_LIMIT:
-        raise SilentAudio(name, f"all {samples.size} samples are zero at 16-bit resolution")
+    check_samples(samples, name)
 
 
 def to_model_input(samples, sample_rate: int, name: str) -> np.ndarray:
@@ -96,7 +69,7 @@ def to_model_input(samples, sample_rate: int, name: str) -> np.ndarray:
     if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
         raise UserError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     mono = mix_down(samples, name)
-    check_samples(mono, name, int(sample_rate))
+    check_input(mono, name, int(sample_rate))
     return resample(mono, int(sample_rate))
 
 

@@ -15,10 +15,10 @@ import pytest
 import soundfile
 from smoke_audio import SETTINGS, audio_path, passes, split_keys
 
+from papt_jax.data.audio import resample
 from papt_jax.eval.results import load_result
 from papt_jax.pldc import MODES
 from papt_jax.predict import files
-from papt_jax.predict.waveforms import resample
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = [
