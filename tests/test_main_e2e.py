@@ -10,6 +10,7 @@ import json
 import shutil
 import time
 
+import jax
 import numpy as np
 import pytest
 from fixtures.main_runs import run_main
@@ -156,3 +157,112 @@ def test_a_killed_run_resumes_to_identical_results(smoke_run, tmp_path, kill):
     assert (workdir / "report" / "results.md").read_text() == (
         smoke_run.workdir / "report" / "results.md"
     ).read_text()
+
+
+# Kills inside the early stages: the same command limited to that stage must rebuild
+# exactly what the uninterrupted run wrote (everything after it reads only that output,
+# and the later stages' kills above show those resume to identical results).
+
+STAGE_ORDER = list(STAGES)
+
+
+def _forget_from(w, stage):
+    """Records of `stage` and everything after it are gone; `stage` was started."""
+    for later in STAGE_ORDER[STAGE_ORDER.index(stage) :]:
+        record = w / "stages" / f"{later}.json"
+        if record.exists():
+            record.unlink()
+        if later != stage:
+            started = w / "stages" / f"{later}.started.json"
+            if started.exists():
+                started.unlink()
+
+
+def _files(folder):
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_kill_inside_corpus_generation_regenerates_the_same_corpus(smoke_run, tmp_path):
+    w = copy_run(smoke_run, tmp_path)
+    expected = _files(w / "corpus")
+    _forget_from(w, "corpus")
+    (w / "corpus").rename(w / "corpus.partial")
+    for wav in list((w / "corpus.partial" / "Audios").glob("*.wav"))[::2]:
+        wav.write_bytes(wav.read_bytes()[:100])  # half-written files
+    run = run_main(w, "--config=configs/papt.py:smoke", "--config.stages=corpus")
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert _files(w / "corpus") == expected
+    assert not (w / "corpus.partial").exists()
+
+
+def _records(data_dir):
+    """Every split's records, field by field (array_record files are equal in content,
+    not byte for byte: their chunk encoding differs between builds)."""
+    from papt_jax.data import input_pipeline
+
+    out = {}
+    for split in STAGE_SPLITS:
+        source, index = input_pipeline.open_split(data_dir, split)
+        out[split] = (index.keys, [{k: np.asarray(v) for k, v in r.items()} for r in source])
+    return out
+
+
+STAGE_SPLITS = ("train", "validation", "test_a", "test_b", "test_c")
+
+
+def test_kill_inside_dataset_build_rebuilds_the_same_records(smoke_run, tmp_path):
+    w = copy_run(smoke_run, tmp_path)
+    dataset = w / "data" / "papt_msp_podcast" / "1.0.0"
+    expected = _records(w / "data")
+    _forget_from(w, "prepare")
+    # TFDS writes into an incomplete.* folder first; a kill leaves it (and no index).
+    shutil.rmtree(dataset)
+    (w / "data" / "papt_msp_podcast" / "incomplete.X1_1.0.0").mkdir(parents=True)
+    run = run_main(w, "--config=configs/papt.py:smoke", "--config.stages=prepare")
+    assert run.returncode == 0, run.stderr[-4000:]
+    rebuilt = _records(w / "data")
+    for split in STAGE_SPLITS:
+        assert rebuilt[split][0] == expected[split][0], split
+        for got, want in zip(rebuilt[split][1], expected[split][1], strict=True):
+            assert got.keys() == want.keys()
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{split}:{key}")
+    assert not list((w / "data").rglob("incomplete.*"))
+
+
+def test_kill_while_writing_bootstrap_labels_resumes_to_the_same_encoder(smoke_run, tmp_path):
+    from papt_jax.convert import load_converted
+
+    w = copy_run(smoke_run, tmp_path)
+    expected = load_converted(w / "bootstrap" / "encoder").params
+    _forget_from(w, "bootstrap")
+    labels = w / "bootstrap" / "pseudo_labels"
+    labels.rename(labels.with_name("pseudo_labels.partial"))
+    (labels.with_name("pseudo_labels.partial") / "labels.npz").write_bytes(b"PK\x03\x04")
+    shutil.rmtree(w / "bootstrap" / "encoder")
+    run = run_main(w, "--config=configs/papt.py:smoke", "--config.stages=bootstrap")
+    assert run.returncode == 0, run.stderr[-4000:]
+    got = load_converted(w / "bootstrap" / "encoder").params
+    flat_expected = jax.tree_util.tree_leaves_with_path(expected)
+    flat_got = dict(jax.tree_util.tree_leaves_with_path(got))
+    for path, value in flat_expected:
+        np.testing.assert_array_equal(np.asarray(flat_got[path]), np.asarray(value))
+
+
+def test_kill_inside_pseudo_labelling_recomputes_the_same_labels(smoke_run, tmp_path):
+    w = copy_run(smoke_run, tmp_path)
+    with np.load(w / "pseudo_labels" / "labels.npz") as z:
+        expected = {k: z[k] for k in z.files}
+    _forget_from(w, "pseudo_labels")
+    (w / "pseudo_labels").rename(w / "pseudo_labels.partial")
+    run = run_main(w, "--config=configs/papt.py:smoke", "--config.stages=pseudo_labels")
+    assert run.returncode == 0, run.stderr[-4000:]
+    with np.load(w / "pseudo_labels" / "labels.npz") as z:
+        got = {k: z[k] for k in z.files}
+    assert got.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(got[key], expected[key])

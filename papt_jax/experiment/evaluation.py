@@ -49,8 +49,7 @@ def run_evaluate(ws: Workspace) -> dict[str, Any]:
             evaluate_lib.save_passes(original, tmp / "passes" / "original_encoder.npz")
         for dimension in csv(ws.config.finetune.dimensions):
             run, variables = load_finetuned(ws, dimension)
-            scaling = finetune.LabelScaling(run.label_scaling)
-            predict_step = finetune.make_predict_step(run.model(), scaling, ws.mesh)
+            predict_step = finetune.make_predict_step(run.model(), run.scaling(), ws.mesh)
             results, passes = evaluate_lib.evaluate_dimension(
                 predict_step,
                 variables,

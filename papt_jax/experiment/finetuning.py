@@ -13,10 +13,13 @@ import tqdm
 
 from papt_jax.experiment import settings
 from papt_jax.experiment.workspace import Workspace, atomic_dir, with_speakers
-from papt_jax.models.config import HubertConfig
 from papt_jax.train import checkpoint, finetune
 
 log = logging.getLogger(__name__)
+
+# The fine-tuned model's settings (`finetune.RegressorConfig`), written last: its presence
+# marks the model complete.
+MODEL_CONFIG_FILE = "regressor_config.json"
 
 csv = settings.csv
 
@@ -111,27 +114,30 @@ def _finetune_encoder(ws: Workspace):
     return with_speakers(ws.load_encoder(ws.config.model.init), "none", 0, ws.config)
 
 
-def _finetune_run(ws: Workspace, dimension: str) -> finetune.FinetuneRun:
+def _finetune_setup(ws: Workspace, dimension: str):
+    """(model settings, optimiser settings, initial encoder weights) for `dimension`."""
     f = ws.config.finetune
     enc_cfg, enc_params = _finetune_encoder(ws)
-    return finetune.FinetuneRun(
+    model = finetune.RegressorConfig(
         encoder_config=enc_cfg,
-        encoder_params=enc_params,
         dimension=dimension,
+        label_scaling=f.label_scaling,
+        head_dropout=float(f.head_dropout),
+        freeze_feature_extractor=bool(f.freeze_feature_extractor),
+    )
+    settings = finetune.FinetuneSettings(
         epochs=int(f.epochs),
         peak_lr=float(f.peak_lr),
         schedule=f.schedule,
         warmup_fraction=float(f.warmup_fraction),
         clip_norm=float(f.clip_norm),
         patience=int(f.patience),
-        freeze_feature_extractor=bool(f.freeze_feature_extractor),
-        label_scaling=f.label_scaling,
-        head_dropout=float(f.head_dropout),
+        speaker_weights=speaker_weights_of(ws),
         log_every=int(ws.config.log_every),
         stop_after_steps=int(f.stop_after_steps),
         seed=int(ws.config.seed),
-        speaker_weights=speaker_weights_of(ws),
     )
+    return model, settings, enc_params
 
 
 def finetune_speakers(ws: Workspace) -> tuple[str, set[str] | None]:
@@ -169,16 +175,18 @@ def run_finetune(ws: Workspace) -> dict[str, Any] | None:
     facts = {}
     for dimension in csv(ws.config.finetune.dimensions):
         out = ws.stage_dir("finetune", dimension)
-        done = out / "model" / "encoder_config.json"
+        done = out / "model" / MODEL_CONFIG_FILE
         if done.is_file():
             log.info("finetune[%s]: done earlier", dimension)
             facts[dimension] = json.loads((out / "result.json").read_text())
             continue
-        run = _finetune_run(ws, dimension)
+        model, settings, enc_params = _finetune_setup(ws, dimension)
         splits, speakers = finetune_speakers(ws)
         train_data = ws.train_data(splits, seed_offset=1, speakers=speakers)
         eval_batches, _ = ws.eval_batches("validation")
-        result, best = finetune.run_finetuning(run, train_data, eval_batches, ws.mesh, str(out))
+        result, best = finetune.run_finetuning(
+            model, settings, enc_params, train_data, eval_batches, ws.mesh, str(out)
+        )
         if not result.finished:
             log.info("finetune[%s] stopped at step %d; run again to resume", dimension, result.step)
             return None
@@ -192,18 +200,12 @@ def run_finetune(ws: Workspace) -> dict[str, Any] | None:
         with atomic_dir(out / "model") as tmp:
             checkpoint.save_tree(tmp / "variables", best)
             # Written last: its presence marks the model complete.
-            (tmp / "encoder_config.json").write_text(run.encoder_config.to_json())
+            (tmp / MODEL_CONFIG_FILE).write_text(model.to_json())
     return facts
 
 
 def load_finetuned(ws: Workspace, dimension: str):
-    """(model settings, variables) of the fine-tuned model for `dimension`."""
+    """(`finetune.RegressorConfig`, variables) of the fine-tuned model for `dimension`."""
     out = ws.path("finetune", dimension, "model")
-    cfg = HubertConfig.from_dict(json.loads((out / "encoder_config.json").read_text()))
-    run = finetune.FinetuneRun(
-        encoder_config=cfg,
-        encoder_params={},
-        dimension=dimension,
-        label_scaling=ws.config.finetune.label_scaling,
-    )
-    return run, checkpoint.restore_tree(out / "variables")
+    model = finetune.RegressorConfig.from_json((out / MODEL_CONFIG_FILE).read_text())
+    return model, checkpoint.restore_tree(out / "variables")

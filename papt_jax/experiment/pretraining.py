@@ -107,16 +107,16 @@ def _pretrain(
     if recipe_dropout:
         enc_cfg = enc_cfg.replace(**{k: float(t[k]) for k in DROPOUT_KEYS})
     head_cfg, head_params, head_source = _head(encoder, num_clusters, int(t.final_dim), own_labels)
-    run = pretrain.PretrainRun(
+    model = pretrain.PretrainModelConfig(
         encoder_config=enc_cfg,
-        encoder_params=enc_params,
         head_config=head_cfg,
-        head_params=head_params,
         loss=pretrain.PretrainLossConfig(
             mask_prob=float(t.mask_prob),
             mask_length=int(t.mask_length),
             features_pen_weight=float(t.features_pen_weight),
         ),
+    )
+    settings = pretrain.PretrainSettings(
         epochs=int(t.epochs),
         peak_lr=float(t.peak_lr),
         warmup_fraction=float(t.warmup_fraction),
@@ -132,7 +132,15 @@ def _pretrain(
     train_data = ws.train_data(ws.config.pretrain.train_splits, targets)
     eval_batches, _ = ws.eval_batches(ws.config.pretrain.eval_split, targets)
     result, best = pretrain.run_pretraining(
-        run, train_data, eval_batches, ws.mesh, str(out), description=description
+        model,
+        settings,
+        enc_params,
+        head_params,
+        train_data,
+        eval_batches,
+        ws.mesh,
+        str(out),
+        description=description,
     )
     if not result.finished:
         log.info("pretrain stopped at step %d (stop_after_steps); run again to resume", result.step)

@@ -60,12 +60,11 @@ def _head_rows(n: int) -> int:
 def _regressor_steps(config, label_scaling: str, mesh):
     """Jitted (encoder step, head step) of a regressor architecture, shared by every Predictor
     in the process (a workdir and its export compile once)."""
+    from papt_jax.models.tasks import HubertForRegression
     from papt_jax.train import finetune
 
-    run = finetune.FinetuneRun(
-        encoder_config=config, encoder_params={}, dimension="arousal", label_scaling=label_scaling
-    )
-    model = run.model()
+    # Inference only: the head's dropout rate and CNN freezing play no part.
+    model = HubertForRegression(config)
     scaling = finetune.LabelScaling(label_scaling)
 
     def head(variables, pooled):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Iterable
 
 import jax
@@ -199,59 +200,28 @@ def centre_output_bias(head_params: dict, scaling: LabelScaling) -> dict:
     return head
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneRun:
-    """Everything one fine-tuning run needs besides the data.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RegressorConfig:
+    """The fine-tuned model's settings: all that rebuilds it, no weights.
 
     Attributes:
       encoder_config: Architecture of the encoder (speaker fusion included).
-      encoder_params: Its parameters.
       dimension: 'arousal' or 'valence'.
-      epochs: Most passes over the training data.
-      peak_lr: Adam learning rate (the paper: 5e-5).
-      schedule: 'constant' or 'linear' (warm-up + decay).
-      warmup_fraction: Warm-up share for 'linear'.
-      clip_norm: Gradient clipping.
-      patience: Evaluations without validation-CCC gain before stopping.
-      freeze_feature_extractor: Keep the CNN fixed.
-      label_scaling: 'none' or 'unit'.
+      label_scaling: 'none' or 'unit' (`LabelScaling`).
       head_dropout: Dropout of the regression head.
-      speaker_weights: Optional loss weight per speaker index (length: the speaker index
-        of speakers.json), for B2's weighted 1 - CCC; None trains unweighted.
-      log_every: Steps between metric reads.
-      stop_after_steps: Stop (resumable) at this step; 0 disables.
-      seed: Head init and dropout seed.
+      freeze_feature_extractor: Keep the CNN fixed in training.
     """
 
     encoder_config: HubertConfig
-    encoder_params: dict
     dimension: str
-    epochs: int = 10
-    peak_lr: float = 5e-5
-    schedule: str = "constant"
-    warmup_fraction: float = 0.0
-    clip_norm: float = 10.0
-    patience: int = 3
-    freeze_feature_extractor: bool = True
-    label_scaling: str = "none"
-    head_dropout: float = 0.1
-    speaker_weights: tuple[float, ...] | None = None
-    log_every: int = 10
-    stop_after_steps: int = 0
-    seed: int = 0
+    label_scaling: str
+    head_dropout: float
+    freeze_feature_extractor: bool
 
     def __post_init__(self):
         if self.dimension not in DIMENSIONS:
             raise ValueError(f"dimension must be one of {DIMENSIONS}, got {self.dimension!r}")
-        if self.speaker_weights is not None:
-            w = np.asarray(self.speaker_weights, np.float64)
-            if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):
-                raise ValueError("speaker_weights must be a non-empty list of finite weights >= 0")
-            num = self.encoder_config.num_speakers
-            if num and w.size != num:
-                raise ValueError(
-                    f"speaker_weights has {w.size} entries but the encoder has {num} speakers"
-                )
+        LabelScaling(self.label_scaling)  # validates the mode
 
     def model(self) -> HubertForRegression:
         return HubertForRegression(
@@ -260,6 +230,56 @@ class FinetuneRun:
             freeze_feature_extractor=self.freeze_feature_extractor,
         )
 
+    def scaling(self) -> LabelScaling:
+        return LabelScaling(self.label_scaling)
+
+    def to_json(self) -> str:
+        values = dataclasses.asdict(self)
+        values["encoder_config"] = self.encoder_config.to_dict()
+        return json.dumps(values, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> RegressorConfig:
+        values = json.loads(text)
+        values["encoder_config"] = HubertConfig.from_dict(values["encoder_config"])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuneSettings:
+    """Optimiser and loop settings of one fine-tuning run (no defaults: the config says).
+
+    Attributes:
+      epochs: Most passes over the training data.
+      peak_lr: Adam learning rate (the paper: 5e-5).
+      schedule: 'constant' or 'linear' (warm-up + decay).
+      warmup_fraction: Warm-up share for 'linear'.
+      clip_norm: Gradient clipping.
+      patience: Evaluations without validation-CCC gain before stopping.
+      speaker_weights: Loss weight per speaker index (length: the speaker index of
+        speakers.json), for B2's weighted 1 - CCC; None trains unweighted.
+      log_every: Steps between metric reads.
+      stop_after_steps: Stop (resumable) at this step; 0 disables.
+      seed: Head init and dropout seed.
+    """
+
+    epochs: int
+    peak_lr: float
+    schedule: str
+    warmup_fraction: float
+    clip_norm: float
+    patience: int
+    speaker_weights: tuple[float, ...] | None
+    log_every: int
+    stop_after_steps: int
+    seed: int
+
+    def __post_init__(self):
+        if self.speaker_weights is not None:
+            w = np.asarray(self.speaker_weights, np.float64)
+            if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError("speaker_weights must be a non-empty list of finite weights >= 0")
+
 
 def validation_ccc(predict_step, variables, batches, mesh, dimension: str) -> dict[str, float]:
     """CCC of `dimension` over a full pass of validation batches."""
@@ -267,11 +287,21 @@ def validation_ccc(predict_step, variables, batches, mesh, dimension: str) -> di
     return {"ccc": ccc(out["prediction"], out[dimension])}
 
 
-def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workdir: str):
+def run_finetuning(
+    model_config: RegressorConfig,
+    run: FinetuneSettings,
+    encoder_params: dict,
+    train_data,
+    eval_batches,
+    mesh: Mesh,
+    workdir: str,
+):
     """Fine-tunes encoder + regression head with 1 - CCC and early stopping.
 
     Args:
-      run: Model, optimiser and loop settings.
+      model_config: The model to train.
+      run: Optimiser and loop settings.
+      encoder_params: The encoder's initial weights (`HubertModel` parameters).
       train_data: A training `BatchPipeline`; its iterator state is checkpointed.
       eval_batches: Callable returning a fresh pass of validation batches.
       mesh: Device mesh.
@@ -281,16 +311,26 @@ def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workd
       (LoopResult, best variables {'params', 'batch_stats'}) — None variables when
       stopped by `stop_after_steps`.
     """
-    model = run.model()
-    scaling = LabelScaling(run.label_scaling)
+    num_speakers = model_config.encoder_config.num_speakers
+    if (
+        run.speaker_weights is not None
+        and num_speakers
+        and len(run.speaker_weights) != num_speakers
+    ):
+        raise ValueError(
+            f"speaker_weights has {len(run.speaker_weights)} entries but the encoder has "
+            f"{num_speakers} speakers"
+        )
+    model = model_config.model()
+    scaling = model_config.scaling()
     rng = jax.random.PRNGKey(run.seed)
     variables = init_variables(model, rng)
     params = dict(variables["params"])
-    params["hubert"] = run.encoder_params
+    params["hubert"] = encoder_params
     params["head"] = centre_output_bias(variables["params"]["head"], scaling)
     steps_per_epoch = train_data.batches_per_epoch
     total_steps = run.epochs * steps_per_epoch
-    frozen = ("hubert/feature_extractor",) if run.freeze_feature_extractor else ()
+    frozen = ("hubert/feature_extractor",) if model_config.freeze_feature_extractor else ()
     tx = make_optimizer(
         run.peak_lr,
         total_steps,
@@ -305,7 +345,8 @@ def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workd
     )
     state = replicate(state, mesh)
     weights = None if run.speaker_weights is None else np.asarray(run.speaker_weights)
-    train_step = make_train_step(model, run.dimension, scaling, mesh, weights)
+    dimension = model_config.dimension
+    train_step = make_train_step(model, dimension, scaling, mesh, weights)
     predict_step = make_predict_step(model, scaling, mesh)
     loop_cfg = LoopConfig(
         total_steps=total_steps,
@@ -319,7 +360,7 @@ def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workd
 
     def evaluate(state):
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        return validation_ccc(predict_step, variables, eval_batches(), mesh, run.dimension)
+        return validation_ccc(predict_step, variables, eval_batches(), mesh, dimension)
 
     result, best = train_in_workdir(
         state=state,
@@ -330,7 +371,7 @@ def run_finetuning(run: FinetuneRun, train_data, eval_batches, mesh: Mesh, workd
         rng=rng,
         workdir=workdir,
         config=loop_cfg,
-        description=f"finetune[{run.dimension}]",
+        description=f"finetune[{dimension}]",
         learning_rate=make_schedule(run.peak_lr, total_steps, run.warmup_fraction, run.schedule),
     )
     if best is None:

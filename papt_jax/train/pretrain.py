@@ -205,18 +205,26 @@ FAIRSEQ_HUBERT_LARGE_ADAM = {
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PretrainRun:
-    """Everything one pre-training run needs besides the data (keyword arguments only).
-
-    The optimiser settings have no defaults: a config must state them (see
-    `FAIRSEQ_HUBERT_LARGE_ADAM` for fairseq's HuBERT-large values).
+class PretrainModelConfig:
+    """The model pre-training trains: all that rebuilds it, no weights.
 
     Attributes:
-      encoder_config: Architecture of the initial encoder, speaker fusion included.
-      encoder_params: Its parameters (a speaker table, if any, included).
-      head_config: Head to train (`choose_head`).
-      head_params: Its parameters, or None for a fresh head.
+      encoder_config: Architecture of the encoder, speaker fusion included.
+      head_config: The masked-prediction head (`choose_head`).
       loss: Masking and loss weights.
+    """
+
+    encoder_config: HubertConfig
+    head_config: PretrainHeadConfig
+    loss: PretrainLossConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainSettings:
+    """Optimiser and loop settings of one pre-training run (no defaults: a config states
+    them; see `FAIRSEQ_HUBERT_LARGE_ADAM` for fairseq's HuBERT-large values).
+
+    Attributes:
       epochs: Passes over the training data.
       peak_lr: Peak learning rate of the warm-up + linear-decay schedule.
       warmup_fraction: Share of the steps spent warming up.
@@ -228,11 +236,6 @@ class PretrainRun:
       seed: Init, masking and dropout seed.
     """
 
-    encoder_config: HubertConfig
-    encoder_params: dict
-    head_config: PretrainHeadConfig
-    head_params: dict | None
-    loss: PretrainLossConfig
     epochs: int
     peak_lr: float
     warmup_fraction: float
@@ -241,9 +244,9 @@ class PretrainRun:
     adam_eps: float
     weight_decay: float
     clip_norm: float
-    log_every: int = 10
-    stop_after_steps: int = 0
-    seed: int = 0
+    log_every: int
+    stop_after_steps: int
+    seed: int
 
     def optimizer(self, total_steps: int):
         """The run's optax transformation for `total_steps` steps."""
@@ -260,7 +263,10 @@ class PretrainRun:
 
 
 def run_pretraining(
-    run: PretrainRun,
+    model_config: PretrainModelConfig,
+    run: PretrainSettings,
+    encoder_params: dict,
+    head_params: dict | None,
     train_data,
     eval_batches,
     mesh: Mesh,
@@ -270,7 +276,10 @@ def run_pretraining(
     """Trains encoder + head with masked prediction; resumes from `workdir` if possible.
 
     Args:
-      run: Model, optimiser and loop settings.
+      model_config: The model to train.
+      run: Optimiser and loop settings.
+      encoder_params: The encoder's initial weights (a speaker table, if any, included).
+      head_params: The head's initial weights, or None for a fresh head.
       train_data: A training `BatchPipeline` (with targets); its iterator state is
         checkpointed.
       eval_batches: Callable returning a fresh pass of validation batches (with targets).
@@ -282,19 +291,19 @@ def run_pretraining(
       (LoopResult, best params {'hubert', 'head'}) — None params when stopped early by
       `stop_after_steps`.
     """
-    model = HubertForPretraining(run.encoder_config, run.head_config)
+    model = HubertForPretraining(model_config.encoder_config, model_config.head_config)
     rng = jax.random.PRNGKey(run.seed)
     params = init_params(model, rng)
     params = dict(params)
-    params["hubert"] = run.encoder_params
-    if run.head_params is not None:
-        params["head"] = run.head_params
+    params["hubert"] = encoder_params
+    if head_params is not None:
+        params["head"] = head_params
     steps_per_epoch = train_data.batches_per_epoch
     total_steps = run.epochs * steps_per_epoch
     tx = run.optimizer(total_steps)
     state = replicate(TrainState.create(apply_fn=None, params=params, tx=tx), mesh)
-    train_step = make_train_step(model, run.loss, mesh)
-    eval_step = make_eval_step(model, run.loss, mesh)
+    train_step = make_train_step(model, model_config.loss, mesh)
+    eval_step = make_eval_step(model, model_config.loss, mesh)
     loop_cfg = LoopConfig(
         total_steps=total_steps,
         eval_every=steps_per_epoch,

@@ -9,7 +9,7 @@ import optax
 import pytest
 import torch
 
-from papt_jax.train.pretrain import FAIRSEQ_HUBERT_LARGE_ADAM, PretrainRun
+from papt_jax.train.pretrain import FAIRSEQ_HUBERT_LARGE_ADAM, PretrainSettings
 from papt_jax.train.state import make_optimizer, warmup_linear_schedule
 
 PEAK_LR = 1e-2
@@ -105,26 +105,19 @@ def test_pretrain_run_builds_the_stated_optimizer():
     recipe = FAIRSEQ_HUBERT_LARGE_ADAM
     # The optimiser fields have no defaults: leaving one out is an error.
     with pytest.raises(TypeError, match="adam_b2"):
-        PretrainRun(
-            encoder_config=None,
-            encoder_params={},
-            head_config=None,
-            head_params=None,
-            loss=None,
+        PretrainSettings(
             epochs=1,
             peak_lr=PEAK_LR,
             warmup_fraction=WARMUP,
             **{k: v for k, v in recipe.items() if k != "adam_b2"},
         )
-    run = PretrainRun(
-        encoder_config=None,
-        encoder_params={},
-        head_config=None,
-        head_params=None,
-        loss=None,
+    run = PretrainSettings(
         epochs=1,
         peak_lr=PEAK_LR,
         warmup_fraction=WARMUP,
+        log_every=1,
+        stop_after_steps=0,
+        seed=0,
         **recipe,
     )
     rng = np.random.default_rng(1)
