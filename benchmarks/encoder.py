@@ -170,7 +170,7 @@ def jax_pretrain(cfg: HubertConfig, batch, mesh):
     params = pretrain.init_params(model, jax.random.PRNGKey(0))
     tx = make_optimizer(LEARNING_RATE, 1000, schedule="constant", clip_norm=CLIP_NORM)
     state = TrainState.create(apply_fn=None, params=params, tx=tx)
-    loss_cfg = pretrain.PretrainLossConfig(mask_prob=0.65, features_pen_weight=0.0)
+    loss_cfg = pretrain.PretrainLossConfig(mask_prob=0.65, mask_length=10, features_pen_weight=0.0)
     step = pretrain.make_train_step(model, loss_cfg, mesh)
     return repeated_step(step, state, batch, mesh)
 

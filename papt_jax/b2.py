@@ -270,20 +270,24 @@ def kl_matrix(test: Sequence[DiagGMM], train: Sequence[DiagGMM], chunk: int = 64
 # --- 5, 6. Adaptation set and weights ------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class B2Config:
-    """B2's settings (see the module docstring for each choice)."""
+    """B2's settings (see the module docstring for each choice).
 
-    pca_components: int = 10
-    gmm_components: int = 2
+    The first five have no defaults: the experiment config holds them (`b2.*`, `seed`);
+    the rest are fixed choices of this implementation.
+    """
+
+    pca_components: int
+    gmm_components: int
+    neighbours: int
+    weight: float
+    seed: int
     rows_per_component: int = 10
     var_floor: float = 1e-3
     em_max_iter: int = 200
     em_tol: float = 1e-6
     min_utterances: int = 2
-    neighbours: int = 5
-    weight: float = 2.0
-    seed: int = 0
 
     def __post_init__(self):
         positive = ("pca_components", "gmm_components", "rows_per_component", "neighbours")

@@ -94,7 +94,7 @@ def compute_mask_indices(
       rng: NumPy generator; the same seed gives the same masks.
       frame_mask: (batch, frames) bool, True on valid encoder frames, right-padded.
       mask_prob: Expected fraction of valid frames chosen as span starts times
-        `mask_length` (0.8 for HuBERT-large, 0.65 for base).
+        `mask_length` (fairseq HuBERT base and large: 0.8).
       mask_length: Frames per span.
       min_masks: Smallest number of spans per non-empty row.
 

@@ -48,7 +48,7 @@ class PseudoLabelError(UserError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PseudoLabelConfig:
-    """k-means options.
+    """k-means options (no defaults: the experiment config holds them).
 
     Attributes:
       num_clusters: K.
@@ -60,13 +60,13 @@ class PseudoLabelConfig:
       centroids_path: Precomputed (K, dim) centroids (.npy); skips fitting.
     """
 
-    num_clusters: int = 500
-    fit_fraction: float = 0.1
-    batch_size: int = 10_000
-    max_iter: int = 100
-    n_init: int = 20
-    seed: int = 0
-    centroids_path: str = ""
+    num_clusters: int
+    fit_fraction: float
+    batch_size: int
+    max_iter: int
+    n_init: int
+    seed: int
+    centroids_path: str
 
     def __post_init__(self):
         if not 0.0 < self.fit_fraction <= 1.0:

@@ -19,6 +19,12 @@ from papt_jax.errors import UserError
 from papt_jax.shift_analysis import kl_diag_gaussians
 
 
+def b2_config(**changes) -> B2Config:
+    """The config's B2 values (configs: b2.*), with `changes`."""
+    values = dict(pca_components=10, gmm_components=2, neighbours=5, weight=2.0, seed=0)
+    return B2Config(**{**values, **changes})
+
+
 def _single(mean, var):
     return DiagGMM(np.ones(1), np.asarray([mean], float), np.asarray([var], float))
 
@@ -75,7 +81,7 @@ def test_weights_match_a_hand_computation_on_separated_speakers():
     rng = np.random.default_rng(0)
     train_x, train_ids = _speakers(rng, TRAIN_CENTRES, TRAIN_COUNTS)
     test_x, test_ids = _speakers(rng, TEST_CENTRES, {"A": 15, "B": 15})
-    config = B2Config(pca_components=2, neighbours=1, weight=2.0)
+    config = b2_config(pca_components=2, neighbours=1, weight=2.0)
     result = b2_weights(train_x, train_ids, test_x, test_ids, config)
     # A sits on t1 and B on t3: the adaptation set is {t1, t3}.
     assert result.test_speakers.tolist() == ["A", "B"]
@@ -101,7 +107,7 @@ def test_two_neighbours_and_unmodelled_speakers():
     train_x, train_ids = _speakers(rng, centres, {**TRAIN_COUNTS, "t5": 1})
     test_x, test_ids = _speakers(rng, {"A": (0.5, 0)}, {"A": 15})
     result = b2_weights(
-        train_x, train_ids, test_x, test_ids, B2Config(pca_components=2, neighbours=2)
+        train_x, train_ids, test_x, test_ids, b2_config(pca_components=2, neighbours=2)
     )
     # t5 has one utterance: not modelled, never a neighbour, weight of the non-adapted.
     assert result.modelled.tolist() == [True, True, True, True, False]
@@ -109,16 +115,16 @@ def test_two_neighbours_and_unmodelled_speakers():
     assert "t5" not in result.adaptation_speakers and len(result.adaptation_speakers) == 2
     assert "t1" in result.adaptation_speakers
     with pytest.raises(UserError, match="fewer than b2.neighbours"):
-        b2_weights(train_x, train_ids, test_x, test_ids, B2Config(pca_components=2, neighbours=5))
+        b2_weights(train_x, train_ids, test_x, test_ids, b2_config(pca_components=2, neighbours=5))
 
 
 def test_config_and_input_errors():
     with pytest.raises(UserError, match="b2.weight"):
-        B2Config(weight=0.5)
+        b2_config(weight=0.5)
     with pytest.raises(UserError, match="b2.neighbours"):
-        B2Config(neighbours=0)
+        b2_config(neighbours=0)
     with pytest.raises(UserError, match="training feature rows"):
-        b2_weights(np.zeros((3, 2)), ["a"], np.zeros((1, 2)), ["b"], B2Config())
+        b2_weights(np.zeros((3, 2)), ["a"], np.zeros((1, 2)), ["b"], b2_config())
 
 
 def _tone(seconds, f0, rng):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from papt_jax import kmeans, pseudo_labels
@@ -56,7 +58,15 @@ def test_mfcc_pseudo_labels_cover_every_encoder_frame(tmp_path):
             }
         )
     feature_fn, rate = pseudo_labels.mfcc_feature_fn()
-    config = pseudo_labels.PseudoLabelConfig(num_clusters=8, fit_fraction=1.0, batch_size=256)
+    config = pseudo_labels.PseudoLabelConfig(
+        num_clusters=8,
+        fit_fraction=1.0,
+        batch_size=256,
+        max_iter=100,
+        n_init=20,
+        seed=0,
+        centroids_path="",
+    )
     labels = pseudo_labels.compute_pseudo_labels(
         lambda: iter(batches), feature_fn, rate, config, str(tmp_path)
     )
@@ -82,9 +92,7 @@ def test_mfcc_pseudo_labels_cover_every_encoder_frame(tmp_path):
         lambda: iter(batches),
         feature_fn,
         rate,
-        pseudo_labels.PseudoLabelConfig(
-            num_clusters=8, centroids_path=str(tmp_path / "centroids.npy")
-        ),
+        dataclasses.replace(config, centroids_path=str(tmp_path / "centroids.npy")),
         str(tmp_path / "again"),
     )
     for key, value in labels.items():

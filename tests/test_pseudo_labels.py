@@ -91,7 +91,15 @@ def test_labels_are_written_under_a_temporary_name_then_renamed(tmp_path, monkey
         }
     ]
     feature_fn, rate = pseudo_labels.mfcc_feature_fn()
-    config = pseudo_labels.PseudoLabelConfig(num_clusters=2, fit_fraction=1.0, max_iter=2)
+    config = pseudo_labels.PseudoLabelConfig(
+        num_clusters=2,
+        fit_fraction=1.0,
+        batch_size=10_000,
+        max_iter=2,
+        n_init=20,
+        seed=0,
+        centroids_path="",
+    )
 
     def killed_savez(file, **arrays):
         file.write(b"PK\x03\x04 half a zip")

@@ -108,7 +108,7 @@ class PipelineConfig:
     mode: Literal["train", "eval"] = "train"
     bucket_lengths: tuple[int, ...] | None = None
     num_buckets: int = 8
-    batch_size: int | None = 8
+    batch_size: int | None = None
     batch_seconds: float | None = None
     max_length: int | None = None
     sample_rate: int = SAMPLE_RATE

@@ -71,7 +71,7 @@ class LoopConfig:
 
     total_steps: int
     eval_every: int
-    log_every: int = 10
+    log_every: int
     best_metric: str = "loss"
     best_mode: str = "min"
     patience: int | None = None

@@ -37,22 +37,22 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class PretrainLossConfig:
-    """Masking and loss weights (fairseq HuBERT defaults for large).
+    """Masking and loss weights (the config's `pretrain.*` values; fairseq's HuBERT base
+    and large recipes both use mask_prob 0.8, span 10 and a feature penalty weight of 10).
 
     Attributes:
-      mask_prob: Share of frames chosen as span starts times span length (0.8 large,
-        0.65 base).
+      mask_prob: Share of frames chosen as span starts times span length.
       mask_length: Frames per masked span.
-      min_masks: Fewest spans per utterance.
+      features_pen_weight: Weight of the CNN-feature penalty.
+      min_masks: Fewest spans per utterance (fairseq: 2).
       nomask_weight: Weight of the loss on unmasked frames (HuBERT: 0).
-      features_pen_weight: Weight of the CNN-feature penalty (10 for large, 0 base).
     """
 
-    mask_prob: float = 0.8
-    mask_length: int = 10
+    mask_prob: float
+    mask_length: int
+    features_pen_weight: float
     min_masks: int = 2
     nomask_weight: float = 0.0
-    features_pen_weight: float = 10.0
 
 
 def frame_mask_of(model: HubertForPretraining, batch) -> jax.Array:

@@ -103,4 +103,4 @@ def test_config_errors(index):
     with pytest.raises(ValueError, match="multiple of the device count"):
         bt.BatchPlanner(index, small_config(batch_size=3))
     with pytest.raises(ValueError, match="increasing"):
-        bt.PipelineConfig(bucket_lengths=(8000, 4000))
+        bt.PipelineConfig(bucket_lengths=(8000, 4000), batch_size=4)

@@ -82,7 +82,7 @@ def main() -> None:
         for path, leaf in jax.tree_util.tree_leaves_with_path(params)
     }
     mesh = sharding.make_mesh()
-    loss_cfg = pretrain.PretrainLossConfig(mask_prob=0.5, features_pen_weight=0.0)
+    loss_cfg = pretrain.PretrainLossConfig(mask_prob=0.5, mask_length=10, features_pen_weight=0.0)
     step = pretrain.make_train_step(model, loss_cfg, mesh)
     state = sharding.replicate(state, mesh)
 

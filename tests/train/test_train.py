@@ -79,7 +79,7 @@ def tone_batch(rs: np.random.RandomState, batch_size: int, num_speakers: int = 4
     }
 
 
-LOSS_CFG = pretrain.PretrainLossConfig(mask_prob=0.5, features_pen_weight=0.0)
+LOSS_CFG = pretrain.PretrainLossConfig(mask_prob=0.5, mask_length=10, features_pen_weight=0.0)
 
 
 @functools.cache
