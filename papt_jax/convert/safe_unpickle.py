@@ -209,7 +209,8 @@ KNOWN_GLOBALS: dict[str, Any] = {
 _SAFE_GLOBALS = [(value, name) for name, value in KNOWN_GLOBALS.items()]
 
 
-def _import_torch():
+def import_torch():
+    """torch, or a clear error saying it is needed to read PyTorch files."""
     try:
         import torch
     except ImportError as err:  # pragma: no cover - torch is in requirements.txt
@@ -232,7 +233,7 @@ def _python3_name(name: str) -> str:
 
 def _refused_names(path: Path, err: Exception) -> list[str]:
     """Every global of the file the safe loader refuses (or the one its message names)."""
-    torch = _import_torch()
+    torch = import_torch()
     names: list[str] = []
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
@@ -255,7 +256,7 @@ def _unpickler_reason(err: Exception) -> str:
 
 
 def _safe_load(path: Path):
-    torch = _import_torch()
+    torch = import_torch()
     with torch.serialization.safe_globals(_SAFE_GLOBALS):
         return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -279,7 +280,7 @@ def _stand_in_pickle_module() -> types.ModuleType:
 
 
 def _full_load(path: Path):
-    torch = _import_torch()
+    torch = import_torch()
     message = (
         f"UNSAFE: fully unpickling {path} (allow_unsafe_pickle=True). This runs any code "
         "the file contains; only do this for checkpoints from a source you trust."

@@ -31,7 +31,7 @@ from papt_jax.convert.errors import (
     CheckpointNotFoundError,
     ConfigInferenceError,
 )
-from papt_jax.convert.safe_unpickle import load_pickle
+from papt_jax.convert.safe_unpickle import import_torch, load_pickle
 from papt_jax.models.config import HubertConfig, get_preset
 
 logger = logging.getLogger(__name__)
@@ -74,19 +74,9 @@ class RawCheckpoint:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def _import_torch():
-    try:
-        import torch
-    except ImportError as err:  # pragma: no cover - torch is in requirements.txt
-        raise CheckpointFormatError(
-            "reading PyTorch checkpoints needs torch", hint="pip install torch"
-        ) from err
-    return torch
-
-
 def tensor_to_numpy(tensor) -> np.ndarray:
     """A CPU copy of a torch tensor; half-precision floats are widened to float32."""
-    torch = _import_torch()
+    torch = import_torch()
     tensor = tensor.detach().cpu()
     if tensor.is_floating_point() and tensor.dtype != torch.float32:
         tensor = tensor.float()
@@ -94,7 +84,7 @@ def tensor_to_numpy(tensor) -> np.ndarray:
 
 
 def _state_dict_to_numpy(state_dict: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
-    torch = _import_torch()
+    torch = import_torch()
     if not isinstance(state_dict, Mapping):
         raise CheckpointFormatError(
             f"{where}: expected a state dict of tensors, got {type(state_dict).__name__}"
@@ -238,7 +228,7 @@ def read_checkpoint(path: str | Path, *, allow_unsafe_pickle: bool = False) -> R
     obj = load_pickle(path, allow_unsafe_pickle=allow_unsafe_pickle)
     if fairseq.is_fairseq(obj):
         return _read_fairseq(obj, path)
-    torch = _import_torch()
+    torch = import_torch()
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         state_dict = _state_dict_to_numpy(obj, str(path))
         return RawCheckpoint(state_dict=state_dict, source_format="state_dict")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures.fairseq_files import fairseq_names
+from fixtures.hubert_files import TINY, VARIANTS
 from flax.traverse_util import flatten_dict
 from safetensors.torch import save_file
 from transformers import HubertConfig as HFConfig
@@ -30,19 +31,6 @@ from papt_jax.convert import (
 from papt_jax.convert.fairseq import parse_conv_feature_layers
 from papt_jax.models import MODEL_PRESETS
 
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    conv_dim=(16,) * 7,
-    num_conv_pos_embeddings=8,
-    num_conv_pos_embedding_groups=4,
-)
-VARIANTS = {
-    "base": dict(conv_bias=False, feat_extract_norm="group", do_stable_layer_norm=False),
-    "large": dict(conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True),
-}
 LEGACY = {
     "encoder.pos_conv_embed.conv.parametrizations.weight.original0": (
         "encoder.pos_conv_embed.conv.weight_g"

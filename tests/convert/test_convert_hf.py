@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from fixtures.hubert_files import TINY
 from safetensors.torch import load_file, save_file
 from transformers import HubertConfig as HFConfig
 from transformers import HubertForCTC, HubertForSequenceClassification
@@ -23,16 +24,6 @@ from papt_jax.convert import (
     load_pytorch_checkpoint,
     params_to_torch,
     save_converted,
-)
-
-TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=64,
-    conv_dim=(16,) * 7,
-    num_conv_pos_embeddings=8,
-    num_conv_pos_embedding_groups=4,
 )
 
 
