@@ -33,7 +33,10 @@ def _fit_line(ax: Axes, x: np.ndarray, y: np.ndarray) -> None:
     if x.size < 3 or np.ptp(x) == 0:
         return
     slope, intercept = np.polyfit(x, y, 1)
-    ax.axline((0.0, intercept), slope=slope, color="0.4", lw=1, ls="--", zorder=1)
+    # Over the points' range only: an unbounded line would stretch the axes to values no
+    # speaker has (e.g. a negative KL).
+    ends = np.array([x.min(), x.max()])
+    ax.plot(ends, slope * ends + intercept, color="0.4", lw=1, ls="--", zorder=1)
 
 
 def shift_figure(result: EvalResult, shift: SpeakerShift, system: str) -> Figure:
