@@ -33,15 +33,20 @@ def test_b2_weights_the_closest_training_speakers_and_reports_test_b(smoke_run, 
         tmp_path / "b2",
         "--config=configs/b2.py:smoke",
         "--config.stages=prepare,speaker_weights,finetune,evaluate,report",
+        "--config.finetune.dimensions=arousal",
         *shared_flags(smoke_run),
     )
     assert run.returncode == 0, run.stderr[-4000:]
     weights = json.loads((tmp_path / "b2" / "speaker_weights" / "weights.json").read_text())
     table = weights["weights"]
     chosen = set(weights["adaptation_speakers"])
-    # Two values: adaptation-set speakers weigh 2x the others (B2's weight), mean 1 overall.
+    train = set(weights["train_speakers"])
+    assert chosen < train
+    # Among training speakers two values: the adaptation set weighs 2x the others (B2's
+    # weight); speakers outside training never enter a fine-tuning batch (weight 1).
     up = {round(w, 9) for i, w in enumerate(table) if i in chosen}
-    rest = {round(w, 9) for i, w in enumerate(table) if i not in chosen}
+    rest = {round(w, 9) for i, w in enumerate(table) if i in train - chosen}
+    assert {round(w, 9) for i, w in enumerate(table) if i not in train} == {1.0}
     assert len(up) == 1 and len(rest) == 1
     assert up.pop() == pytest.approx(2 * rest.pop())
     # B2 never saw test-c: no unseen-speaker row.

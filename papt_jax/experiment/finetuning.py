@@ -82,6 +82,7 @@ def run_speaker_weights(ws: Workspace) -> dict[str, Any]:
     for speaker, weight in result.speaker_weight.items():
         table[int(speaker)] = weight
     facts = {
+        "train_speakers": [int(s) for s in result.train_speakers],
         "adaptation_speakers": [int(s) for s in result.adaptation_speakers],
         "weights": table.tolist(),
         "test_split": c.test_split,
