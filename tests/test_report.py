@@ -398,7 +398,7 @@ def run_cli(*args, cwd=None):
         [sys.executable, "-m", "papt_jax.eval.compare", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=1800,
         cwd=cwd,
     )
 

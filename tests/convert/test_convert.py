@@ -417,7 +417,7 @@ def test_orbax_save_load_round_trip(fairseq_pt, tmp_path):
 @pytest.mark.slow
 def test_cli_converts_and_exports(fairseq_pt, tmp_path):
     flax_dir, hf_dir = tmp_path / "flax", tmp_path / "hf"
-    run = dict(capture_output=True, text=True, timeout=240, check=False)
+    run = dict(capture_output=True, text=True, timeout=1800, check=False)
     first = subprocess.run(
         [
             sys.executable,

@@ -425,7 +425,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "papt_jax.convert", *args],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=1800,
         check=False,
     )
 

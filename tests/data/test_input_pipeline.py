@@ -286,7 +286,7 @@ def test_end_to_end_smoke_corpus_without_tensorflow():
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])

@@ -145,7 +145,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "papt_jax.data.prepare", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1800,
     )
 
 

@@ -277,7 +277,7 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
             [sys.executable, "-m", "papt_jax.data.synthetic", *args],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=1800,
         )
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error: ") and expected in proc.stderr.splitlines()[0]

@@ -57,7 +57,7 @@ def run_cli(*args):
         [sys.executable, "-m", "papt_jax.eval.compare", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=1800,
     )
 
 

@@ -28,7 +28,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         env=dict(os.environ),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
     )
 
 

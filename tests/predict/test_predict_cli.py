@@ -38,7 +38,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
     )
 
 
