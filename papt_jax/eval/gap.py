@@ -33,6 +33,8 @@ def gap_point(workdir: str | Path, split: str = "test-b") -> dict:
       ReportError: the folder is not a finished personalization-gap run.
     """
     workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise ReportError(f"{workdir}: no such run folder")
     try:
         config = json.loads((workdir / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
