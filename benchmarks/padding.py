@@ -22,7 +22,9 @@ only, no audio) is summarised for:
 * per-batch max: batches of random utterances padded to their own longest member (what
   dynamic padding would do; every distinct length is a new jit compilation).
 
-Printed per row: share of real (non-padding) samples and number of distinct batch shapes.
+Printed per row: share of real (non-padding) samples, number of distinct batch shapes, and
+for the bucketed plans the share of audio that pre-training's `crop_to_shortest` (fairseq's
+`pad_audio: false`: every batch cropped to its shortest utterance) cuts away.
 Target: bucketed >= 90 % real samples with <= 8 shapes.
 """
 
@@ -50,11 +52,14 @@ class BatchStats:
       shapes: (rows, samples) -> number of batches with that audio shape.
       real_samples: audio samples of real rows that are not padding.
       total_samples: all audio samples, padding included.
+      cut_share: share of the audio that cropping each batch to its shortest utterance
+        cuts (None where not computed).
     """
 
     shapes: Mapping[tuple[int, int], int]
     real_samples: int
     total_samples: int
+    cut_share: float | None = None
 
     @property
     def real_share(self) -> float:
@@ -71,7 +76,7 @@ def summarize_plan(planner: batching.BatchPlanner, epoch: int = 0) -> BatchStats
         shapes[(size, length)] += 1
         real += int(planner.lengths[list(planned.indices)].sum())
         total += size * length
-    return BatchStats(dict(shapes), real, total)
+    return BatchStats(dict(shapes), real, total, planner.shortest_crop_fraction(epoch))
 
 
 def corpus_lengths(corpus_dir: Path | None) -> tuple[str, np.ndarray]:
@@ -122,6 +127,7 @@ def report(name: str, lengths: np.ndarray, batch_seconds: float) -> None:
     buckets = batching.fit_bucket_lengths(lengths, num_buckets=8)
     print(f"  buckets (s): {', '.join(f'{b / SAMPLE_RATE:.2f}' for b in buckets)}")
     rows = {
+        "4 buckets/count (8 utts)": plan_stats(lengths, num_buckets=4, batch_size=8),
         "bucketed/count (8 utts)": plan_stats(lengths, bucket_lengths=buckets, batch_size=8),
         f"bucketed/seconds ({batch_seconds:g} s)": plan_stats(
             lengths, bucket_lengths=buckets, batch_size=None, batch_seconds=batch_seconds
@@ -129,9 +135,11 @@ def report(name: str, lengths: np.ndarray, batch_seconds: float) -> None:
         "fixed/single length": plan_stats(lengths, num_buckets=1, batch_size=8),
         "per-batch max (8 utts)": per_batch_max_stats(lengths, 8),
     }
-    print(f"  {'batching':28s} {'real samples':>12s} {'shapes':>7s}")
+    rows["fixed/single length"] = dataclasses.replace(rows["fixed/single length"], cut_share=None)
+    print(f"  {'batching':28s} {'real samples':>12s} {'shapes':>7s} {'cut by crop':>12s}")
     for label, stats in rows.items():
-        print(f"  {label:28s} {stats.real_share:11.1%} {len(stats.shapes):7d}")
+        cut = "" if stats.cut_share is None else f"{stats.cut_share:.1%}"
+        print(f"  {label:28s} {stats.real_share:11.1%} {len(stats.shapes):7d} {cut:>12s}")
 
 
 def main() -> None:

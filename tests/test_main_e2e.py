@@ -56,6 +56,9 @@ def test_logs_are_quiet_and_say_what_matters(smoke_run):
     assert "Downloading" not in log and "downloaded and prepared" not in log
     # Orbax's INFO chatter (dozens of lines per checkpoint) is filtered out by default.
     assert "checkpoint_manager.py" not in log
+    # Pre-training batches are cropped to their shortest row (fairseq's pad_audio: false),
+    # in the bootstrap and in PAPT, and the log says how much audio that costs.
+    assert log.count("crop_to_shortest: ") >= 2
     for stage in STAGES:
         assert f"stage {stage}: starting" in log, stage
         assert f"stage {stage}: done in" in log, stage

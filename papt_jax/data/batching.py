@@ -97,6 +97,12 @@ class PipelineConfig:
       drop_remainder: train mode drops each bucket's last partial batch; if False it is padded
         (eval mode always pads).
       num_epochs: epochs in train mode; None repeats forever. Eval mode runs one pass.
+      crop_to_shortest: train mode only: crop every row of a batch to the batch's shortest
+        utterance (rounded down to the frame grid), each at its own random frame-aligned
+        start, as fairseq's HuBERT pre-training does (`pad_audio: false`). Every row then
+        has the same number of valid frames, so masking draws the same span count for each
+        (fairseq's behaviour), instead of trimming longer rows to the shortest row's count.
+        The batch keeps its bucket's padded shape.
       device_count: global devices batches are split over (default `jax.device_count()`).
       process_index, process_count: this host's shard (default from jax).
       read_threads: Grain reader threads per process.
@@ -116,6 +122,7 @@ class PipelineConfig:
     shuffle: bool = True
     drop_remainder: bool = True
     num_epochs: int | None = None
+    crop_to_shortest: bool = False
     device_count: int | None = None
     process_index: int | None = None
     process_count: int | None = None
@@ -141,6 +148,8 @@ class PipelineConfig:
             raise ValueError(f"max_length must be >= {RECEPTIVE_FIELD}, got {self.max_length}")
         if self.num_epochs is not None and self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1 or None, got {self.num_epochs}")
+        if self.crop_to_shortest and self.mode != "train":
+            raise ValueError("crop_to_shortest is for train mode (evaluation never crops)")
 
     def fingerprint_fields(self) -> dict:
         """Fields that decide the batches (not the reading speed)."""
@@ -261,6 +270,12 @@ class BatchPlanner:
             )
         self._cache: dict[int, list[PlannedBatch]] = {}
         self._lock = threading.Lock()
+        if config.crop_to_shortest:
+            log.info(
+                "crop_to_shortest: %.1f %% of the (max_length-cropped) audio of an epoch is "
+                "cut to fit each batch's shortest utterance",
+                100.0 * self.shortest_crop_fraction(0),
+            )
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -319,11 +334,39 @@ class BatchPlanner:
         epoch, offset = divmod(position, self.batches_per_epoch)
         return epoch, self.plan(epoch)[offset]
 
-    def crop_start(self, record: int, length: int, epoch: int) -> int:
-        """Start of the crop window (a multiple of 320) for a record of `length` samples."""
-        if length <= self.crop_length:
+    def batch_crop_length(self, planned: PlannedBatch) -> int:
+        """Samples kept of every row of `planned`: the crop length, or with
+        `crop_to_shortest` the batch's shortest (cropped) utterance on the frame grid."""
+        if not self.config.crop_to_shortest:
+            return self.crop_length
+        return frame_grid_floor(int(np.min(self.lengths[list(planned.indices)])))
+
+    def shortest_crop_fraction(self, epoch: int) -> float:
+        """Share of an epoch's audio (after the max-length crop) that cropping every batch
+        to its shortest utterance cuts away: what `crop_to_shortest` removes (computed with
+        or without it, so padded and cropped plans can be compared)."""
+        kept = total = 0
+        for planned in self.plan(epoch):
+            rows = self.lengths[list(planned.indices)]
+            total += int(rows.sum())
+            kept += len(rows) * min(frame_grid_floor(int(rows.min())), int(rows.min()))
+        return 0.0 if total == 0 else 1.0 - kept / total
+
+    def crop_start(
+        self, record: int, length: int, epoch: int, crop_length: int | None = None
+    ) -> int:
+        """Start of the crop window (a multiple of 320) for a record of `length` samples.
+
+        Args:
+          record: Record index (seeds the random start in train mode).
+          length: The record's length in samples.
+          epoch: Epoch (seeds the random start in train mode).
+          crop_length: Samples to keep (default: the planner's crop length).
+        """
+        crop_length = self.crop_length if crop_length is None else crop_length
+        if length <= crop_length:
             return 0
-        excess_frames = (length - self.crop_length) // FRAME_HOP
+        excess_frames = (length - crop_length) // FRAME_HOP
         if self.config.mode == "train":
             rng = np.random.default_rng([self.config.seed, epoch, record])
             return FRAME_HOP * int(rng.integers(0, excess_frames + 1))

@@ -81,8 +81,9 @@ class _LoadBatch:
         batch = self._empty(local, planner.bucket_lengths[planned.bucket])
         real = [(row, index) for row, index in enumerate(rows) if index >= 0]
         records = self._read([index for _, index in real])
+        crop_length = planner.batch_crop_length(planned)
         for (row, index), record in zip(real, records, strict=True):
-            self._fill(batch, row, index, record, epoch)
+            self._fill(batch, row, index, record, epoch, crop_length)
         return batch
 
     def _read(self, indices: list[int]) -> list[Mapping[str, Any]]:
@@ -112,11 +113,19 @@ class _LoadBatch:
             batch["targets"] = np.full((rows, int(num_frames(length))), -1, np.int32)
         return batch
 
-    def _fill(self, batch, row: int, index: int, record: Mapping[str, Any], epoch: int) -> None:
+    def _fill(
+        self,
+        batch,
+        row: int,
+        index: int,
+        record: Mapping[str, Any],
+        epoch: int,
+        crop_length: int,
+    ) -> None:
         samples = np.asarray(record["audio"])
         key = _as_str(record["key"])
-        start = self.planner.crop_start(index, len(samples), epoch)
-        segment = samples[start : start + self.planner.crop_length]
+        start = self.planner.crop_start(index, len(samples), epoch, crop_length)
+        segment = samples[start : start + crop_length]
         batch["audio"][row, : len(segment)] = segment.astype(np.float32) / 32768.0
         batch["audio_mask"][row, : len(segment)] = True
         batch["speaker"][row] = record["speaker_index"]

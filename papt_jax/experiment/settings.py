@@ -224,6 +224,8 @@ FIELDS: dict[str, Rule] = {
     # bootstrap
     "bootstrap.preset": choice(*MODEL_PRESET_NAMES),
     "bootstrap.num_clusters": integer(2),
+    "bootstrap.train_splits": csv_of(*DATASET_SPLITS),
+    "bootstrap.eval_split": choice(*DATASET_SPLITS),
     "bootstrap.epochs": integer(1),
     "bootstrap.peak_lr": positive,
     "bootstrap.mask_prob": number(0.0, 1.0, low_open=True),
@@ -257,6 +259,7 @@ FIELDS: dict[str, Rule] = {
     "pretrain.mask_prob": number(0.0, 1.0, low_open=True),
     "pretrain.mask_length": integer(1),
     "pretrain.features_pen_weight": number(0.0),
+    "pretrain.crop_to_shortest": boolean,
     "pretrain.final_dim": integer(1),
     "pretrain.stop_after_steps": integer(0),
     # fine-tuning
@@ -359,11 +362,12 @@ def _cross_field(values: Mapping[str, Any]) -> list[str]:
             "--config.finetune.speaker_dependent=True needs --config.finetune.train_speakers "
             "(the number of speakers the model trains on)"
         )
-    if values["pretrain.eval_split"] in csv(values["pretrain.train_splits"]):
-        problems.append(
-            f"--config.pretrain.eval_split={values['pretrain.eval_split']!r} is also in "
-            "--config.pretrain.train_splits: its validation loss would be on training audio"
-        )
+    for stage in ("pretrain", "bootstrap"):
+        if values[f"{stage}.eval_split"] in csv(values[f"{stage}.train_splits"]):
+            problems.append(
+                f"--config.{stage}.eval_split={values[f'{stage}.eval_split']!r} is also in "
+                f"--config.{stage}.train_splits: its validation loss would be on training audio"
+            )
     return problems
 
 

@@ -222,7 +222,12 @@ class Workspace:
         return {"batch_size": int(d.batch_size)}
 
     def train_data(
-        self, splits: str, targets=None, seed_offset: int = 0, speakers: set[str] | None = None
+        self,
+        splits: str,
+        targets=None,
+        seed_offset: int = 0,
+        speakers: set[str] | None = None,
+        crop_to_shortest: bool = False,
     ):
         """Shuffled, cropped, bucketed training batches over one or more splits.
 
@@ -231,6 +236,7 @@ class Workspace:
           targets: utterance key -> frame labels (pre-training).
           seed_offset: added to the run's seed (different shuffles per stage).
           speakers: keep only these speakers' utterances (None: all).
+          crop_to_shortest: crop each batch to its shortest utterance (pre-training).
         """
         d = self.config.data
         cfg = batching.PipelineConfig(
@@ -238,6 +244,7 @@ class Workspace:
             num_buckets=int(d.num_buckets),
             max_length=int(d.max_seconds * SAMPLE_RATE),
             seed=int(self.config.seed) + seed_offset,
+            crop_to_shortest=crop_to_shortest,
             worker_count=int(d.worker_count),
             device_count=self.mesh.size,
             **self._batch_options(),

@@ -77,6 +77,42 @@ def test_batches_hold_the_records_cropped_and_padded(data):
             assert batch["valence"][row] == record["valence"]
 
 
+def test_crop_to_shortest_cuts_every_row_to_the_batch_shortest(data):
+    """fairseq's `pad_audio: false`: equal valid lengths, random frame-aligned windows."""
+    source, index = data
+    cfg = small_config(max_length=6000, num_epochs=2, crop_to_shortest=True)
+    pipe = ip.BatchPipeline(source, index, cfg, frame_targets(source))
+    by_key = {r["key"].decode(): r for r in source}
+    starts = set()
+    for batch in pipe:
+        lengths = [min(len(by_key[k]["audio"]), pipe.planner.crop_length) for k in batch["key"]]
+        kept = audio.frame_grid_floor(min(lengths))
+        assert batch["audio"].shape[1] in pipe.bucket_lengths  # the bucket's shape: no recompile
+        np.testing.assert_array_equal(batch["audio_mask"].sum(axis=1), kept)
+        frames = (kept - 400) // 320 + 1
+        for row, key in enumerate(batch["key"]):
+            first_frame = int(round(batch["audio"][row, 0] * 32768))
+            start = first_frame * 320
+            starts.add(start)
+            np.testing.assert_array_equal(
+                batch["audio"][row, :kept] * 32768, by_key[key]["audio"][start : start + kept]
+            )
+            np.testing.assert_array_equal(
+                batch["targets"][row, :frames], np.arange(first_frame, first_frame + frames)
+            )
+            assert (batch["targets"][row, frames:] == -1).all()
+    assert len(starts) > 1  # rows longer than the shortest start at random frames
+    fraction = pipe.planner.shortest_crop_fraction(0)
+    assert 0.0 < fraction < 1.0
+    plain = ip.BatchPipeline(source, index, small_config(max_length=6000, num_epochs=2))
+    assert plain.planner.shortest_crop_fraction(0) == fraction  # same plan, padded instead
+
+
+def test_crop_to_shortest_is_for_training_only():
+    with pytest.raises(ValueError, match="train mode"):
+        small_config(mode="eval", crop_to_shortest=True)
+
+
 def test_random_crops_vary_by_epoch_but_not_by_run(data):
     source, index = data
     config = small_config(max_length=2000, num_epochs=2)
