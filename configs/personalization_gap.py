@@ -12,13 +12,14 @@ launch/personalization_gap.sh runs every K for both and writes the figure and th
       --config.finetune.train_speakers=250 --config.finetune.speaker_dependent=False
 
 The paper's K for MSP-Podcast: 50, 100, 250, 500, 987 (`PAPER_K`); the embedded corpus's
-40 training speakers use `DEMO_K`.
+40 training speakers use `DEMO_K` (each above test-a's 20 speakers, which an SD model swaps
+in).
 """
 
 from papt_jax.config_defaults import apply_embedded_corpus, base_config
 
 PAPER_K = (50, 100, 250, 500, 987)
-DEMO_K = (15, 20, 30, 40)
+DEMO_K = (25, 30, 35, 40)
 SMOKE_K = (6, 10)
 
 

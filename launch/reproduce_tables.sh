@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs every system of the paper's Tables 2-4 and writes one report, OUT/tables.md:
-# Vanilla-FT, B2, TAPT-FT and PAPT-FT (Tables 2 and 3, test-b and test-c) and the
-# speaker-fusion ablation last / first / prefix / none (Table 4).
+# Runs every system of the paper's Tables 2-4 and Figure 1 and writes one report,
+# OUT/tables.md: Vanilla-FT, B2, TAPT-FT and PAPT-FT (Tables 2 and 3, test-b and test-c),
+# the speaker-fusion ablation last / first / prefix / none (Table 4), and the
+# personalization gap (Figure 1, launch/personalization_gap.sh, OUT/figure1.png).
 #
-# Embedded synthetic corpus (no downloads; about 1.5 h on 2 CPU cores):
+# Embedded synthetic corpus (no downloads; about 1.5-2 h on 2 CPU cores):
 #   launch/reproduce_tables.sh demo runs/tables_demo
 # MSP-Podcast (set the paths below first):
 #   launch/reproduce_tables.sh paper runs/tables
@@ -48,9 +49,13 @@ for fusion in first prefix; do
   run papt "papt_$fusion" --config.stages="$no_corpus" --config.pretrain.speaker_fusion="$fusion"
 done
 
+# Figure 1: SI and SD fine-tuning on K training speakers (its own workdirs in OUT/gap).
+MSP_DIR="$MSP_DIR" LARGE="$LARGE" launch/personalization_gap.sh "$MODE" "$OUT/gap" "$OUT/papt"
+
 python -m papt_jax.eval.compare --out "$OUT/comparison.md" \
   "$OUT/vanilla" "$OUT/b2" "$OUT/tapt" "$OUT/papt"
 python -m papt_jax.eval.ablation --out "$OUT/table4.md" \
   "$OUT/papt" "$OUT/papt_first" "$OUT/papt_prefix" "$OUT/tapt"
-cat "$OUT/comparison.md" "$OUT/table4.md" > "$OUT/tables.md"
+python -m papt_jax.eval.gap --out "$OUT/figure1.md" "$OUT"/gap/s[id]_*
+cat "$OUT/comparison.md" "$OUT/table4.md" "$OUT/figure1.md" > "$OUT/tables.md"
 echo "tables: $OUT/tables.md"

@@ -57,7 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.bootstrap = b = ml_collections.ConfigDict()
     b.preset = "small"  # encoder preset trained from scratch
     b.num_clusters = 50  # k-means clusters on MFCC features
-    b.epochs = 10  # passes over the adaptation audio
+    # The stand-in for a checkpoint pre-trained elsewhere (LibriLight for HuBERT-large) sees
+    # no test audio: adapting to the test speakers' audio is what TAPT/PAPT add.
+    b.train_splits = "train"  # audio it is trained on
+    b.eval_split = "validation"  # its validation loss
+    b.epochs = 10  # passes over its training audio
     b.peak_lr = 5e-4  # from-scratch training needs a larger step than continued training
     b.mask_prob = 0.65  # share of frames that start a masked span
     b.features_pen_weight = 0.0  # weight of the CNN-feature L2 penalty
@@ -100,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
     t.mask_prob = 0.8  # share of frames starting a masked span (fairseq base and large: 0.8)
     t.mask_length = 10  # masked span length in frames (fairseq: 10)
     t.features_pen_weight = 10.0  # CNN-feature L2 penalty weight (fairseq base and large: 10)
+    # fairseq HuBERT pre-training (`pad_audio: false`): every batch is cropped to its
+    # shortest utterance, each row at a random start; length buckets keep the loss small.
+    t.crop_to_shortest = True  # False: pad within the bucket (longer rows masked less)
     t.final_dim = 768  # head width when the checkpoint has no head (256 for base)
     t.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
 

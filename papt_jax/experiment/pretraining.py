@@ -26,9 +26,15 @@ DROPOUT_KEYS = ("hidden_dropout", "attention_dropout", "activation_dropout", "fe
 
 
 def _compute_labels(
-    ws: Workspace, out_dir: Path, source: str, teacher_spec: str, layer: int, num_clusters: int
+    ws: Workspace,
+    out_dir: Path,
+    source: str,
+    teacher_spec: str,
+    layer: int,
+    num_clusters: int,
+    splits: str,
 ) -> None:
-    """Clusters frame features of the adaptation audio into `out_dir` (written atomically)."""
+    """Clusters frame features of `splits` (comma-separated) into `out_dir` (atomically)."""
     p = ws.config.pseudo_labels
     if source == "mfcc":
         feature_fn, rate = pseudo_labels_lib.mfcc_feature_fn()
@@ -41,9 +47,7 @@ def _compute_labels(
             )
         cfg, params = with_speakers(teacher, "none", 0, ws.config)
         feature_fn, rate = pseudo_labels_lib.teacher_feature_fn(HubertModel(cfg), params, layer)
-    batches, n = ws.eval_batches(
-        ws.config.pretrain.train_splits + "," + ws.config.pretrain.eval_split
-    )
+    batches, n = ws.eval_batches(splits)
     with atomic_dir(out_dir) as tmp:
         pseudo_labels_lib.compute_pseudo_labels(
             batches,
@@ -129,8 +133,8 @@ def _pretrain(
         stop_after_steps=int(t.stop_after_steps),
         seed=int(ws.config.seed),
     )
-    train_data = ws.train_data(ws.config.pretrain.train_splits, targets)
-    eval_batches, _ = ws.eval_batches(ws.config.pretrain.eval_split, targets)
+    train_data = ws.train_data(t.train_splits, targets, crop_to_shortest=bool(t.crop_to_shortest))
+    eval_batches, _ = ws.eval_batches(t.eval_split, targets)
     result, best = pretrain.run_pretraining(
         model,
         settings,
@@ -175,7 +179,8 @@ def run_bootstrap(ws: Workspace) -> dict[str, Any] | None:
     out = ws.stage_dir("bootstrap")
     labels_dir = out / "pseudo_labels"
     if not labels_dir.is_dir():  # renamed into place only once complete
-        _compute_labels(ws, labels_dir, "mfcc", "", 0, int(b.num_clusters))
+        splits = f"{b.train_splits},{b.eval_split}"
+        _compute_labels(ws, labels_dir, "mfcc", "", 0, int(b.num_clusters), splits)
     encoder = random_encoder(get_preset(b.preset), int(ws.config.seed))
     t = ml_collections.ConfigDict(dict(ws.config.pretrain))
     t.update(
@@ -183,6 +188,8 @@ def run_bootstrap(ws: Workspace) -> dict[str, Any] | None:
         peak_lr=b.peak_lr,
         mask_prob=b.mask_prob,
         features_pen_weight=b.features_pen_weight,
+        train_splits=b.train_splits,
+        eval_split=b.eval_split,
         stop_after_steps=0,
     )
     return _pretrain(
@@ -200,8 +207,15 @@ def run_bootstrap(ws: Workspace) -> dict[str, Any] | None:
 
 def run_pseudo_labels(ws: Workspace) -> dict[str, Any]:
     p = ws.config.pseudo_labels
+    t = ws.config.pretrain
     _compute_labels(
-        ws, ws.path("pseudo_labels"), p.source, p.teacher, int(p.layer), int(p.num_clusters)
+        ws,
+        ws.path("pseudo_labels"),
+        p.source,
+        p.teacher,
+        int(p.layer),
+        int(p.num_clusters),
+        f"{t.train_splits},{t.eval_split}",
     )
     return {"num_clusters": int(p.num_clusters), "source": p.source}
 

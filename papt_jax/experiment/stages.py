@@ -150,6 +150,7 @@ def _bootstrap_keys(c) -> tuple[str, ...]:
         return ("model.init", "pseudo_labels.teacher")
     # The bootstrap reads the pre-training settings except these (its own, or fixed).
     overridden = {"epochs", "peak_lr", "mask_prob", "features_pen_weight", "speaker_fusion"}
+    overridden |= {"train_splits", "eval_split"}
     overridden |= set(DROPOUT_KEYS)
     shared = tuple(f"pretrain.{k}" for k in c.pretrain if k not in overridden)
     return ("bootstrap.", "model.init", "pseudo_labels.teacher") + shared + _TRAIN_DATA_KEYS
