@@ -6,10 +6,14 @@ host synchronisation except every `log_every` steps, periodic evaluation with a
 best checkpoint and optional early stopping, the NaN/inf guards, logging and progress.
 
 Every `log_every` steps the loop logs, beside the step metrics, the learning rate of the
-last update (`lr`, when the schedule is given) and the throughput in seconds of audio per
-second of wall time (`audio_sec_per_sec`: the real samples of `audio_mask`, counted on the
-host from the NumPy batches, so it costs no device sync; evaluation and checkpoint time are
-left out, compilation on the first interval is not).
+last update (`lr`, when the schedule is given) and the throughput (`train.throughput`):
+seconds of audio per second of wall time (`audio_sec_per_sec`: the real samples of
+`audio_mask`, counted on the host from the NumPy batches, so it costs no device sync), XLA's
+FLOPs per step (`flops_per_step`) and, on a device whose peak is known, the model FLOP
+utilisation (`mfu`, also shown in the progress bar). Each new batch shape is compiled
+ahead of its first call (`jitted.lower(...).compile()`, the executable the call then reuses),
+which is where the FLOPs are read; compilation, evaluation and checkpoint time are left out
+of the rates.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -27,11 +30,11 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 from papt_jax.train.checkpoint import Checkpoints
 from papt_jax.train.metric_writer import MetricWriter
 from papt_jax.train.sharding import shard_batch
+from papt_jax.train.throughput import StepCost, ThroughputMeter, step_cost
 
 log = logging.getLogger(__name__)
 
@@ -118,33 +121,13 @@ def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
     return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
-class _Throughput:
-    """Seconds of audio trained per second of wall time, from host-side counters only.
-
-    Evaluation and checkpointing are excluded by restarting the clock after them.
-    """
-
-    def __init__(self):
-        self.restart()
-
-    def restart(self) -> None:
-        self._samples = 0
-        self._since = time.perf_counter()
-
-    def add(self, batch: dict[str, np.ndarray]) -> None:
-        # The host batch is NumPy: counting its mask needs no device round trip.
-        self._samples += int(np.count_nonzero(batch["audio_mask"]))
-
-    def read(self) -> float:
-        """Audio seconds per second since the last restart (all processes), then restarts."""
-        samples = float(self._samples)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            samples = float(np.sum(multihost_utils.process_allgather(np.float64(samples))))
-        elapsed = time.perf_counter() - self._since
-        self.restart()
-        return samples / SAMPLE_RATE / elapsed if elapsed > 0 else float("nan")
+def _shown(means: dict[str, float]) -> dict[str, str]:
+    """The progress bar's postfix: the logged metrics a person reads at a glance."""
+    hidden = ("finite", "lr", "flops_per_step", "mfu")
+    shown = {k: f"{v:.4g}" for k, v in means.items() if k not in hidden}
+    if "mfu" in means:
+        shown["mfu"] = f"{100 * means['mfu']:.1f}%"
+    return shown
 
 
 def _learning_rate(schedule, step: int) -> float:
@@ -222,8 +205,9 @@ def run_loop(
         )
 
     pending: list[dict[str, jax.Array]] = []
-    compiled_shapes: set[tuple] = set()
-    throughput = _Throughput()
+    # One entry per compiled batch shape: XLA's FLOP count (None when not available).
+    step_costs: dict[tuple, StepCost | None] = {}
+    throughput = ThroughputMeter()
     progress = tqdm(
         total=config.total_steps, initial=step, desc=description, disable=jax.process_index() != 0
     )
@@ -231,15 +215,17 @@ def run_loop(
     try:
         while step < config.total_steps:
             host_batch = next(train_iter)
-            throughput.add(host_batch)
+            batch = shard_batch(host_batch, mesh)
             shape = tuple(sorted((k, np.shape(v)) for k, v in host_batch.items()))
-            new_shape = shape not in compiled_shapes
-            if new_shape:  # jit compiles before it dispatches: say so while it does
+            if shape not in step_costs:
+                # Compiled ahead of the call (which reuses the executable), once per shape,
+                # to read its FLOPs; its time is not training throughput.
                 progress.set_description_str(f"{description} (compiling)")
-            state, metrics = train_step(state, shard_batch(host_batch, mesh), rng)
-            if new_shape:
-                compiled_shapes.add(shape)
+                with throughput.excluded():
+                    step_costs[shape] = step_cost(train_step, state, batch, rng)
                 progress.set_description_str(description)
+            state, metrics = train_step(state, batch, rng)
+            throughput.add(host_batch, step_costs[shape])
             step += 1
             pending.append(metrics)
             # Host-side counter every step (a smooth ETA); device metrics only every log_every.
@@ -258,12 +244,11 @@ def run_loop(
                             "gradient clipping"
                         ),
                     )
-                means["audio_sec_per_sec"] = throughput.read()
+                means.update(throughput.read())
                 if learning_rate is not None:
                     means["lr"] = _learning_rate(learning_rate, step)
                 writer.write_scalars(step, means, prefix="train/")
-                shown = {k: f"{v:.4g}" for k, v in means.items() if k not in ("finite", "lr")}
-                progress.set_postfix(shown)
+                progress.set_postfix(_shown(means))
             if step % config.eval_every == 0 or step == config.total_steps:
                 scores = evaluate(state)
                 writer.write_scalars(step, scores, prefix="eval/")
