@@ -1,5 +1,6 @@
 """The TFDS builder (papt_jax.data.prepare) and its command line."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -255,3 +256,251 @@ def test_a_truncated_record_file_is_named_before_anything_reads_it(built, tmp_pa
     record_file.unlink()
     with pytest.raises(input_pipeline.DatasetDamagedError, match="is missing"):
         input_pipeline.open_split(copy, "train")
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def _files(out):
+    """Every file of a built dataset by relative path: its bytes (JSON files parsed)."""
+    files = {}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        name = str(path.relative_to(out))
+        files[name] = json.loads(path.read_text()) if path.suffix == ".json" else path.read_bytes()
+    return files
+
+
+def test_records_do_not_depend_on_the_number_of_readers(built, tmp_path, capsys):
+    config, _, out = built
+    capsys.readouterr()
+    two = prepare.prepare(config, tmp_path / "data", readers=2)
+    printed = capsys.readouterr().out
+    assert "with 2 reader(s)" in printed and "skipped 6 audio file(s)" in printed
+    one, many = _files(out), _files(two)
+    # The corpus path is the same, so even build_config.json matches; records are written
+    # by a deterministic encoder, so the record files are identical byte for byte.
+    assert one.keys() == many.keys()
+    for name in one:
+        if name != "dataset_info.json":  # it names the module that built it
+            assert one[name] == many[name], name
+    assert one["dataset_info.json"]["splits"] == many["dataset_info.json"]["splits"]
+    # The skip report keeps the order a one-by-one build meets the files in: header
+    # problems first, then sample problems in corpus order.
+    assert [(s["key"], s["reason"]) for s in many["skipped.json"]] == [
+        ("tr_bad.wav", "corrupt"),  # header problems in labels-file order
+        ("tr_cut.wav", "truncated"),
+        ("te_short.wav", "too_short"),
+        ("tr_loud.wav", "clipping"),  # sample problems in record-generation order
+        ("tr_nan.wav", "non_finite"),
+        ("tr_silent.wav", "silent"),
+    ]
+
+
+def test_first_bad_file_in_corpus_order_is_the_error_with_several_readers(tmp_path):
+    rows = [row(f"tr_{i:02d}.wav", 1 + i % 3, "Train") for i in range(12)]
+    rows += [row("dev_a.wav", 4, "Development"), row("te_a.wav", 5, "Test1")]
+    root = write_corpus(tmp_path / "corpus", rows)
+    audios = root / "Audios"
+    soundfile.write(str(audios / "tr_07.wav"), np.zeros(1600), 16000, subtype="PCM_16")
+    soundfile.write(str(audios / "tr_09.wav"), 3 * FLOAT_TONE, 16000, subtype="FLOAT")
+    soundfile.write(str(audios / "dev_a.wav"), np.zeros(1600), 16000, subtype="PCM_16")
+    config = mp.CorpusConfig(corpus_dir=root, on_bad_audio="error")
+    for readers in (1, 2):
+        with pytest.raises(mp.BadAudioError) as err:
+            prepare.prepare(config, tmp_path / f"data{readers}", readers=readers)
+        assert [(p.key, p.reason) for p in err.value.problems] == [("tr_07.wav", "silent")]
+        assert not prepare.dataset_dir(tmp_path / f"data{readers}").exists()
+
+
+def test_a_split_whose_audio_all_fails_is_named(tmp_path):
+    rows = [row("a.wav", 1, "Train"), row("b.wav", 2, "Development"), row("c.wav", 3, "Test1")]
+    root = write_corpus(tmp_path / "corpus", rows)
+    soundfile.write(str(root / "Audios" / "b.wav"), np.zeros(1600), 16000, subtype="PCM_16")
+    with pytest.raises(prepare.PrepareError, match=r"split validation: all 1 .*'silent': 1"):
+        prepare.prepare(mp.CorpusConfig(corpus_dir=root), tmp_path / "data")
+
+
+def test_a_file_that_changes_between_the_passes_stops_the_build(tmp_path):
+    from papt_jax.data import shard_jobs, tf_example
+
+    path = tmp_path / "a.wav"
+    write_wav(path, 1600)
+    builder = prepare.PaptMspPodcast(data_dir=str(tmp_path / "d"), file_format="array_record")
+    fields = tf_example.fields_from_features(builder.info.features.get_serialized_info())
+    reading = shard_jobs.Reading(
+        fields, "audio", "num_samples", 16000, False, "error", "array_record"
+    )
+    values = {"key": "a.wav", "speaker": "1", "speaker_index": 0, "gender": "Male"}
+    values.update(arousal=4.0, valence=4.0, dominance=4.0)
+    source = shard_jobs.Source("a.wav", str(path), 0.1, values)
+    measured = shard_jobs.measure(reading, source)
+    assert measured.num_samples == 1600
+    out = tmp_path / "shard"
+    assert shard_jobs.write_shard(reading, str(out), [source], [measured]) == 1
+    write_wav(path, 1700)
+    with pytest.raises(shard_jobs.AudioChanged, match="a.wav: was"):
+        shard_jobs.write_shard(reading, str(out), [source], [measured])
+
+
+def test_progress_bar_shows_audio_hours_and_x_real_time():
+    import io
+
+    from papt_jax.data import split_writer
+
+    stream = io.StringIO()
+    with split_writer._AudioBar("writing records", 7200.0, file=stream, disable=False) as bar:
+        bar.update(3600.0)
+        bar.refresh()
+    assert "writing records:  50%" in stream.getvalue()
+    assert "1.00/2.00 audio-h" in stream.getvalue() and "x real time]" in stream.getvalue()
+
+
+def test_default_readers_follow_the_cores_and_the_amount_of_audio(monkeypatch):
+    from papt_jax.data import split_writer
+
+    monkeypatch.setattr(split_writer, "available_cores", lambda: 4)
+    per_reader = split_writer.AUDIO_SECONDS_PER_READER
+    assert split_writer.default_readers(10.0) == 1
+    assert split_writer.default_readers(2.5 * per_reader) == 2
+    assert split_writer.default_readers(400 * 3600.0) == 4
+    assert _cli_flags("--corpus_dir=c", "--out=o").readers is None
+    assert _cli_flags("--corpus_dir=c", "--out=o", "--readers=3").readers == 3
+    with pytest.raises(flags.IllegalFlagValueError):
+        _cli_flags("--corpus_dir=c", "--out=o", "--readers=0")
+
+
+# ------------------------------------------------------------- against TFDS's own writer
+
+
+def _tfds_reference_build(config, data_dir):
+    """Builds `config` the way TFDS's `GeneratorBasedBuilder` does: the examples made one by
+    one (as the builder did before it had readers) and written by TFDS's own writer."""
+    import tensorflow_datasets as tfds
+
+    from papt_jax.data import audio
+
+    class PaptMspPodcast(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = prepare.PaptMspPodcast.VERSION
+        _checksums_path = None
+        _info = prepare.PaptMspPodcast._info
+
+        def _split_generators(self, dl_manager):
+            corpus = mp.load_corpus(config)
+            return {name: self._generate_examples(u) for name, u in corpus.splits.items() if u}
+
+        def _generate_examples(self, utterances):
+            for utt in utterances:
+                try:
+                    samples = audio.read_audio(utt.path)
+                except audio.AudioError:
+                    continue
+                yield (
+                    utt.key,
+                    {
+                        "key": utt.key,
+                        "audio": samples,
+                        "speaker": utt.speaker_id,
+                        "speaker_index": utt.speaker_index,
+                        "arousal": utt.arousal,
+                        "valence": utt.valence,
+                        "dominance": utt.dominance,
+                        "gender": utt.gender,
+                        "num_samples": samples.shape[0],
+                    },
+                )
+
+    builder = PaptMspPodcast(data_dir=str(data_dir), file_format="array_record")
+    builder.download_and_prepare()
+    return prepare.dataset_dir(data_dir)
+
+
+def _records(path):
+    from array_record.python import array_record_module
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    reader = array_record_module.ArrayRecordReader(str(path))
+    return reader.writer_options_string(), [
+        tf_example_pb2.Example.FromString(r) for r in reader.read_all()
+    ]
+
+
+def test_records_equal_those_of_tfds_own_writer(built, tmp_path):
+    """Same shard files, same records in the same order, same split metadata; protobuf
+    leaves the order of a feature map open, so records are compared parsed."""
+    config, data_dir, out = built
+    reference = _tfds_reference_build(
+        dataclasses.replace(config, duration_cache=data_dir / "duration_cache.json"),
+        tmp_path / "reference",
+    )
+    files = sorted(p.name for p in out.glob("*.array_record-*"))
+    assert files == sorted(p.name for p in reference.glob("*.array_record-*"))
+    for name in files:
+        assert _records(out / name) == _records(reference / name), name
+    info, reference_info = (
+        json.loads((d / "dataset_info.json").read_text()) for d in (out, reference)
+    )
+    assert info["splits"] == reference_info["splits"]
+    assert (out / "features.json").read_text() == (reference / "features.json").read_text()
+
+
+def test_index_matches_the_records(built):
+    import tensorflow_datasets as tfds
+
+    _, data_dir, out = built
+    for split in ("train", "validation", "test_a", "test_b", "test_c"):
+        source = tfds.data_source(prepare.DATASET_NAME, split=split, data_dir=str(data_dir))
+        records = [source[i] for i in range(len(source))]
+        index = json.loads((out / "index" / f"{split}.json").read_text())
+        assert index["keys"] == [r["key"].decode() for r in records]
+        assert index["num_samples"] == [len(r["audio"]) for r in records]
+        assert index["speakers"] == [r["speaker"].decode() for r in records]
+
+
+# ------------------------------------------------------------------- tf.train.Example bytes
+
+
+def test_examples_parse_as_tfds_serializes_them():
+    from tensorflow_datasets.core import example_serializer
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    from papt_jax.data import tf_example
+
+    features = prepare.PaptMspPodcast(data_dir="unused", file_format="array_record").info.features
+    info = features.get_serialized_info()
+    fields = tf_example.fields_from_features(info)
+    reference = example_serializer.ExampleSerializer(info)
+    rng = np.random.default_rng(0)
+    # Every varint length of an int16 (1, 2, 3 and 10 bytes) at its edges, and random values.
+    edges = [-32768, -16385, -16384, -129, -128, -1, 0, 1, 127, 128, 16383, 16384, 32767]
+    for i in range(20):
+        audio = np.r_[edges, rng.integers(-32768, 32768, int(rng.integers(1, 3000)))]
+        example = {
+            "key": f"clé_{i}.wav",
+            "audio": audio.astype(np.int16),
+            "speaker": str(i),
+            "speaker_index": int(rng.integers(-1, 5)),  # -1: a 10-byte varint
+            "arousal": float(rng.uniform(1, 7)),
+            "valence": 4.0,
+            "dominance": 1.0,
+            "gender": "" if i % 4 == 0 else "Female",
+            "num_samples": audio.size,
+        }
+        ours = tf_example.serialize(fields, example)
+        theirs = reference.serialize_example(features.encode_example(example))
+        assert len(ours) == len(theirs) == tf_example.serialized_size(fields, example)
+        parsed = tf_example_pb2.Example.FromString
+        assert parsed(ours) == parsed(theirs)
+
+
+def test_unsupported_features_are_refused():
+    import tensorflow_datasets as tfds
+
+    from papt_jax.data import tf_example
+
+    for feature in (
+        tfds.features.Tensor(shape=(2, 3), dtype=np.float32),
+        tfds.features.Tensor(shape=(), dtype=np.bool_),
+    ):
+        info = tfds.features.FeaturesDict({"x": feature}).get_serialized_info()
+        with pytest.raises(ValueError, match="feature 'x'"):
+            tf_example.fields_from_features(info)

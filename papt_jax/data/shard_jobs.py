@@ -1,0 +1,135 @@
+"""What one reader process does while a dataset is prepared: measure an utterance, write a shard.
+
+`split_writer` runs these functions in a pool of reader processes (or in its own process when
+there is one reader). Arguments and results are plain picklable data; an `audio.AudioError`
+is returned as its reason and detail rather than raised, since its class does not survive
+pickling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from tensorflow_datasets.core import file_adapters
+
+from papt_jax.data import audio as audio_lib
+from papt_jax.data import tf_example
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """How every utterance of one build is read and encoded.
+
+    Attributes:
+      fields: the dataset's features as `tf_example` serializes them.
+      audio_field: the feature that receives the samples (int16).
+      length_field: the feature that receives their number.
+      sample_rate, resample, channels: as in `audio.read_audio`.
+      file_format: TFDS file format of the shard files (its `FileFormat` value).
+    """
+
+    fields: tuple[tf_example.Field, ...]
+    audio_field: str
+    length_field: str
+    sample_rate: int
+    resample: bool
+    channels: audio_lib.ChannelPolicy
+    file_format: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One utterance to turn into a record.
+
+    Attributes:
+      key: the record's key (unique within its split).
+      path: the audio file.
+      seconds: its duration from the header (for progress and the throughput figure).
+      values: every feature but the audio and its length.
+    """
+
+    key: str
+    path: str
+    seconds: float
+    values: Mapping[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """A readable utterance: samples after reading, bytes of its serialized record."""
+
+    num_samples: int
+    num_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Unreadable:
+    """An utterance whose audio failed a check: the `audio.AudioError` reason and detail."""
+
+    reason: str
+    detail: str
+
+
+class AudioChanged(Exception):
+    """An audio file read differently when its shard was written than when it was measured."""
+
+
+def _example(reading: Reading, source: Source) -> dict[str, Any]:
+    """Reads the audio of `source`; raises `audio.AudioError` for a file that fails a check."""
+    samples = audio_lib.read_audio(
+        source.path, reading.sample_rate, reading.resample, reading.channels
+    )
+    return {
+        **source.values,
+        reading.audio_field: samples,
+        reading.length_field: samples.shape[0],
+    }
+
+
+def measure(reading: Reading, source: Source) -> Measured | Unreadable:
+    """Reads and checks one utterance and measures its record, without building it."""
+    try:
+        example = _example(reading, source)
+    except audio_lib.AudioError as err:
+        return Unreadable(err.reason, err.detail)
+    return Measured(
+        example[reading.length_field], tf_example.serialized_size(reading.fields, example)
+    )
+
+
+def write_shard(
+    reading: Reading, path: str, sources: Sequence[Source], measured: Sequence[Measured]
+) -> int:
+    """Writes one shard file: the records of `sources`, in that order.
+
+    Args:
+      reading: as for `measure`.
+      path: the shard file to write.
+      sources: the shard's utterances in record order.
+      measured: what `measure` found for each of them.
+
+    Returns:
+      The number of records written.
+
+    Raises:
+      AudioChanged: a file no longer reads as it did when measured.
+    """
+
+    def records() -> Iterator[tuple[str, bytes]]:
+        for source, expected in zip(sources, measured, strict=True):
+            try:
+                example = _example(reading, source)
+            except audio_lib.AudioError as err:
+                raise AudioChanged(f"{source.path}: now fails its checks: {err.message}") from None
+            record = tf_example.serialize(reading.fields, example)
+            found = Measured(example[reading.length_field], len(record))
+            if found != expected:
+                raise AudioChanged(f"{source.path}: was {expected}, now {found}")
+            yield source.key, record
+
+    # TFDS's own adapter, so the files are written with the options TFDS's writer uses.
+    adapter = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat(reading.file_format)]
+    adapter.write_examples(path, records())
+    return len(sources)
