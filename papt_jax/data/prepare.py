@@ -101,10 +101,12 @@ class PaptMspPodcast(dataset_builder.FileReaderBuilder):
         self.corpus: msp_podcast.Corpus | None = None
         self.skipped: list[msp_podcast.SkippedAudio] = []
         # Filled by a build: split -> keys, lengths and speakers in record order; the
-        # number of readers used and the seconds of audio in the records.
+        # number of readers used, the seconds of audio in the records and the wall seconds
+        # of each phase.
         self.index: dict[str, dict[str, list]] = {}
         self.readers_used = 0
         self.audio_seconds = 0.0
+        self.phases: dict[str, float] = {}
         super().__init__(**kwargs)
 
     # TFDS announces "Downloading and preparing ... Unknown size" and "downloaded and
@@ -143,7 +145,9 @@ class PaptMspPodcast(dataset_builder.FileReaderBuilder):
         if dl_manager.manual_dir is not None:
             config = dataclasses.replace(config, corpus_dir=Path(dl_manager.manual_dir))
         download_config = download_config or tfds.download.DownloadConfig()
+        clock = time.perf_counter()
         self.corpus = msp_podcast.load_corpus(config)
+        self.phases["corpus"] = time.perf_counter() - clock
         self.skipped = list(self.corpus.skipped_audio)
         sources = {}
         for name, utterances in self.corpus.splits.items():
@@ -163,10 +167,15 @@ class PaptMspPodcast(dataset_builder.FileReaderBuilder):
         header_seconds = sum(s.seconds for split in sources.values() for s in split)
         self.readers_used = self.readers or split_writer.default_readers(header_seconds)
         with split_writer.Readers(self.readers_used) as readers:
+            clock = time.perf_counter()
             kept = self._measure(readers, reading, sources, config.on_bad_audio)
             shard_config = download_config.get_shard_config()
             layouts = [split_writer.layout(name, *kept[name], shard_config) for name in sources]
+            # Starting the reader processes is part of the first pass.
+            self.phases["check"] = time.perf_counter() - clock
+            clock = time.perf_counter()
             infos = split_writer.write_all(readers, reading, layouts, self._get_filename_template)
+            self.phases["write"] = time.perf_counter() - clock
         self.info.set_splits(tfds.core.SplitDict(infos))
         samples = sum(m.num_samples for split in layouts for m in split.measured)
         self.audio_seconds = samples / config.sample_rate
@@ -342,6 +351,12 @@ def prepare(
     for split, info in builder.info.splits.items():
         print(f"{split}: {info.num_examples} examples")
     wall = time.perf_counter() - start
+    phases = {**builder.phases, "rest": wall - sum(builder.phases.values())}
+    log.info(
+        "seconds per phase: %s",
+        ", ".join(f"{k} {v:.1f}" for k, v in phases.items()),
+        extra={"phases": phases},
+    )
     print(split_writer.describe_speed(builder.audio_seconds, wall, builder.readers_used))
     return out
 

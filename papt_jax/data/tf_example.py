@@ -95,14 +95,14 @@ def _varint(value: int) -> bytes:
 
 
 def _int16_varint_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The varint of every int16 value, row v + 32768 for value v.
+    """The varint of every int16 value, in the row given by the value's 16 bits as unsigned.
 
     Returns:
       rows: (65536,) void-10 records, each the varint zero-padded to 10 bytes.
-      keep: (65536, 10) bool, True on a row's varint bytes (a prefix of the row).
-      lengths: (65536,) int64 varint lengths (1 to 3 for v >= 0, 10 for v < 0).
+      keep: (65536,) void-10 records of booleans, True on the varint's bytes (a prefix).
+      lengths: (65536,) int64 varint lengths (1 to 3 for values >= 0, 10 below).
     """
-    values = np.arange(-32768, 32768, dtype=np.int64).view(np.uint64)
+    values = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.int64).view(np.uint64)
     groups = np.stack([(values >> np.uint64(7 * i)) & np.uint64(0x7F) for i in range(10)], 1)
     shifts = np.uint64(7) * np.arange(1, 10, dtype=np.uint64)
     lengths = 1 + np.count_nonzero(values[:, None] >> shifts[None, :], axis=1)
@@ -110,46 +110,37 @@ def _int16_varint_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     keep = position < lengths[:, None]
     table = groups.astype(np.uint8) | np.where(position < lengths[:, None] - 1, 0x80, 0)
     table = np.where(keep, table, 0).astype(np.uint8)
-    return np.ascontiguousarray(table).view("V10").ravel(), keep, lengths
+    return table.view("V10").ravel(), keep.view("V10").ravel(), lengths
 
 
 _INT16_ROWS, _INT16_KEEP, _INT16_LENGTHS = _int16_varint_table()
 
 
 def _int16_rows(samples: np.ndarray) -> np.ndarray:
-    """Table rows of int16 `samples`: the value + 32768, i.e. the bits with the sign flipped."""
-    return np.ascontiguousarray(samples, np.int16).view(np.uint16) ^ np.uint16(0x8000)
+    """Table rows of int16 `samples`: their bits read as uint16 (no copy when contiguous)."""
+    return np.ascontiguousarray(samples, np.int16).view(np.uint16)
 
 
 def _packed_int16(samples: np.ndarray) -> bytes:
+    """The varints of int16 `samples`, concatenated: each padded row cut to its prefix."""
     rows = _int16_rows(samples)
-    padded = _INT16_ROWS.take(rows).view(np.uint8).reshape(-1, 10)
-    return padded[_INT16_KEEP.take(rows, axis=0)].tobytes()
+    padded = _INT16_ROWS.take(rows).view(np.uint8)
+    return padded[_INT16_KEEP.take(rows).view(np.bool_)].tobytes()
 
 
-def _list_body(field: Field, value: Any, measure: bool) -> bytes | int:
-    """The `value` list message of one feature (its bytes, or only their count if `measure`)."""
-    array = np.asarray(value, dtype=field.dtype)
-    if array.ndim != int(field.vector):
-        shape = "(None,)" if field.vector else "()"
-        raise ValueError(f"feature {field.name!r}: shape {array.shape}, expected {shape}")
-    flat = array.reshape(-1)
-    if field.kind == "bytes":
-        items = [_as_bytes(field, v) for v in flat.tolist()]
-        return _join([_framed(_TAG_1, len(v) if measure else v, measure) for v in items], measure)
-    if flat.size == 0:  # an empty packed field is left out altogether
-        return 0 if measure else b""
-    if field.kind == "float":
-        packed: bytes | int = 4 * flat.size if measure else flat.astype("<f4").tobytes()
-    elif field.dtype == "int16":
-        if measure:
-            packed = int(_INT16_LENGTHS.take(_int16_rows(flat)).sum())
-        else:
-            packed = _packed_int16(flat)
-    else:
-        varints = [_varint(int(v)) for v in flat.tolist()]
-        packed = sum(map(len, varints)) if measure else b"".join(varints)
-    return _framed(_TAG_1, packed, measure)
+# A message being built: its pieces in order, each bytes or, for a vector that is only
+# measured, the number of bytes it would take. Nested messages are framed piece by piece, so
+# the samples are copied once, by the final join.
+Pieces = list[bytes | int]
+
+
+def _size(pieces: Pieces) -> int:
+    return sum(p if isinstance(p, int) else len(p) for p in pieces)
+
+
+def _framed(tag: bytes, pieces: Pieces) -> Pieces:
+    """A length-delimited field: its tag, the length of `pieces`, then `pieces`."""
+    return [tag + _varint(_size(pieces)), *pieces]
 
 
 def _as_bytes(field: Field, value: Any) -> bytes:
@@ -160,40 +151,43 @@ def _as_bytes(field: Field, value: Any) -> bytes:
     raise TypeError(f"feature {field.name!r}: expected str or bytes, got {type(value).__name__}")
 
 
-def _framed(tag: bytes, body: bytes | int, measure: bool) -> bytes | int:
-    """tag + length + body (or its byte count when `measure`, `body` then a count too)."""
-    if measure:
-        return 1 + len(_varint(body)) + body
-    return tag + _varint(len(body)) + body
+def _value_list(field: Field, value: Any, materialize: bool) -> Pieces:
+    """The BytesList, FloatList or Int64List message holding `value`."""
+    array = np.asarray(value, dtype=field.dtype)
+    if array.ndim != int(field.vector):
+        shape = "(None,)" if field.vector else "()"
+        raise ValueError(f"feature {field.name!r}: shape {array.shape}, expected {shape}")
+    flat = array.reshape(-1)
+    if field.kind == "bytes":
+        return [p for v in flat.tolist() for p in _framed(_TAG_1, [_as_bytes(field, v)])]
+    if flat.size == 0:  # an empty packed field is left out altogether
+        return []
+    if field.kind == "float":
+        packed: bytes | int = flat.astype("<f4").tobytes()
+    elif field.dtype != "int16":
+        packed = b"".join(_varint(int(v)) for v in flat.tolist())
+    elif materialize:
+        packed = _packed_int16(flat)
+    else:
+        packed = int(_INT16_LENGTHS.take(_int16_rows(flat)).sum())
+    return _framed(_TAG_1, [packed])
 
 
-def _join(parts: list, measure: bool) -> bytes | int:
-    return sum(parts) if measure else b"".join(parts)
-
-
-def _example(fields: tuple[Field, ...], example: Mapping[str, Any], measure: bool):
-    entries = []
+def _example(fields: tuple[Field, ...], example: Mapping[str, Any], materialize: bool) -> Pieces:
+    entries: Pieces = []
     for field in fields:
-        feature = _framed(
-            _LIST_TAGS[field.kind], _list_body(field, example[field.name], measure), measure
-        )
+        value = _value_list(field, example[field.name], materialize)
         name = field.name.encode("utf-8")
-        entry = _join(
-            [
-                _framed(_TAG_1, len(name) if measure else name, measure),
-                _framed(_TAG_2, feature, measure),
-            ],
-            measure,
-        )
-        entries.append(_framed(_TAG_1, entry, measure))
-    return _framed(_TAG_1, _join(entries, measure), measure)
+        entry = [*_framed(_TAG_1, [name]), *_framed(_TAG_2, _framed(_LIST_TAGS[field.kind], value))]
+        entries += _framed(_TAG_1, entry)
+    return _framed(_TAG_1, entries)
 
 
 def serialize(fields: tuple[Field, ...], example: Mapping[str, Any]) -> bytes:
     """The serialized `tf.train.Example` of `example` (feature name -> value)."""
-    return _example(fields, example, measure=False)
+    return b"".join(_example(fields, example, materialize=True))
 
 
 def serialized_size(fields: tuple[Field, ...], example: Mapping[str, Any]) -> int:
     """len(serialize(fields, example)), without building the bytes of vectors."""
-    return _example(fields, example, measure=True)
+    return _size(_example(fields, example, materialize=False))
