@@ -174,7 +174,14 @@ class PaptMspPodcast(dataset_builder.FileReaderBuilder):
             # Starting the reader processes is part of the first pass.
             self.phases["check"] = time.perf_counter() - clock
             clock = time.perf_counter()
-            infos = split_writer.write_all(readers, reading, layouts, self._get_filename_template)
+            try:
+                infos = split_writer.write_all(
+                    readers, reading, layouts, self._get_filename_template
+                )
+            except shard_jobs.AudioChanged as err:
+                raise PrepareError(
+                    str(err), hint="audio files changed while the dataset was built; build again"
+                ) from None
             self.phases["write"] = time.perf_counter() - clock
         self.info.set_splits(tfds.core.SplitDict(infos))
         samples = sum(m.num_samples for split in layouts for m in split.measured)

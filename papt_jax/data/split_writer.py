@@ -26,6 +26,7 @@ which "fork" would copy in an undefined state.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import functools
 import itertools
@@ -62,24 +63,28 @@ def default_readers(audio_seconds: float) -> int:
 class Readers:
     """Runs functions over items in `count` reader processes, or in this process if 1.
 
-    Use as a context manager; leaving it stops the processes, also on an error.
+    Use as a context manager. Leaving it, also on an error, cancels the work not started
+    and waits for the work under way, so no reader writes into a directory that the caller
+    goes on to clean up. A reader that dies (killed for memory, say) raises
+    `BrokenProcessPool` here rather than leaving the build waiting.
     """
 
     def __init__(self, count: int):
         if count < 1:
             raise ValueError(f"readers must be >= 1, got {count}")
         self.count = count
-        self._pool = None
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def __enter__(self) -> Readers:
         if self.count > 1:
-            self._pool = multiprocessing.get_context("spawn").Pool(self.count)
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.count, mp_context=multiprocessing.get_context("spawn")
+            )
         return self
 
     def __exit__(self, *exc) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
     def ordered(self, fn: Callable, items: Sequence) -> Iterator:
@@ -88,13 +93,14 @@ class Readers:
             return map(fn, items)
         # Chunks amortise the round trip; several per reader keep them all busy to the end.
         chunk = max(1, min(64, len(items) // (4 * self.count)))
-        return self._pool.imap(fn, items, chunksize=chunk)
+        return self._pool.map(fn, items, chunksize=chunk)
 
     def unordered(self, fn: Callable, items: Sequence) -> Iterator:
         """fn(item) for each item, in the order they finish."""
         if self._pool is None:
             return map(fn, items)
-        return self._pool.imap_unordered(fn, items)
+        futures = [self._pool.submit(fn, item) for item in items]
+        return (f.result() for f in concurrent.futures.as_completed(futures))
 
 
 class _AudioBar(tqdm.tqdm):

@@ -342,6 +342,22 @@ def test_a_file_that_changes_between_the_passes_stops_the_build(tmp_path):
         shard_jobs.write_shard(reading, str(out), [source], [measured])
 
 
+def test_audio_changed_between_the_passes_is_a_prepare_error(tmp_path, monkeypatch):
+    from papt_jax.data import shard_jobs, split_writer
+
+    rows = [row("a.wav", 1, "Train"), row("b.wav", 2, "Development"), row("c.wav", 3, "Test1")]
+    root = write_corpus(tmp_path / "corpus", rows)
+
+    def measured_before_a_change(reading, source):
+        return dataclasses.replace(shard_jobs.measure(reading, source), num_bytes=1)
+
+    monkeypatch.setattr(split_writer, "measure", measured_before_a_change)
+    with pytest.raises(prepare.PrepareError, match="a.wav: was Measured") as err:
+        prepare.prepare(mp.CorpusConfig(corpus_dir=root), tmp_path / "data", readers=1)
+    assert "build again" in err.value.hint
+    assert not prepare.dataset_dir(tmp_path / "data").exists()
+
+
 def test_progress_bar_shows_audio_hours_and_x_real_time():
     import io
 
