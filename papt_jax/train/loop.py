@@ -154,7 +154,9 @@ def run_loop(
     Args:
       state: Replicated initial TrainState (replaced by the latest checkpoint if any).
       train_step: Jitted `(state, batch, rng) -> (state, metrics)`; metrics are device
-        scalars and include `finite` (1.0 when the update was applied).
+        scalars and include `finite` (1.0 when the update was applied). Its `.lower`
+        compiles each batch shape and gives XLA's FLOP count; a callable without one
+        trains the same, with no `flops_per_step` or `mfu` logged.
       evaluate: `state -> {metric: float}`, run every `eval_every` steps.
       train_iter: Endless iterator of host batches with get_state/set_state; batches
         hold `audio_mask` (batch, samples) for the throughput count.
