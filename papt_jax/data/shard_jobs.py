@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import soundfile
 from tensorflow_datasets.core import file_adapters
 
 from papt_jax.data import audio as audio_lib
@@ -76,11 +77,30 @@ class AudioChanged(Exception):
     """An audio file read differently when its shard was written than when it was measured."""
 
 
-def _example(reading: Reading, source: Source) -> dict[str, Any]:
-    """Reads the audio of `source`; raises `audio.AudioError` for a file that fails a check."""
-    samples = audio_lib.read_audio(
-        source.path, reading.sample_rate, reading.resample, reading.channels
-    )
+def _example(reading: Reading, source: Source, checked: bool = False) -> dict[str, Any]:
+    """Reads the audio of `source` into its example.
+
+    Args:
+      reading: how to read it.
+      source: the utterance.
+      checked: True when the file already passed `measure`: a 16-bit PCM mono file at the
+        expected rate is then read as int16 directly. `audio.read_audio` decodes to float32,
+        checks, and converts back, a round trip that is exact for such files (audio.py:
+        16-bit PCM is stored bit-exactly) and costs several times the reading itself;
+        tests/data/test_prepare.py checks that both give the same samples.
+
+    Raises:
+      audio.AudioError: the file fails a check (when `checked` is False).
+    """
+    samples = None
+    if checked:
+        with soundfile.SoundFile(source.path) as f:
+            if (f.subtype, f.channels, f.samplerate) == ("PCM_16", 1, reading.sample_rate):
+                samples = f.read(dtype="int16")
+    if samples is None:
+        samples = audio_lib.read_audio(
+            source.path, reading.sample_rate, reading.resample, reading.channels
+        )
     return {
         **source.values,
         reading.audio_field: samples,
@@ -120,9 +140,9 @@ def write_shard(
     def records() -> Iterator[tuple[str, bytes]]:
         for source, expected in zip(sources, measured, strict=True):
             try:
-                example = _example(reading, source)
-            except audio_lib.AudioError as err:
-                raise AudioChanged(f"{source.path}: now fails its checks: {err.message}") from None
+                example = _example(reading, source, checked=True)
+            except (audio_lib.AudioError, RuntimeError, OSError) as err:
+                raise AudioChanged(f"{source.path}: can no longer be read ({err})") from None
             record = tf_example.serialize(reading.fields, example)
             found = Measured(example[reading.length_field], len(record))
             if found != expected:

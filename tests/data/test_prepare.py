@@ -342,6 +342,23 @@ def test_a_file_that_changes_between_the_passes_stops_the_build(tmp_path):
         shard_jobs.write_shard(reading, str(out), [source], [measured])
 
 
+@pytest.mark.parametrize(
+    "fmt,subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("WAV", "FLOAT"), ("WAV", "PCM_24")]
+)
+def test_write_pass_reads_checked_files_as_read_audio_does(tmp_path, fmt, subtype):
+    from papt_jax.data import audio, shard_jobs
+
+    rng = np.random.default_rng(0)
+    samples = np.r_[-1.0, 32767 / 32768, rng.uniform(-1, 1, 4000)]
+    path = tmp_path / f"a.{fmt.lower()}"
+    soundfile.write(str(path), samples, 16000, format=fmt, subtype=subtype)
+    reading = shard_jobs.Reading((), "audio", "num_samples", 16000, False, "error", "array_record")
+    source = shard_jobs.Source("a", str(path), 0.25, {})
+    checked = shard_jobs._example(reading, source, checked=True)["audio"]
+    assert checked.dtype == np.int16
+    np.testing.assert_array_equal(checked, audio.read_audio(path))
+
+
 def test_audio_changed_between_the_passes_is_a_prepare_error(tmp_path, monkeypatch):
     from papt_jax.data import shard_jobs, split_writer
 
