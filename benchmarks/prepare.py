@@ -168,8 +168,9 @@ def reader_start_seconds(readers: int) -> float:
 # whose cumulative times are reported, in the order of the build. They do not overlap.
 PROFILE_PARTS = (
     ("labels CSV + audio headers (load_corpus)", "splits.py", "load_corpus"),
-    ("read + decode + check audio (both passes)", "audio.py", "read_audio"),
+    ("read + decode + check audio (check pass)", "audio.py", "read_audio"),
     ("record sizes (check pass)", "tf_example.py", "serialized_size"),
+    ("read checked audio as int16 (write pass)", "shard_jobs.py", "_read_checked"),
     ("tf.train.Example encoding (write pass)", "tf_example.py", "serialize"),
     (
         "array_record write: zstd + file (write pass)",

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import soundfile
 from tensorflow_datasets.core import file_adapters
 
@@ -77,26 +78,32 @@ class AudioChanged(Exception):
     """An audio file read differently when its shard was written than when it was measured."""
 
 
+def _read_checked(reading: Reading, path: str) -> np.ndarray | None:
+    """The samples of a file that passed `measure`, if it is 16-bit PCM mono at the expected
+    rate, else None.
+
+    `audio.read_audio` decodes to float32, checks, and converts back, a round trip that is
+    exact for such files (audio.py: 16-bit PCM is stored bit-exactly) and costs several
+    times the reading itself; tests/data/test_prepare.py checks both give the same samples.
+    """
+    with soundfile.SoundFile(path) as f:
+        if (f.subtype, f.channels, f.samplerate) == ("PCM_16", 1, reading.sample_rate):
+            return f.read(dtype="int16")
+    return None
+
+
 def _example(reading: Reading, source: Source, checked: bool = False) -> dict[str, Any]:
     """Reads the audio of `source` into its example.
 
     Args:
       reading: how to read it.
       source: the utterance.
-      checked: True when the file already passed `measure`: a 16-bit PCM mono file at the
-        expected rate is then read as int16 directly. `audio.read_audio` decodes to float32,
-        checks, and converts back, a round trip that is exact for such files (audio.py:
-        16-bit PCM is stored bit-exactly) and costs several times the reading itself;
-        tests/data/test_prepare.py checks that both give the same samples.
+      checked: True when the file already passed `measure` (see `_read_checked`).
 
     Raises:
-      audio.AudioError: the file fails a check (when `checked` is False).
+      audio.AudioError: the file fails a check.
     """
-    samples = None
-    if checked:
-        with soundfile.SoundFile(source.path) as f:
-            if (f.subtype, f.channels, f.samplerate) == ("PCM_16", 1, reading.sample_rate):
-                samples = f.read(dtype="int16")
+    samples = _read_checked(reading, source.path) if checked else None
     if samples is None:
         samples = audio_lib.read_audio(
             source.path, reading.sample_rate, reading.resample, reading.channels
