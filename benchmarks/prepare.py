@@ -2,7 +2,7 @@
 
 Usage:
 
-    python benchmarks/prepare.py [--hours 3] [--readers N] [--workdir DIR] [--profile]
+    python benchmarks/prepare.py [--hours 3] [--readers N] [--repeat 1] [--workdir DIR] [--profile]
 
 A corpus in the MSP-Podcast v1.x layout is simulated (not real speech): `Audios/` with
 16 kHz mono 16-bit wav files and `Labels/labels_consensus.csv` with the real header
@@ -15,18 +15,19 @@ shaped by a syllable-rate envelope at a per-file level around -26 dBFS: cheap to
 with the sign and magnitude mix of speech, which is what decides the record sizes
 (a negative sample takes 10 bytes in a tf.train.Example) and the compression work.
 
-The same corpus is then prepared twice into separate directories, with 1 reader and with
-`--readers` (default: every available core), in this process, each timed from the call to
-`prepare.prepare` to its return (start-up of the reader processes included, interpreter
-start-up not). Printed per build: audio-hours in the records, wall seconds, x real time
-(audio seconds per wall second), its ratio to the 1-reader build, CPU seconds per audio-hour
-(this process and its reader processes), wall seconds per phase as `prepare` logs them
-(corpus: labels CSV and audio headers; check: reader start-up and the first pass; write:
-the second pass; rest: metadata, index), and the 1-minute load average before and after
-(other jobs on the machine slow every figure but the CPU seconds). Then the time a pool of
-reader processes takes to start on its own, and whether the two datasets hold the same
-records (index files and split metadata compared; tests/data/test_prepare.py compares the
-record files themselves).
+The same corpus is then prepared with 1 reader and with `--readers` (default: every
+available core), alternately, `--repeat` times each, in this process. Each build is timed
+from the call to `prepare.prepare` to its return (start-up of the reader processes
+included, interpreter start-up not). Printed per build: audio-hours in the records, wall
+seconds, x real time (audio seconds per wall second), CPU seconds per audio-hour (this
+process and its reader processes), wall seconds per phase as `prepare` logs them (corpus:
+labels CSV and audio headers; check: reader start-up and the first pass; write: the second
+pass; rest: metadata, index) and the 1-minute load average before and after (other jobs on
+the machine slow every figure but the CPU seconds; before the builds, N spinning processes
+measure how many cores' worth of CPU the other jobs leave). Then the best speed of each
+setting and their ratio, the time a pool of reader processes takes to start on its own, and
+whether the two datasets hold the same records (index files and split metadata compared;
+tests/data/test_prepare.py compares the record files themselves).
 
 --profile then builds once more with 1 reader under cProfile (slower than the timed run)
 and sums the profile into where the time goes.
@@ -155,6 +156,23 @@ def _noop(_: int) -> None:
     return None
 
 
+def _spin(seconds: float) -> int:
+    """Loop iterations done in `seconds` of wall time."""
+    start, count = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        count += 1
+    return count
+
+
+def cores_free(processes: int, seconds: float = 2.0) -> float:
+    """How many cores' worth `processes` spinning processes get now, relative to one: what the
+    machine's other jobs leave for parallel work (`processes` on an idle machine)."""
+    one = _spin(seconds)
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        many = sum(pool.map(_spin, [seconds] * processes, chunksize=1))
+    return many / one
+
+
 def reader_start_seconds(readers: int) -> float:
     """Wall seconds until a pool of `readers` spawned processes (as prepare starts them,
     importing this program's modules) has run one task each."""
@@ -225,6 +243,7 @@ def main() -> None:
     parser.add_argument("--speakers", type=int, default=400)
     parser.add_argument("--readers", type=int, default=split_writer.available_cores())
     parser.add_argument("--workdir", type=Path, help="kept if given (default: a temp dir)")
+    parser.add_argument("--repeat", type=int, default=1, help="builds of each setting")
     parser.add_argument("--profile", action="store_true", help="profile the 1-reader build")
     args = parser.parse_args()
 
@@ -239,21 +258,35 @@ def main() -> None:
                 f"(written in {time.perf_counter() - start:.0f} s)"
             )
         config = msp_podcast.CorpusConfig(corpus_dir=corpus)
-        runs = [run(config, workdir / f"data_{r}_readers", r) for r in (1, args.readers)]
+        # Other jobs on a shared machine can leave less than a core per reader; say so.
+        print(
+            f"cores' worth of CPU {args.readers} processes get now: "
+            f"{cores_free(args.readers):.2f} (of {args.readers})"
+        )
+        # Alternating 1 and N readers, so a change in the machine's other load hits both.
+        runs = [
+            run(config, workdir / f"data_{r}_readers", r)
+            for _ in range(args.repeat)
+            for r in (1, args.readers)
+        ]
         print(f"\nmachine: {split_writer.available_cores()} cores available to this process")
         print(
-            "| readers | audio-h | wall s | x real time | vs 1 reader | CPU s per audio-h "
+            "| readers | audio-h | wall s | x real time | CPU s per audio-h "
             "| wall s: corpus / check / write / rest | load before/after |"
         )
-        print("|---:|---:|---:|---:|---:|---:|---|---|")
+        print("|---:|---:|---:|---:|---:|---|---|")
         for r in runs:
-            speed = r.audio / r.wall
             phases = " / ".join(f"{v:.1f}" for v in r.phases.values())
             print(
-                f"| {r.readers} | {r.audio / 3600:.2f} | {r.wall:.1f} | {speed:.0f} | "
-                f"{speed / (runs[0].audio / runs[0].wall):.2f}x | {r.cpu / (r.audio / 3600):.1f} "
-                f"| {phases} | {r.load[0]:.1f} / {r.load[1]:.1f} |"
+                f"| {r.readers} | {r.audio / 3600:.2f} | {r.wall:.1f} | {r.audio / r.wall:.0f} | "
+                f"{r.cpu / (r.audio / 3600):.1f} | {phases} | {r.load[0]:.1f} / {r.load[1]:.1f} |"
             )
+        best = {r: max(x.audio / x.wall for x in runs if x.readers == r) for r in (1, args.readers)}
+        print(
+            f"best of {args.repeat}: {best[1]:.0f}x real time with 1 reader, "
+            f"{best[args.readers]:.0f}x with {args.readers}: "
+            f"{best[args.readers] / best[1]:.2f} times faster"
+        )
         print(
             f"starting {args.readers} reader processes alone: "
             f"{reader_start_seconds(args.readers):.1f} s (part of 'check' above)"
