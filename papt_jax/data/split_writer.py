@@ -5,19 +5,20 @@ uses it) produces: the records of a split in the order of the md5 of (split name
 (`tfds.core.hashing.Hasher`), cut into `ShardConfig.get_number_shards(total bytes, records)`
 array_record files at `get_shard_boundaries`, each written by TFDS's file adapter. Only the
 work is arranged differently. TFDS's writer serializes, sorts and compresses every record in
-the calling process, which caps it far below the speed of the machine; here readers do the
-per-utterance work in two passes:
+the calling process (about 200x real time, however many cores there are; BENCHMARKS.md,
+"Preparing a corpus"); here reader processes do the per-utterance work, in two passes:
 
-1. measure: every utterance is read, checked (`audio.read_audio`) and the size of its record
-   computed. Results come back in corpus order, so the caller sees bad files in the order a
-   one-by-one build meets them. The shard count depends on the split's total size, so it is
+1. check: every utterance is read and checked (`audio.read_audio`) and the size of its
+   record computed. Results come back in corpus order, so the caller meets bad files in the
+   order a one-by-one build does. The shard count depends on a split's total size, so it is
    known only after this pass.
 2. write: each shard (a run of consecutive records in hash order) is read again, encoded
    (`tf_example`) and compressed into its file by one reader, shards side by side, the
    longest first.
 
-Reading each file twice costs less than carrying the samples from the first pass to the
-second (see BENCHMARKS.md, "Preparing a corpus").
+The second read is cheap (a checked 16-bit PCM file is taken as stored, see
+`shard_jobs`), where carrying the samples from one pass to the other would take memory or
+disk for the whole corpus.
 
 Reader processes are started with "spawn": the caller may have started threads (JAX does),
 which "fork" would copy in an undefined state.
@@ -41,9 +42,9 @@ from tensorflow_datasets.core.utils import shard_utils
 
 from papt_jax.data.shard_jobs import Measured, Reading, Source, Unreadable, measure, write_shard
 
-# Starting a reader process (a fresh interpreter importing NumPy, soundfile and TFDS, and
-# the caller's main module) takes about as long as one reader needs for this much audio;
-# the default number of readers gives each at least this much.
+# Starting reader processes (fresh interpreters importing NumPy, soundfile, TFDS and the
+# caller's main module) takes about a second; one reader prepares 600-700 s of audio in
+# that time (BENCHMARKS.md). The default number of readers gives each at least this much.
 AUDIO_SECONDS_PER_READER = 600.0
 
 
