@@ -128,19 +128,29 @@ def _packed_int16(samples: np.ndarray) -> bytes:
     return padded[_INT16_KEEP.take(rows).view(np.bool_)].tobytes()
 
 
-# A message being built: its pieces in order, each bytes or, for a vector that is only
-# measured, the number of bytes it would take. Nested messages are framed piece by piece, so
-# the samples are copied once, by the final join.
-Pieces = list[bytes | int]
+@dataclasses.dataclass
+class _Message:
+    """A message being built: its pieces in order and their total size in bytes.
 
+    A piece is bytes or, for a vector only measured, the number of bytes it would take.
+    Nested messages are framed piece by piece, so the samples are copied once, by the final
+    join, and sizes are added up as pieces are appended rather than recounted per level.
+    """
 
-def _size(pieces: Pieces) -> int:
-    return sum(p if isinstance(p, int) else len(p) for p in pieces)
+    pieces: list[bytes | int] = dataclasses.field(default_factory=list)
+    size: int = 0
 
+    def add(self, piece: bytes | int) -> _Message:
+        self.pieces.append(piece)
+        self.size += piece if isinstance(piece, int) else len(piece)
+        return self
 
-def _framed(tag: bytes, pieces: Pieces) -> Pieces:
-    """A length-delimited field: its tag, the length of `pieces`, then `pieces`."""
-    return [tag + _varint(_size(pieces)), *pieces]
+    def add_field(self, tag: bytes, body: _Message) -> _Message:
+        """Appends a length-delimited field: its tag, the size of `body`, then `body`."""
+        self.add(tag + _varint(body.size))
+        self.pieces += body.pieces
+        self.size += body.size
+        return self
 
 
 def _as_bytes(field: Field, value: Any) -> bytes:
@@ -151,17 +161,20 @@ def _as_bytes(field: Field, value: Any) -> bytes:
     raise TypeError(f"feature {field.name!r}: expected str or bytes, got {type(value).__name__}")
 
 
-def _value_list(field: Field, value: Any, materialize: bool) -> Pieces:
+def _value_list(field: Field, value: Any, materialize: bool) -> _Message:
     """The BytesList, FloatList or Int64List message holding `value`."""
     array = np.asarray(value, dtype=field.dtype)
     if array.ndim != int(field.vector):
         shape = "(None,)" if field.vector else "()"
         raise ValueError(f"feature {field.name!r}: shape {array.shape}, expected {shape}")
     flat = array.reshape(-1)
+    message = _Message()
     if field.kind == "bytes":
-        return [p for v in flat.tolist() for p in _framed(_TAG_1, [_as_bytes(field, v)])]
+        for v in flat.tolist():
+            message.add_field(_TAG_1, _Message().add(_as_bytes(field, v)))
+        return message
     if flat.size == 0:  # an empty packed field is left out altogether
-        return []
+        return message
     if field.kind == "float":
         packed: bytes | int = flat.astype("<f4").tobytes()
     elif field.dtype != "int16":
@@ -170,24 +183,25 @@ def _value_list(field: Field, value: Any, materialize: bool) -> Pieces:
         packed = _packed_int16(flat)
     else:
         packed = int(_INT16_LENGTHS.take(_int16_rows(flat)).sum())
-    return _framed(_TAG_1, [packed])
+    return message.add_field(_TAG_1, _Message().add(packed))
 
 
-def _example(fields: tuple[Field, ...], example: Mapping[str, Any], materialize: bool) -> Pieces:
-    entries: Pieces = []
+def _example(fields: tuple[Field, ...], example: Mapping[str, Any], materialize: bool) -> _Message:
+    features = _Message()
     for field in fields:
-        value = _value_list(field, example[field.name], materialize)
-        name = field.name.encode("utf-8")
-        entry = [*_framed(_TAG_1, [name]), *_framed(_TAG_2, _framed(_LIST_TAGS[field.kind], value))]
-        entries += _framed(_TAG_1, entry)
-    return _framed(_TAG_1, entries)
+        feature = _Message().add_field(
+            _LIST_TAGS[field.kind], _value_list(field, example[field.name], materialize)
+        )
+        entry = _Message().add_field(_TAG_1, _Message().add(field.name.encode("utf-8")))
+        features.add_field(_TAG_1, entry.add_field(_TAG_2, feature))
+    return _Message().add_field(_TAG_1, features)
 
 
 def serialize(fields: tuple[Field, ...], example: Mapping[str, Any]) -> bytes:
     """The serialized `tf.train.Example` of `example` (feature name -> value)."""
-    return b"".join(_example(fields, example, materialize=True))
+    return b"".join(_example(fields, example, materialize=True).pieces)
 
 
 def serialized_size(fields: tuple[Field, ...], example: Mapping[str, Any]) -> int:
     """len(serialize(fields, example)), without building the bytes of vectors."""
-    return _size(_example(fields, example, materialize=False))
+    return _example(fields, example, materialize=False).size
