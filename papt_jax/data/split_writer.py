@@ -42,10 +42,12 @@ from tensorflow_datasets.core.utils import shard_utils
 
 from papt_jax.data.shard_jobs import Measured, Reading, Source, Unreadable, measure, write_shard
 
-# Starting reader processes (fresh interpreters importing NumPy, soundfile, TFDS and the
-# caller's main module) takes about a second; one reader prepares 600-700 s of audio in
-# that time (BENCHMARKS.md). The default number of readers gives each at least this much.
-AUDIO_SECONDS_PER_READER = 600.0
+# A reader process is a fresh interpreter that imports NumPy, soundfile, TFDS and the
+# caller's main module again: about 1 s under prepare's command line, 5 s under the
+# experiment's (which imports JAX and the rest). A reader prepares about 700 audio-seconds
+# per second (BENCHMARKS.md): a second reader pays for a 5 s start from about 2 audio-hours
+# on. The default number of readers gives each at least this much audio.
+AUDIO_SECONDS_PER_READER = 3600.0
 
 
 def available_cores() -> int:
