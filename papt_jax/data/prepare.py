@@ -157,15 +157,7 @@ class PaptMspPodcast(dataset_builder.FileReaderBuilder):
                 sources[name] = [_source(u) for u in utterances]
             else:
                 log.warning("split %s is empty and is not written", name)
-        reading = shard_jobs.Reading(
-            fields=tf_example.fields_from_features(self.info.features.get_serialized_info()),
-            audio_field="audio",
-            length_field="num_samples",
-            sample_rate=config.sample_rate,
-            resample=config.resample,
-            channels=config.channels,
-            file_format=self.info.file_format.value,
-        )
+        reading = self._reading(config)
         header_seconds = sum(s.seconds for split in sources.values() for s in split)
         self.readers_used = self.readers or split_writer.default_readers(header_seconds)
         with split_writer.Readers(self.readers_used) as readers:
@@ -196,6 +188,18 @@ class PaptMspPodcast(dataset_builder.FileReaderBuilder):
             }
             for split in layouts
         }
+
+    def _reading(self, config: msp_podcast.CorpusConfig) -> shard_jobs.Reading:
+        """How readers read and encode this dataset's utterances (see `_info`'s features)."""
+        return shard_jobs.Reading(
+            fields=tf_example.fields_from_features(self.info.features.get_serialized_info()),
+            audio_field="audio",
+            length_field="num_samples",
+            sample_rate=config.sample_rate,
+            resample=config.resample,
+            channels=config.channels,
+            file_format=self.info.file_format.value,
+        )
 
     def _measure(
         self,
@@ -228,9 +232,8 @@ class PaptMspPodcast(dataset_builder.FileReaderBuilder):
             kept[name][1].append(result)
         for name, (split, _) in kept.items():
             if not split:
-                reasons = collections.Counter(
-                    p.reason for p in self.skipped if p.key in {s.key for s in sources[name]}
-                )
+                keys = {s.key for s in sources[name]}
+                reasons = collections.Counter(p.reason for p in self.skipped if p.key in keys)
                 raise PrepareError(
                     f"split {name}: all {len(sources[name])} audio file(s) failed their "
                     f"checks {dict(sorted(reasons.items()))}",
