@@ -198,3 +198,18 @@ def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
     finally:
         first.release()
     workspace_lib.RunLock(tmp_path).acquire()  # free again once released
+
+
+def test_a_run_that_fine_tunes_a_given_encoder_never_trains_a_bootstrap(tmp_path, fake_stages):
+    """The personalization-gap and baseline runs on the embedded corpus fine-tune a finished
+    run's bootstrap encoder; the pseudo-label teacher left at 'bootstrap' must not make them
+    train their own."""
+    config = smoke()
+    config.finetune.init = "model"
+    config.model.init = "converted:elsewhere/bootstrap/encoder"
+    assert config.pseudo_labels.teacher == "bootstrap"
+    config.stages = "prepare,finetune,evaluate,report"
+    ws = workspace_lib.Workspace(config, tmp_path)
+    assert "bootstrap" not in run_lib.Planner(config, ws).plan(("finetune", "evaluate", "report"))
+    config.stages = "prepare,pseudo_labels"  # the teacher is read here: bootstrap first
+    assert "bootstrap" in run_lib.Planner(config, ws).plan(("pseudo_labels",))

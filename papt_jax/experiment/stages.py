@@ -181,6 +181,12 @@ def _evaluate_keys(c) -> tuple[str, ...]:
     return keys + (("model.init",) if "test_c" in csv(c.evaluate.splits) else ())
 
 
+def _uses_bootstrap(spec: str) -> tuple[str, ...]:
+    """("bootstrap",) when an encoder spec names the bootstrap encoder: only then does a
+    stage wait for (and get redone after) the bootstrap."""
+    return ("bootstrap",) if spec == "bootstrap" else ()
+
+
 def _data_outputs(ws: Workspace) -> tuple[Path, ...]:
     # A dataset outside the workdir may be shared by other runs: never removed from here
     # (prepare refuses to reuse one built with other options).
@@ -204,14 +210,14 @@ STAGES: dict[str, Stage] = {
         Stage(
             "pseudo_labels",
             run_pseudo_labels,
-            lambda c: ("prepare", "bootstrap"),
+            lambda c: ("prepare",) + _uses_bootstrap(c.pseudo_labels.teacher),
             _pseudo_label_keys,
             lambda ws: (ws.path("pseudo_labels"),),
         ),
         Stage(
             "pretrain",
             run_pretrain,
-            lambda c: ("prepare", "bootstrap", "pseudo_labels"),
+            lambda c: ("prepare", "pseudo_labels") + _uses_bootstrap(c.model.init),
             _pretrain_keys,
             lambda ws: (ws.path("pretrain"),),
             resumable=True,
@@ -229,7 +235,8 @@ STAGES: dict[str, Stage] = {
             "finetune",
             run_finetune,
             lambda c: (
-                ("prepare", "bootstrap", "speaker_weights")
+                ("prepare", "speaker_weights")
+                + _uses_bootstrap(c.model.init)
                 + (("pretrain",) if c.finetune.init == "pretrain" else ())
             ),
             _finetune_keys,
@@ -239,7 +246,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "evaluate",
             run_evaluate,
-            lambda c: ("prepare", "bootstrap", "finetune"),
+            lambda c: ("prepare", "finetune") + _uses_bootstrap(c.model.init),
             _evaluate_keys,
             lambda ws: (ws.path("evaluate"),),
         ),
