@@ -106,27 +106,39 @@ class Readers:
         return (f.result() for f in concurrent.futures.as_completed(futures))
 
 
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
 class _AudioBar(tqdm.tqdm):
-    """A progress bar counting audio seconds, shown as audio-hours and x real time."""
+    """A progress bar over audio, shown as audio-hours and x real time.
+
+    It counts whole milliseconds (`add` rounds each item's seconds), so the counts add up
+    to the total exactly, in whatever order items finish.
+    """
 
     FORMAT = (
         "{desc}: {percentage:3.0f}%|{bar}| {hours:.2f}/{total_hours:.2f} audio-h "
         "[{elapsed}<{remaining}, {speed:.0f}x real time]"
     )
 
-    def __init__(self, desc: str, total_seconds: float, **kwargs):
+    def __init__(self, desc: str, seconds: Iterable[float], **kwargs):
         # disable=None: a bar on terminals only, like the other long loops.
         kwargs = {"disable": None, "leave": False, **kwargs}
-        super().__init__(desc=desc, total=total_seconds, bar_format=self.FORMAT, **kwargs)
+        total = sum(map(_ms, seconds))
+        super().__init__(desc=desc, total=total, bar_format=self.FORMAT, **kwargs)
+
+    def add(self, seconds: float) -> None:
+        self.update(_ms(seconds))
 
     @property
     def format_dict(self) -> dict[str, Any]:
         values = super().format_dict
         elapsed = values["elapsed"]
         values.update(
-            hours=values["n"] / 3600,
-            total_hours=(values["total"] or 0) / 3600,
-            speed=values["n"] / elapsed if elapsed else 0.0,
+            hours=values["n"] / 3.6e6,
+            total_hours=(values["total"] or 0) / 3.6e6,
+            speed=values["n"] / 1000 / elapsed if elapsed else 0.0,
         )
         return values
 
@@ -135,10 +147,10 @@ def measure_all(
     readers: Readers, reading: Reading, sources: Sequence[Source]
 ) -> Iterator[Measured | Unreadable]:
     """`shard_jobs.measure` of every source, yielded in the order of `sources`."""
-    with _AudioBar("checking audio", sum(s.seconds for s in sources)) as bar:
+    with _AudioBar("checking audio", (s.seconds for s in sources)) as bar:
         results = readers.ordered(functools.partial(measure, reading), sources)
         for source, result in zip(sources, results, strict=True):
-            bar.update(source.seconds)
+            bar.add(source.seconds)
             yield result
 
 
@@ -225,12 +237,12 @@ def write_all(
             seconds.append(sum(s.seconds for s in split.sources[part]))
     # Longest first, so no reader is left with a long shard while the others idle.
     order = sorted(range(len(tasks)), key=lambda i: -seconds[i])
-    with _AudioBar("writing records", sum(seconds)) as bar:
+    with _AudioBar("writing records", seconds) as bar:
         written = readers.unordered(
             functools.partial(_write_numbered, reading), [(i, *tasks[i]) for i in order]
         )
         for i, _ in written:
-            bar.update(seconds[i])
+            bar.add(seconds[i])
     return [
         splits.SplitInfo(
             name=split.name,
