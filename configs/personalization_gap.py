@@ -19,7 +19,7 @@ in).
 from papt_jax.config_defaults import apply_embedded_corpus, base_config
 
 PAPER_K = (50, 100, 250, 500, 987)
-DEMO_K = (25, 30, 35, 40)
+DEMO_K = (25, 30, 40)
 SMOKE_K = (6, 10)
 
 

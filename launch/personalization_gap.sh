@@ -18,7 +18,7 @@ LARGE=${LARGE:-ckpt/hubert_large}
 
 case "$MODE" in
   paper) KS=(50 100 250 500 987) ;;
-  demo) KS=(25 30 35 40) ;;
+  demo) KS=(25 30 40) ;;
   smoke) KS=(6 10) ;;
   *) echo "mode must be demo, smoke or paper" >&2; exit 2 ;;
 esac
