@@ -160,8 +160,8 @@ def jax_finetune(cfg: HubertConfig, batch, mesh):
     state = TrainState.create(
         apply_fn=None, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
     )
-    step = finetune.make_train_step(model, "arousal", finetune.LabelScaling("none"), mesh)
-    return repeated_step(step, state, batch, mesh)
+    step = finetune.make_train_step(model, finetune.LabelScaling("none"), mesh)
+    return repeated_step(step, state, finetune.training_batch(batch, "arousal"), mesh)
 
 
 def jax_pretrain(cfg: HubertConfig, batch, mesh):

@@ -68,8 +68,7 @@ def abstract_batch(batch: int, samples: int) -> dict[str, jax.ShapeDtypeStruct]:
         "audio": jax.ShapeDtypeStruct((batch, samples), f32),
         "audio_mask": jax.ShapeDtypeStruct((batch, samples), b),
         "speaker": jax.ShapeDtypeStruct((batch,), jnp.int32),
-        "arousal": jax.ShapeDtypeStruct((batch,), f32),
-        "valence": jax.ShapeDtypeStruct((batch,), f32),
+        "label": jax.ShapeDtypeStruct((batch,), f32),
         "example_mask": jax.ShapeDtypeStruct((batch,), b),
     }
 
@@ -78,7 +77,7 @@ def analyse(cfg: HubertConfig, batch: int, samples: int) -> dict[str, float]:
     """Compiles one fine-tuning step for `cfg` and returns its memory figures in bytes."""
     model = HubertForRegression(cfg, freeze_feature_extractor=True)
     mesh = sharding.make_mesh(1)
-    step = finetune.make_train_step(model, "arousal", finetune.LabelScaling("none"), mesh)
+    step = finetune.make_train_step(model, finetune.LabelScaling("none"), mesh)
     state = abstract_state(model)
     start = time.perf_counter()
     compiled = step.lower(

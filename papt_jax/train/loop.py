@@ -148,6 +148,7 @@ def run_loop(
     config: LoopConfig,
     description: str = "train",
     learning_rate: Callable[[int], Any] | float | None = None,
+    batch_view: Callable[[dict], dict] | None = None,
 ) -> LoopResult:
     """Trains until `total_steps`, early stopping or `stop_after_steps`.
 
@@ -168,6 +169,8 @@ def run_loop(
       description: Progress-bar and message label, e.g. 'finetune[arousal]'.
       learning_rate: The optimiser's schedule (optax: update count -> rate) or constant
         rate, logged as `train/lr`; None logs no rate.
+      batch_view: Host-side `batch -> batch` applied before the step (None: the batch as
+        the iterator gives it), e.g. to keep only the arrays the step reads.
 
     Returns:
       A LoopResult; `finished` is False when stopped by `stop_after_steps`.
@@ -217,6 +220,8 @@ def run_loop(
     try:
         while step < config.total_steps:
             host_batch = next(train_iter)
+            if batch_view is not None:
+                host_batch = batch_view(host_batch)
             batch = shard_batch(host_batch, mesh)
             shape = tuple(sorted((k, np.shape(v)) for k, v in host_batch.items()))
             if shape not in step_costs:
@@ -303,6 +308,7 @@ def train_in_workdir(
     config: LoopConfig,
     description: str,
     learning_rate: Callable[[int], Any] | float | None = None,
+    batch_view: Callable[[dict], dict] | None = None,
 ):
     """`run_loop` with checkpoints in `<workdir>/checkpoints` and logs in `<workdir>/logs`.
 
@@ -329,6 +335,7 @@ def train_in_workdir(
             config=config,
             description=description,
             learning_rate=learning_rate,
+            batch_view=batch_view,
         )
         best = None
         if result.finished:
