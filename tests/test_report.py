@@ -315,6 +315,19 @@ def test_figures_stay_clean_with_many_long_speaker_names():
             assert layout.layout_problems(fig) == [], build.__name__
 
 
+@pytest.mark.parametrize("n_speakers", [12, 20, 26])
+def test_figures_stay_clean_with_many_short_speaker_names(n_speakers):
+    # The demo's test-b (20 speakers named by number): a legend below the panels whose
+    # columns were guessed from one column's width ran past both edges of the figure.
+    rng = np.random.default_rng(4)
+    many = demo_result(rng, "arousal", "test-b", 160, n_speakers=n_speakers, name="{}")
+    for build in figures.FIGURES.values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fig = build(many, "PAPT-FT")
+            assert layout.layout_problems(fig) == [], build.__name__
+
+
 def test_figures_without_pldc_modes_are_clean(results):
     r = results[1]
     plain = results_lib.EvalResult(

@@ -97,8 +97,15 @@ def _speaker_legend(fig: Figure, styles: Mapping[str, tuple], title: Text) -> No
         fig.set_size_inches(width + legend_width + 0.1, height)
         return
     legend.remove()
+    # A first guess from one column's width; the spacing between columns can make the
+    # legend wider than the figure, so drop columns until it fits.
     ncols = max(1, int(0.95 * width / legend_width))
-    legend = fig.legend(loc="outside lower center", ncols=ncols, **style)
+    while True:
+        legend = fig.legend(loc="outside lower center", ncols=ncols, **style)
+        if ncols == 1 or _size_in(fig, legend)[0] <= 0.98 * width:
+            break
+        legend.remove()
+        ncols -= 1
     fig.set_size_inches(width, height + _size_in(fig, legend)[1] + 0.1)
 
 
