@@ -15,6 +15,8 @@ BASE=${3:-}                # demo/smoke: a finished run whose corpus and bootstr
 
 MSP_DIR=${MSP_DIR:-/data/MSP-Podcast-1.6}
 LARGE=${LARGE:-ckpt/hubert_large}
+# More --config flags for every run, space-separated (reproduce_tables.sh passes its epochs).
+read -ra extra <<< "${EXTRA_FLAGS:-}"
 
 case "$MODE" in
   paper) KS=(50 100 250 500 987) ;;
@@ -40,7 +42,7 @@ for k in "${KS[@]}"; do
   for kind in si sd; do
     dependent=False; [ "$kind" = sd ] && dependent=True
     python -m papt_jax.main --config="configs/personalization_gap.py$variant" \
-      --workdir="$OUT/${kind}_$k" "${flags[@]}" \
+      --workdir="$OUT/${kind}_$k" "${flags[@]}" "${extra[@]}" \
       --config.finetune.train_speakers="$k" --config.finetune.speaker_dependent="$dependent"
     runs+=("$OUT/${kind}_$k")
   done
