@@ -60,7 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_variant(name: str, args: argparse.Namespace, out_dir: str) -> list[dict]:
     """Runs encoder.py under the variant's XLA_FLAGS; returns its result rows."""
     out = os.path.join(out_dir, f"{name}.json")
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {VARIANTS[name]}"}
+    env = dict(os.environ)
+    # XLA reads a blank XLA_FLAGS as a file name and aborts: set it only when non-empty.
+    flags = f"{env.pop('XLA_FLAGS', '')} {VARIANTS[name]}".strip()
+    if flags:
+        env["XLA_FLAGS"] = flags
     command = [
         sys.executable,
         str(ENCODER),
