@@ -31,7 +31,8 @@ TensorFlow; `audio.read_audio` brings every subtype (integer or float) to full 1
 The builder derives from TFDS's `FileReaderBuilder` (the base of `GeneratorBasedBuilder`)
 and implements `_download_and_prepare` itself: `split_writer` writes the records, order,
 shards and metadata TFDS's writer would, with the reading, encoding and compressing spread
-over reader processes, where TFDS's writer does all of it in the calling process. The record
+over reader processes, where TFDS's writer does all of it in the calling process, and
+compresses with zstd level 1 instead of TFDS's 3 (a third faster, files 1 % larger). The record
 files are the same byte for byte whatever the number of readers, and from one build to the
 next (`tf_example` writes the fields in a fixed order; TFDS's serializer does not).
 """

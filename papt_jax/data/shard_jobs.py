@@ -156,7 +156,27 @@ def write_shard(
                 raise AudioChanged(f"{source.path}: was {expected}, now {found}")
             yield source.key, record
 
-    # TFDS's own adapter, so the files are written with the options TFDS's writer uses.
-    adapter = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat(reading.file_format)]
-    adapter.write_examples(path, records())
+    if reading.file_format == file_adapters.FileFormat.ARRAY_RECORD.value:
+        _write_array_record(path, (record for _, record in records()))
+    else:  # TFDS's own adapter for the other formats
+        adapter = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat(reading.file_format)]
+        adapter.write_examples(path, records())
     return len(sources)
+
+
+# TFDS's array_record options (one record per chunk, for random access) with zstd level 1
+# where TFDS leaves zstd's default 3: on audio records level 3 took 46 % of a build and
+# compressed them to 0.327 of their size, level 1 writes a third faster and gives 0.331
+# (BENCHMARKS.md, "Preparing a corpus"). Readers take the options from the file header.
+ARRAY_RECORD_OPTIONS = "group_size:1,zstd:1"
+
+
+def _write_array_record(path: str, records: Iterator[bytes]) -> None:
+    from array_record.python import array_record_module
+
+    writer = array_record_module.ArrayRecordWriter(path, ARRAY_RECORD_OPTIONS)
+    try:
+        for record in records:
+            writer.write(record)
+    finally:
+        writer.close()

@@ -3,8 +3,9 @@
 The files are those TFDS's own writer (`tfds.core.writer.Writer`, as `GeneratorBasedBuilder`
 uses it) produces: the records of a split in the order of the md5 of (split name, key)
 (`tfds.core.hashing.Hasher`), cut into `ShardConfig.get_number_shards(total bytes, records)`
-array_record files at `get_shard_boundaries`, each written by TFDS's file adapter. Only the
-work is arranged differently. TFDS's writer serializes, sorts and compresses every record in
+array_record files at `get_shard_boundaries`, each with TFDS's array_record chunking (zstd
+at level 1 where TFDS uses 3: `shard_jobs.ARRAY_RECORD_OPTIONS`). Otherwise only the work is
+arranged differently. TFDS's writer serializes, sorts and compresses every record in
 the calling process (about 200x real time, however many cores there are; BENCHMARKS.md,
 "Preparing a corpus"); here reader processes do the per-utterance work, in two passes:
 
