@@ -27,6 +27,15 @@ the figure to read. Compile time (the first call, which traces, lowers and compi
 reported apart from the steady state (median over `--steps` calls after `--warmup`).
 PyTorch gets `torch.set_num_threads(--threads)` (default: every core); XLA's CPU
 backend uses every core on its own.
+
+On a GPU host: the PyTorch side runs on `--torch_device` (default `cuda` when the installed
+torch sees a GPU; the pinned requirements install torch's CPU build, so install a CUDA build
+there) and each of its steps ends with `torch.cuda.synchronize()`; it stays fp32 with
+`--dtype bfloat16`. `--remat` turns on per-layer remat (PyTorch: gradient checkpointing).
+The table adds XLA's FLOPs per JAX step (cost analysis of the compiled step) and, where the
+device's peak is known (`train.throughput.PEAK_FLOPS`), the JAX step's MFU: against the bf16
+peak for `--dtype bfloat16`, the TF32 peak for fp32. The CUDA path has not been run: no GPU
+was lent to this project's sessions so far.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ from papt_jax.models.heads import PretrainHeadConfig
 from papt_jax.models.tasks import HubertForPretraining, HubertForRegression
 from papt_jax.train import finetune, pretrain, sharding
 from papt_jax.train.state import TrainState, make_optimizer
+from papt_jax.train.throughput import mfu, peak_flops, step_cost
 
 NUM_CLUSTERS = 500
 FINAL_DIM = 256
@@ -131,6 +141,11 @@ def repeated_step(step, state, batch, mesh):
         holder["state"], metrics = step(holder["state"], device_batch, rng)
         block(metrics)
 
+    # XLA's FLOPs of the compiled step, for MFU. The first call reuses this compilation, so
+    # its time (`compile_s`) is added back to the first call's in the table.
+    start = time.perf_counter()
+    run.cost = step_cost(step, holder["state"], device_batch, rng)
+    run.compile_s = time.perf_counter() - start
     return run
 
 
@@ -188,7 +203,10 @@ def torch_encoder(cfg: HubertConfig, masked: bool = False) -> transformers.Huber
     values.update(
         apply_spec_augment=masked, mask_time_prob=0.05 if masked else 0.0, mask_feature_prob=0.0
     )
-    return transformers.HubertModel(transformers.HubertConfig(**values))
+    encoder = transformers.HubertModel(transformers.HubertConfig(**values))
+    if cfg.remat:  # the counterpart of our per-layer remat
+        encoder.gradient_checkpointing_enable()
+    return encoder
 
 
 def frame_mask_torch(encoder: transformers.HubertModel, audio_mask: torch.Tensor, frames: int):
@@ -250,14 +268,30 @@ class TorchPretrainer(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits[chosen], targets[chosen])
 
 
+# Where the PyTorch side runs: set by main from --torch_device ("cuda" when a GPU build of
+# torch sees one, else "cpu"). The pinned requirements install torch's CPU build.
+TORCH_DEVICE = torch.device("cpu")
+
+
+def _on_device(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array).to(TORCH_DEVICE)
+
+
+def _sync() -> None:
+    """Waits for queued GPU work, so a step's time is its own (no-op on the CPU)."""
+    if TORCH_DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def torch_forward(cfg: HubertConfig, batch):
-    encoder = torch_encoder(cfg).eval()
-    audio = torch.from_numpy(batch["audio"])
-    mask = torch.from_numpy(batch["audio_mask"]).long()
+    encoder = torch_encoder(cfg).eval().to(TORCH_DEVICE)
+    audio = _on_device(batch["audio"])
+    mask = _on_device(batch["audio_mask"]).long()
 
     def run():
         with torch.no_grad():
             encoder(audio, attention_mask=mask)
+        _sync()
 
     return run
 
@@ -272,27 +306,26 @@ def _torch_step(model, loss_fn):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
         opt.step()
+        _sync()
 
     return run
 
 
 def torch_finetune(cfg: HubertConfig, batch):
-    model = TorchRegressor(cfg).train()
+    model = TorchRegressor(cfg).train().to(TORCH_DEVICE)
     model.encoder.feature_extractor._freeze_parameters()
-    audio = torch.from_numpy(batch["audio"])
-    mask = torch.from_numpy(batch["audio_mask"])
-    label = torch.from_numpy(batch["arousal"])
+    audio = _on_device(batch["audio"])
+    mask = _on_device(batch["audio_mask"])
+    label = _on_device(batch["arousal"])
     return _torch_step(model, lambda: torch_ccc_loss(model(audio, mask), label))
 
 
 def torch_pretrain(cfg: HubertConfig, batch):
-    model = TorchPretrainer(cfg).train()
-    audio = torch.from_numpy(batch["audio"])
-    mask = torch.from_numpy(batch["audio_mask"])
-    targets = torch.from_numpy(batch["targets"]).long()
-    mask_time = torch.from_numpy(
-        span_mask(targets.shape[1], targets.shape[0], np.random.RandomState(0))
-    )
+    model = TorchPretrainer(cfg).train().to(TORCH_DEVICE)
+    audio = _on_device(batch["audio"])
+    mask = _on_device(batch["audio_mask"])
+    targets = _on_device(batch["targets"]).long()
+    mask_time = _on_device(span_mask(targets.shape[1], targets.shape[0], np.random.RandomState(0)))
     return _torch_step(model, lambda: model(audio, mask, mask_time, targets))
 
 
@@ -363,6 +396,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument(
+        "--remat", action="store_true", help="per-layer remat (PyTorch: gradient checkpointing)"
+    )
+    parser.add_argument(
+        "--torch_device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the PyTorch reference runs (default: cuda when torch sees a GPU)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated workloads")
     parser.add_argument("--quick", action="store_true", help="B=2, 2 s, 3 timed steps")
@@ -383,16 +424,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    global TORCH_DEVICE
+    TORCH_DEVICE = torch.device(args.torch_device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = get_preset(args.model, dtype=args.dtype)
+    cfg = get_preset(args.model, dtype=args.dtype, remat=args.remat)
     samples = int(args.seconds * SAMPLE_RATE)
     batch = make_batch(cfg, args.batch, samples)
     mesh = sharding.make_mesh(1)
     print(
         f"model={args.model} batch={args.batch} seconds={args.seconds} "
         f"frames={cfg.num_frames(samples)} jax_dtype={args.dtype} torch=float32 "
-        f"torch_threads={torch.get_num_threads()} cpus={os.cpu_count()} "
+        f"torch_threads={torch.get_num_threads()} torch_device={TORCH_DEVICE} "
+        f"cpus={os.cpu_count()} "
         f"jax={jax.__version__} torch={torch.__version__} transformers={transformers.__version__} "
         f"device={jax.devices()[0].device_kind}",
         flush=True,
@@ -403,6 +447,7 @@ def main(argv=None) -> list[dict]:
         jax_fn = make_jax(cfg, batch, mesh)
         torch_fn = make_torch(cfg, batch)
         jax_t, torch_t = run_interleaved(jax_fn, torch_fn, args.warmup, args.steps)
+        jax_t = dataclasses.replace(jax_t, first=jax_t.first + getattr(jax_fn, "compile_s", 0.0))
         row = {
             "part": part,
             "jax_first_s": jax_t.first,
@@ -410,6 +455,7 @@ def main(argv=None) -> list[dict]:
             "torch_first_s": torch_t.first,
             "torch_ms": torch_t.median_ms,
             "torch_over_jax": torch_t.median_ms / jax_t.median_ms,
+            **_utilisation(getattr(jax_fn, "cost", None), jax_t.median_ms, args.dtype),
             "jax_all_ms": [1e3 * t for t in jax_t.steady],
             "torch_all_ms": [1e3 * t for t in torch_t.steady],
         }
@@ -436,17 +482,38 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
+def _utilisation(cost, ms_per_step: float, dtype: str) -> dict:
+    """XLA's FLOPs per step and, where the device's peak is known, the MFU of the JAX step
+    against the dense peak for `dtype`. fp32 runs are held to the TF32 tensor-core peak where
+    the chip has one (JAX's default precision for fp32 matrix products on NVIDIA GPUs), else
+    to the fp32 peak."""
+    if cost is None:
+        return {"flops_per_step": None, "mfu": None}
+    if dtype == "bfloat16":
+        peak = peak_flops(cost.device_kind, "bfloat16")
+    else:
+        peak = peak_flops(cost.device_kind, "tfloat32") or peak_flops(cost.device_kind, "float32")
+    steps_per_second = 1000.0 / ms_per_step
+    utilisation = (
+        None if peak is None else mfu(cost.flops, steps_per_second, peak, cost.num_devices)
+    )
+    return {"flops_per_step": cost.flops, "mfu": utilisation}
+
+
 def print_table(rows: list[dict]) -> None:
     print()
     print(
         "| workload | JAX compile+first (s) | JAX ms/step | PyTorch first (s) | PyTorch ms/step "
-        "| PyTorch/JAX |"
+        "| PyTorch/JAX | JAX GFLOP/step | JAX MFU |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        flops = "-" if r.get("flops_per_step") is None else f"{r['flops_per_step'] / 1e9:.0f}"
+        util = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f} %"
         print(
             f"| {r['part']} | {r['jax_first_s']:.1f} | {r['jax_ms']:.0f} | "
-            f"{r['torch_first_s']:.2f} | {r['torch_ms']:.0f} | {r['torch_over_jax']:.2f}x |"
+            f"{r['torch_first_s']:.2f} | {r['torch_ms']:.0f} | {r['torch_over_jax']:.2f}x "
+            f"| {flops} | {util} |"
         )
 
 
