@@ -419,6 +419,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.batch < 1 or args.seconds <= 0 or args.steps < 1:
         parser.error("--batch, --seconds and --steps must be positive")
     args.parts = parts
+    try:
+        device = torch.device(args.torch_device)
+    except RuntimeError as err:
+        parser.error(f"--torch_device {args.torch_device!r}: {err}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--torch_device cuda: this torch build sees no GPU (install a CUDA build)")
     return args
 
 
