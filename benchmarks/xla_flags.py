@@ -43,7 +43,7 @@ ENCODER = Path(__file__).with_name("encoder.py")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
-    parser.add_argument("--model", default="base")
+    parser.add_argument("--model", choices=("base", "large", "small"), default="base")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--steps", type=int, default=3)
@@ -76,7 +76,14 @@ def run_variant(name: str, args: argparse.Namespace, out_dir: str) -> list[dict]
         f"--json={out}",
     ]
     print(f"[{name}] XLA_FLAGS={VARIANTS[name] or '(none)'}", flush=True)
-    subprocess.run(command, env=env, check=True)
+    done = subprocess.run(command, env=env)
+    if done.returncode:
+        # encoder.py has printed its own error above; pass its exit code on, no traceback.
+        print(
+            f"xla_flags.py: variant {name!r}: encoder.py exited with {done.returncode}",
+            file=sys.stderr,
+        )
+        sys.exit(done.returncode)
     with open(out) as f:
         return json.load(f)["rows"]
 
