@@ -13,7 +13,7 @@ their labels, and needs a new fine-tuning run for new speakers, so it has no tes
   python -m papt_jax.main --config=configs/b2.py:demo --workdir=runs/b2_demo
 """
 
-from papt_jax.config_defaults import apply_embedded_corpus, base_config
+from papt_jax.experiment.config_defaults import apply_embedded_corpus, base_config
 
 
 def get_config(variant: str = ""):

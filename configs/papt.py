@@ -19,7 +19,7 @@ Embedded synthetic corpus (no downloads; the README gives its measured time and 
 its meaning: `python -m papt_jax.main --config=configs/papt.py --show_config`.
 """
 
-from papt_jax.config_defaults import apply_embedded_corpus, base_config
+from papt_jax.experiment.config_defaults import apply_embedded_corpus, base_config
 
 
 def get_config(variant: str = ""):

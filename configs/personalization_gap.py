@@ -16,7 +16,7 @@ The paper's K for MSP-Podcast: 50, 100, 250, 500, 987 (`PAPER_K`); the embedded 
 in).
 """
 
-from papt_jax.config_defaults import apply_embedded_corpus, base_config
+from papt_jax.experiment.config_defaults import apply_embedded_corpus, base_config
 
 PAPER_K = (50, 100, 250, 500, 987)
 DEMO_K = (25, 30, 40)

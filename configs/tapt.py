@@ -11,7 +11,7 @@ vector enters the encoder (`speaker_fusion='none'`).
   python -m papt_jax.main --config=configs/tapt.py:demo --workdir=runs/tapt_demo
 """
 
-from papt_jax.config_defaults import apply_embedded_corpus, base_config
+from papt_jax.experiment.config_defaults import apply_embedded_corpus, base_config
 
 
 def get_config(variant: str = ""):

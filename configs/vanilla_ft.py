@@ -7,7 +7,7 @@
   python -m papt_jax.main --config=configs/vanilla_ft.py:demo --workdir=runs/vanilla_demo
 """
 
-from papt_jax.config_defaults import apply_embedded_corpus, base_config
+from papt_jax.experiment.config_defaults import apply_embedded_corpus, base_config
 
 
 def get_config(variant: str = ""):

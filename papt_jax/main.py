@@ -2,8 +2,8 @@
 
 Everything happens in `papt_jax.experiment`; this file only parses flags, sets up logging
 and multi-host JAX when asked to. `--config.KEY=VALUE` overrides any setting; every key,
-its default and its meaning: `python -m papt_jax.main --config=configs/papt.py --help`
-lists them (they are documented in papt_jax/config_defaults.py).
+its default and its meaning: `python -m papt_jax.main --config=configs/papt.py --show_config`
+lists them (they are documented in papt_jax/experiment/config_defaults.py).
 """
 
 from __future__ import annotations

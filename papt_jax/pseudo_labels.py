@@ -3,7 +3,8 @@
 Two passes over the audio so memory stays bounded on a full corpus: the first
 collects frame features of a `fit_fraction` of the utterances and fits k-means (or
 loads precomputed centroids), the second labels every frame of every utterance.
-Labels are stored at 50 Hz (encoder frames) in `labels.npz`, keyed by utterance.
+Labels are stored at 50 Hz (encoder frames) in `labels.npz`, keyed by utterance
+(`pseudo_label_files.py` owns the files and reads them back, checked).
 
 Both passes run on the evaluation pipeline's batches, whose shapes come from a few
 length buckets, and every device computation is jitted, so each bucket shape compiles
@@ -24,7 +25,6 @@ import json
 import logging
 import os
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -36,26 +36,20 @@ from tqdm import tqdm
 from papt_jax import features as features_lib
 from papt_jax import kmeans
 from papt_jax.data import audio as audio_lib
-from papt_jax.errors import UserError
 from papt_jax.models.hubert import HubertModel
+from papt_jax.pseudo_label_files import (
+    CENTROIDS_FILE,
+    INFO_FILE,
+    LABELS_FILE,
+    PAD_LABEL,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
-
-LABELS_FILE = "labels.npz"
-CENTROIDS_FILE = "centroids.npy"
-INFO_FILE = "info.json"
-
-# Frames past the end of an utterance's labels (see `features.labels_to_encoder_rate`); the
-# loss ignores them. Allowed only as a trailing run.
-PAD_LABEL = -1
 
 # The traceable core of a feature function: (params, audio (B, T), audio_mask (B, T)) ->
 # (features (B, F, D), frame_mask (B, F), True on each row's leading valid frames).
 FramesFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
-
-
-class PseudoLabelError(UserError, ValueError):
-    """A pseudo-label file is missing, unreadable or holds ids that cannot be cluster ids."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,7 +363,7 @@ def compute_pseudo_labels(
             "iterations": int(result.n_iter),
         }
         del x
-    _write_atomic(os.path.join(out_dir, CENTROIDS_FILE), lambda f: np.save(f, centroids))
+    write_atomic(os.path.join(out_dir, CENTROIDS_FILE), lambda f: np.save(f, centroids))
 
     labels: dict[str, np.ndarray] = {}
     # int16 holds K <= 32767 (the paper's 500); a larger K needs int32 to not wrap around.
@@ -392,7 +386,7 @@ def compute_pseudo_labels(
             progress.add(int(lengths[real].sum()))
             bar.update()
     log.info("pseudo-labels: labelled %s", progress.describe())
-    _write_atomic(os.path.join(out_dir, LABELS_FILE), lambda f: np.savez(f, **labels))
+    write_atomic(os.path.join(out_dir, LABELS_FILE), lambda f: np.savez(f, **labels))
     usage = np.bincount(np.concatenate(list(labels.values())), minlength=config.num_clusters)
     info = {
         **fit_info,
@@ -402,111 +396,8 @@ def compute_pseudo_labels(
         "clusters_used": int((usage > 0).sum()),
         "feature_rate_hz": rate,
     }
-    _write_atomic(
+    write_atomic(
         os.path.join(out_dir, INFO_FILE), lambda f: f.write(json.dumps(info, indent=1).encode())
     )
     log.info("pseudo-labels: %s", info)
     return labels
-
-
-def _write_atomic(path: str, write: Callable) -> None:
-    """Writes a file through `write(binary file)` under a temporary name, then renames it.
-
-    A kill leaves the old file (or none) under `path` and at most a `.tmp` file beside it,
-    never a half-written file under the final name.
-    """
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _num_clusters(out_dir: str) -> int:
-    path = os.path.join(out_dir, CENTROIDS_FILE)
-    if not os.path.isfile(path):
-        raise PseudoLabelError(
-            f"no k-means centroids at {path}; the pseudo-label ids cannot be checked",
-            hint="rerun the pseudo_labels stage",
-        )
-    try:
-        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-    except (OSError, ValueError, EOFError) as e:
-        raise PseudoLabelError(
-            f"cannot read the k-means centroids {path}: {e}", hint="rerun the pseudo_labels stage"
-        ) from e
-    if len(shape) != 2 or shape[0] < 2:
-        raise PseudoLabelError(f"{path} has shape {shape}; expected (num_clusters >= 2, dim)")
-    return int(shape[0])
-
-
-def check_labels(key: str, labels: np.ndarray, num_clusters: int, path: str) -> np.ndarray:
-    """One utterance's labels as int32, after checking every id is usable.
-
-    Args:
-      key: Utterance key (for messages).
-      labels: (frames,) integer ids.
-      num_clusters: K; ids must be in [0, K).
-      path: The file the labels came from (for messages).
-
-    Returns:
-      (frames,) int32.
-
-    Raises:
-      PseudoLabelError: naming the file, the key and the offending value, for a non-integer
-        or non-1-D array, an id outside [0, K), or -1 padding anywhere but a trailing run.
-    """
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise PseudoLabelError(
-            f"{path}: labels of {key!r} are {labels.dtype} with shape {labels.shape}; "
-            "expected one integer id per frame"
-        )
-    labels = labels.astype(np.int32)
-    real = labels != PAD_LABEL
-    bad = real & ((labels < 0) | (labels >= num_clusters))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise PseudoLabelError(
-            f"{path}: utterance {key!r} has label {int(labels[i])} at frame {i}, outside the "
-            f"{num_clusters} clusters [0, {num_clusters}) of its centroids",
-            hint="the labels and centroids come from different runs; rerun the pseudo_labels stage",
-        )
-    n_real = int(real.sum())
-    if n_real and not real[:n_real].all():
-        i = int(np.argmin(real))
-        raise PseudoLabelError(
-            f"{path}: utterance {key!r} has padding label {PAD_LABEL} at frame {i}, before "
-            "labelled frames; padding may only end an utterance",
-            hint="rerun the pseudo_labels stage",
-        )
-    return labels
-
-
-def load_pseudo_labels(out_dir: str) -> dict[str, np.ndarray]:
-    """Reads and checks `labels.npz` written by `compute_pseudo_labels`.
-
-    Every id is checked against the number of clusters in `centroids.npy` beside it.
-
-    Returns:
-      Utterance key -> (frames,) int32 labels at 50 Hz.
-
-    Raises:
-      PseudoLabelError: for a missing, truncated or corrupted file (naming it) or a bad id.
-    """
-    path = os.path.join(out_dir, LABELS_FILE)
-    if not os.path.isfile(path):
-        raise PseudoLabelError(
-            f"no pseudo-labels at {path}", hint="run the pseudo_labels stage first"
-        )
-    num_clusters = _num_clusters(out_dir)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: check_labels(k, data[k], num_clusters, path) for k in data.files}
-    except PseudoLabelError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
-        raise PseudoLabelError(
-            f"the pseudo-label file {path} is truncated or corrupted ({type(e).__name__}: {e})",
-            hint=f"delete {path} and rerun the pseudo_labels stage",
-        ) from e

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from papt_jax import kmeans, pseudo_labels
+from papt_jax import kmeans, pseudo_label_files, pseudo_labels
 from papt_jax.eval import evaluate
 
 
@@ -75,7 +75,7 @@ def test_mfcc_pseudo_labels_cover_every_encoder_frame(tmp_path):
         got = labels[f"u{i}"]
         assert got.shape == ((n - 400) // 320 + 1,)
         assert got.min() >= 0 and got.max() < 8
-    loaded = pseudo_labels.load_pseudo_labels(str(tmp_path))
+    loaded = pseudo_label_files.load_pseudo_labels(str(tmp_path))
     for key, value in labels.items():
         np.testing.assert_array_equal(loaded[key], value)
     centroids = np.load(tmp_path / "centroids.npy")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from papt_jax.config_defaults import apply_embedded_corpus, base_config
 from papt_jax.experiment import run as run_lib
 from papt_jax.experiment import stages as stages_lib
 from papt_jax.experiment import workspace as workspace_lib
+from papt_jax.experiment.config_defaults import apply_embedded_corpus, base_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from papt_jax.config_defaults import apply_embedded_corpus, base_config
 from papt_jax.experiment import settings
+from papt_jax.experiment.config_defaults import apply_embedded_corpus, base_config
 
 
 def smoke():

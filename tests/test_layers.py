@@ -50,15 +50,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "papt_jax.shift_analysis",
             "papt_jax.significance",
             "papt_jax.pseudo_labels",
+            "papt_jax.pseudo_label_files",
         ),
     ),
     ("convert", ("papt_jax.convert",)),
     ("train", ("papt_jax.train",)),
     ("eval", ("papt_jax.eval",)),
-    ("experiment", ("papt_jax.experiment", "papt_jax.config_defaults")),
+    ("experiment", ("papt_jax.experiment",)),
     ("predict", ("papt_jax.predict",)),
     ("export", ("papt_jax.export",)),
-    ("entry", ("papt_jax", "papt_jax.main")),
+    ("entry", ("papt_jax", "papt_jax.main", "papt_jax.config_defaults")),
 )
 
 

@@ -94,7 +94,7 @@ class _Speakers:
 
 
 def test_gap_subsets_are_nested_and_speaker_dependent_ones_swap_in_test_a():
-    from papt_jax.config_defaults import apply_embedded_corpus, base_config
+    from papt_jax.experiment.config_defaults import apply_embedded_corpus, base_config
     from papt_jax.experiment.finetuning import finetune_speakers
     from papt_jax.experiment.settings import ConfigError
 

@@ -9,18 +9,18 @@ import jax
 import numpy as np
 import pytest
 
-from papt_jax import kmeans, pseudo_labels
+from papt_jax import kmeans, pseudo_label_files, pseudo_labels
 from papt_jax.data import audio as audio_lib
 from papt_jax.errors import UserError
-from papt_jax.pseudo_labels import PseudoLabelError, load_pseudo_labels
+from papt_jax.pseudo_label_files import PseudoLabelError, load_pseudo_labels
 
 K = 4
 
 
 def write_labels(folder, labels, k=K):
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / pseudo_labels.CENTROIDS_FILE, np.zeros((k, 3), np.float32))
-    np.savez(folder / pseudo_labels.LABELS_FILE, **labels)
+    np.save(folder / pseudo_label_files.CENTROIDS_FILE, np.zeros((k, 3), np.float32))
+    np.savez(folder / pseudo_label_files.LABELS_FILE, **labels)
 
 
 def test_good_labels_load_as_int32(tmp_path):
@@ -46,14 +46,14 @@ def test_out_of_range_or_misplaced_ids_name_the_file_key_and_value(tmp_path, bad
     write_labels(tmp_path, {"good": np.array([0, 1, 2], np.int16), "utt7": bad})
     with pytest.raises(PseudoLabelError, match=match) as info:
         load_pseudo_labels(str(tmp_path))
-    assert "utt7" in str(info.value) and pseudo_labels.LABELS_FILE in str(info.value)
+    assert "utt7" in str(info.value) and pseudo_label_files.LABELS_FILE in str(info.value)
     assert isinstance(info.value, UserError)
 
 
 def test_truncated_labels_file_names_the_file(tmp_path):
     labels = {f"u{i}": np.arange(200, dtype=np.int16) % K for i in range(20)}
     write_labels(tmp_path, labels)
-    path = tmp_path / pseudo_labels.LABELS_FILE
+    path = tmp_path / pseudo_label_files.LABELS_FILE
     data = path.read_bytes()
     # What a kill during np.savez to the final name left behind.
     path.write_bytes(data[: len(data) // 2])
@@ -66,7 +66,7 @@ def test_truncated_labels_file_names_the_file(tmp_path):
 
 def test_corrupted_bytes_inside_the_labels_file_name_the_file(tmp_path):
     write_labels(tmp_path, {"u0": np.arange(5000, dtype=np.int16) % K})
-    path = tmp_path / pseudo_labels.LABELS_FILE
+    path = tmp_path / pseudo_label_files.LABELS_FILE
     data = bytearray(path.read_bytes())
     mid = len(data) // 2
     data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
@@ -78,7 +78,7 @@ def test_corrupted_bytes_inside_the_labels_file_name_the_file(tmp_path):
 def test_missing_files_are_user_errors(tmp_path):
     with pytest.raises(PseudoLabelError, match="no pseudo-labels at"):
         load_pseudo_labels(str(tmp_path))
-    np.savez(tmp_path / pseudo_labels.LABELS_FILE, a=np.zeros(3, np.int16))
+    np.savez(tmp_path / pseudo_label_files.LABELS_FILE, a=np.zeros(3, np.int16))
     with pytest.raises(PseudoLabelError, match="no k-means centroids"):
         load_pseudo_labels(str(tmp_path))
 
@@ -114,7 +114,7 @@ def test_labels_are_written_under_a_temporary_name_then_renamed(tmp_path, monkey
         pseudo_labels.compute_pseudo_labels(
             lambda: iter(batches), feature_fn, rate, config, str(tmp_path)
         )
-    assert not (tmp_path / pseudo_labels.LABELS_FILE).exists()
+    assert not (tmp_path / pseudo_label_files.LABELS_FILE).exists()
     monkeypatch.undo()
     labels = pseudo_labels.compute_pseudo_labels(
         lambda: iter(batches), feature_fn, rate, config, str(tmp_path)
@@ -254,8 +254,11 @@ def test_fit_runs_the_teacher_on_chosen_utterances_only_in_pass_order(tmp_path, 
         jax.random.PRNGKey(14), x, 5, batch_size=x.shape[0], max_iter=5, n_init=2
     )
     np.testing.assert_allclose(
-        np.load(tmp_path / pseudo_labels.CENTROIDS_FILE), fitted.centroids, rtol=1e-5, atol=1e-6
+        np.load(tmp_path / pseudo_label_files.CENTROIDS_FILE),
+        fitted.centroids,
+        rtol=1e-5,
+        atol=1e-6,
     )
-    info = json.loads((tmp_path / pseudo_labels.INFO_FILE).read_text())
+    info = json.loads((tmp_path / pseudo_label_files.INFO_FILE).read_text())
     assert info["fit_frames"] == x.shape[0]
     assert info["utterances"] == len(utterances) == len(labels)

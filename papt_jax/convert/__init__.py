@@ -18,7 +18,7 @@ from papt_jax.convert.api import (
     params_to_torch,
     save_converted,
 )
-from papt_jax.convert.errors import (
+from papt_jax.convert.conversion_errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
     ConfigInferenceError,

@@ -27,7 +27,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from papt_jax.convert import fairseq, mapping, torch_io
-from papt_jax.convert.errors import (
+from papt_jax.convert.conversion_errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
     OutputExistsError,

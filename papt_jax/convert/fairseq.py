@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from papt_jax.convert.errors import CheckpointFormatError
+from papt_jax.convert.conversion_errors import CheckpointFormatError
 from papt_jax.convert.safe_unpickle import plain, resolve_interpolations
 from papt_jax.models.config import HubertConfig
 

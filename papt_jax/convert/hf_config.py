@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from papt_jax.convert.errors import CheckpointFormatError
+from papt_jax.convert.conversion_errors import CheckpointFormatError
 from papt_jax.models.config import HubertConfig
 
 # The Hugging Face config keys copied one-to-one.

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from papt_jax.convert.errors import ConversionError
+from papt_jax.convert.conversion_errors import ConversionError
 
 logger = logging.getLogger(__name__)
 

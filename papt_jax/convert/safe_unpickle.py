@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from papt_jax.convert.errors import (
+from papt_jax.convert.conversion_errors import (
     UNSAFE_HINT,
     CheckpointFormatError,
     UnsafePickleError,

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from papt_jax.convert import fairseq
-from papt_jax.convert.errors import (
+from papt_jax.convert.conversion_errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
     ConfigInferenceError,

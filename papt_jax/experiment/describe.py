@@ -1,6 +1,6 @@
 """Every config key with its value and its one-line description, for `--show_config`.
 
-The descriptions are the end-of-line comments of `papt_jax/config_defaults.py`, the one
+The descriptions are the end-of-line comments of `papt_jax/experiment/config_defaults.py`, the one
 place the settings are documented, so the listing and the file cannot disagree.
 """
 
@@ -11,8 +11,7 @@ import re
 
 import ml_collections
 
-from papt_jax import config_defaults
-from papt_jax.experiment import settings
+from papt_jax.experiment import config_defaults, settings
 
 _SECTION = re.compile(r"^\s*c\.(\w+) = (\w+) = ml_collections\.ConfigDict\(\)")
 _FIELD = re.compile(r"^\s*(\w+)\.(\w+) = .*?#\s*(.+)$")

@@ -9,6 +9,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from papt_jax import pseudo_label_files
 from papt_jax import pseudo_labels as pseudo_labels_lib
 from papt_jax.experiment import settings
 from papt_jax.experiment.workspace import Workspace, atomic_dir, random_encoder, with_speakers
@@ -105,8 +106,8 @@ def _pretrain(
     With `recipe_dropout`, the encoder's dropout rates are the config's (`t.*_dropout`,
     the HuBERT recipe), not whatever the source checkpoint's config says.
     """
-    targets = pseudo_labels_lib.load_pseudo_labels(str(labels_dir))
-    num_clusters = int(np.load(labels_dir / pseudo_labels_lib.CENTROIDS_FILE).shape[0])
+    targets = pseudo_label_files.load_pseudo_labels(str(labels_dir))
+    num_clusters = int(np.load(labels_dir / pseudo_label_files.CENTROIDS_FILE).shape[0])
     enc_cfg, enc_params = with_speakers(encoder, fusion, ws.num_speakers(), ws.config)
     if recipe_dropout:
         enc_cfg = enc_cfg.replace(**{k: float(t[k]) for k in DROPOUT_KEYS})

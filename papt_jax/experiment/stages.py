@@ -38,12 +38,6 @@ log = logging.getLogger(__name__)
 csv = settings.csv
 
 
-log = logging.getLogger(__name__)
-
-
-csv = settings.csv
-
-
 # Keys that change only speed or logging, never what a stage writes.
 SPEED_ONLY_KEYS = ("num_devices", "log_every", "data.worker_count", "model.remat")
 
