@@ -302,7 +302,12 @@ def test_finetune_step_lowers_ccc_loss_and_predicts():
         batches[0]["audio_mask"],
         train=False,
     )
-    np.testing.assert_allclose(out["prediction"][:8], 1.0 + 6.0 * np.asarray(raw), rtol=1e-5)
+    # The sharded step and a plain apply are different programs: their float32 sums differ
+    # by ~1e-7 of the raw output, which is ~1e-6 on the label scale (a relative bound alone
+    # fails for predictions near 0).
+    np.testing.assert_allclose(
+        out["prediction"][:8], 1.0 + 6.0 * np.asarray(raw), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_masked_prediction_loss_ignores_unlabelled_and_unmasked_frames():
