@@ -7,6 +7,12 @@ Each tool defines its absl flags and a `main(argv)`, then calls `cli.run(main)`,
   line and exits with code 2;
 * prints a `papt_jax.errors.UserError` raised by `main` as `error: ...` (plus its hint)
   on stderr and exits with code 2;
+* prints a failure of the operating system to store a file (disk full, file-size limit,
+  read-only file system, permission denied), however deep a library raised it, as one
+  `error:` line naming the path, exit code 2 (`papt_jax.storage.os_failure`);
+* prints `papt_jax.interrupts.Interrupted` (SIGTERM / SIGINT while the command handles
+  them) as one line saying what was saved and how to resume, exit code 75; a plain Ctrl-C
+  elsewhere is one line too, exit code 130;
 * leaves every other exception alone, so a bug shows its traceback;
 * `--traceback` shows the traceback of user errors too (for bug reports).
 """
@@ -20,9 +26,12 @@ from typing import NoReturn
 
 from absl import app, flags
 
+from papt_jax import interrupts, storage
 from papt_jax.errors import UserError
 
 USER_ERROR_EXIT_CODE = 2
+# What a shell reports for a process ended by Ctrl-C (128 + SIGINT).
+KEYBOARD_INTERRUPT_EXIT_CODE = 130
 
 _TRACEBACK = flags.DEFINE_bool(
     "traceback", False, "Show the full Python traceback of expected user errors too."
@@ -95,5 +104,20 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
         except BrokenPipeError:  # output piped into `head` and the like
             sys.stderr.close()
             return 0
+        except interrupts.Interrupted as e:
+            if _TRACEBACK.value:
+                raise
+            print(e.message(), file=sys.stderr)
+            sys.exit(interrupts.INTERRUPTED_EXIT_CODE)
+        except KeyboardInterrupt:
+            if _TRACEBACK.value:
+                raise
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+            sys.exit(KEYBOARD_INTERRUPT_EXIT_CODE)
+        except Exception as e:
+            failure = storage.os_failure(e)
+            if failure is None or _TRACEBACK.value:
+                raise
+            fail(failure.message, failure.hint)
 
     app.run(guarded, argv=list(sys.argv if argv is None else argv), flags_parser=parse_flags)
