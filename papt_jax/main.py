@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 
 # XLA's C++ messages (e.g. a "Very slow compile?" banner on a loaded machine) are hidden
 # like the Python libraries' chatter unless --library_logs asks for them. Set before jax
@@ -88,6 +89,22 @@ def _config_file_problem() -> str | None:
     return None
 
 
+def warn_once_about_the_cache() -> None:
+    """JAX warns at every compiled step it fails to store in the persistent cache (a full
+    disk): the first warning is shown, with a note that the rest are not."""
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if str(message).startswith("Error writing persistent compilation cache entry"):
+            if getattr(showwarning, "shown", False):
+                return
+            showwarning.shown = True
+            message = f"{message} (further cache write failures are not shown)"
+        show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+
+
 def enable_compilation_cache(folder: str) -> bool:
     """Turns on JAX's persistent compilation cache in `folder` (created if missing).
 
@@ -125,6 +142,8 @@ def main(argv: list[str]) -> int:
     if not _LIBRARY_LOGS.value:
         for handler in logging.getLogger().handlers:
             handler.addFilter(QuietLibraryInfo())
+    cli.quiet_write_failure_noise()  # the handlers are new
+    warn_once_about_the_cache()
     problem = _config_file_problem()
     if problem:
         raise settings.ConfigError(problem, hint="configs/ holds papt.py, tapt.py, vanilla_ft.py")

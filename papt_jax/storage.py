@@ -51,6 +51,7 @@ _OS_TEXT = {
     errno.EFBIG: re.compile(r"file too large|\bEFBIG\b", re.I),
     errno.EROFS: re.compile(r"read-only file system|\bEROFS\b", re.I),
 }
+_QUOTED_PATH = re.compile(r"[\"'](/[^\"']+)[\"']")
 
 
 class StorageError(UserError, OSError):
@@ -106,6 +107,10 @@ def os_failure(exc: BaseException) -> StorageError | None:
         for code, pattern in _OS_TEXT.items():
             if pattern.search(str(e)):
                 what, hint = _OS_PROBLEMS[code]
+                # tensorstore and the record writers quote the file they failed on.
+                paths = _QUOTED_PATH.findall(str(e))
+                if paths:
+                    return StorageError(f"cannot write {paths[-1]}: {what}", hint=hint)
                 return StorageError(f"{what}: {_first_line(e)}", hint=hint)
     return None
 
