@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from papt_jax import storage
 from papt_jax.convert import fairseq, mapping, torch_io
 from papt_jax.convert.conversion_errors import (
     CheckpointFormatError,
@@ -445,20 +445,19 @@ def save_converted(ckpt: ConvertedCheckpoint, out_dir: str | Path, *, overwrite:
 
     out = Path(out_dir).absolute()
     check_output_dir(out, overwrite=overwrite)
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(out / _PARAMS_DIR, to_layout(ckpt.params, scan_layers=False))
-    if ckpt.head_params is not None:
-        checkpointer.save(out / _HEAD_DIR, ckpt.head_params)
-    checkpointer.wait_until_finished()
-    (out / _CONFIG_JSON).write_text(ckpt.config.to_json())
-    if ckpt.head_config is not None:
-        head_json = json.dumps(dataclasses.asdict(ckpt.head_config), indent=2, sort_keys=True)
-        (out / _HEAD_CONFIG_JSON).write_text(head_json)
-    conversion = {"source_format": ckpt.source_format, "notes": list(ckpt.notes)}
-    (out / _CONVERSION_JSON).write_text(json.dumps(conversion, indent=2))
+    # Written under <out>.partial: an earlier checkpoint at `out` stays until this one is whole.
+    with storage.staged_dir(out) as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / _PARAMS_DIR, to_layout(ckpt.params, scan_layers=False))
+        if ckpt.head_params is not None:
+            checkpointer.save(tmp / _HEAD_DIR, ckpt.head_params)
+        checkpointer.wait_until_finished()
+        (tmp / _CONFIG_JSON).write_text(ckpt.config.to_json())
+        if ckpt.head_config is not None:
+            head_json = json.dumps(dataclasses.asdict(ckpt.head_config), indent=2, sort_keys=True)
+            (tmp / _HEAD_CONFIG_JSON).write_text(head_json)
+        conversion = {"source_format": ckpt.source_format, "notes": list(ckpt.notes)}
+        (tmp / _CONVERSION_JSON).write_text(json.dumps(conversion, indent=2))
     return out
 
 

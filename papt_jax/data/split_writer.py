@@ -41,6 +41,7 @@ import tqdm
 from tensorflow_datasets.core import hashing, naming, splits
 from tensorflow_datasets.core.utils import shard_utils
 
+from papt_jax import child_processes
 from papt_jax.data.shard_jobs import Measured, Reading, Source, Unreadable, measure, write_shard
 
 # A reader process is a fresh interpreter that imports NumPy, soundfile, TFDS and the
@@ -81,8 +82,11 @@ class Readers:
 
     def __enter__(self) -> Readers:
         if self.count > 1:
+            # Readers end with this process, even when it is killed (no orphans).
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.count, mp_context=multiprocessing.get_context("spawn")
+                self.count,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=child_processes.worker_initializer(),
             )
         return self
 

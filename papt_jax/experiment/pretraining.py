@@ -12,7 +12,13 @@ import numpy as np
 from papt_jax import pseudo_label_files
 from papt_jax import pseudo_labels as pseudo_labels_lib
 from papt_jax.experiment import settings
-from papt_jax.experiment.workspace import Workspace, atomic_dir, random_encoder, with_speakers
+from papt_jax.experiment.workspace import (
+    Workspace,
+    atomic_dir,
+    random_encoder,
+    remove,
+    with_speakers,
+)
 from papt_jax.models.config import get_preset
 from papt_jax.models.hubert import HubertModel
 from papt_jax.train import pretrain
@@ -132,6 +138,7 @@ def _pretrain(
         clip_norm=float(t.clip_norm),
         log_every=int(ws.config.log_every),
         stop_after_steps=int(t.stop_after_steps),
+        checkpoint_every_minutes=float(ws.config.train.checkpoint_every_minutes),
         seed=int(ws.config.seed),
     )
     train_data = ws.train_data(t.train_splits, targets, crop_to_shortest=bool(t.crop_to_shortest))
@@ -167,6 +174,15 @@ def _pretrain(
     return {"steps": result.step, "best_loss": result.best, "head": head_source}
 
 
+def _labels_problem(labels_dir: Path) -> str | None:
+    """Why an earlier attempt's pseudo-labels cannot be used, or None."""
+    try:
+        pseudo_label_files.load_pseudo_labels(str(labels_dir))
+    except pseudo_label_files.PseudoLabelError as e:
+        return e.message
+    return None
+
+
 def bootstrap_needed(config: ml_collections.ConfigDict) -> bool:
     return "bootstrap" in (config.model.init, config.pseudo_labels.teacher)
 
@@ -179,6 +195,12 @@ def run_bootstrap(ws: Workspace) -> dict[str, Any] | None:
     b = ws.config.bootstrap
     out = ws.stage_dir("bootstrap")
     labels_dir = out / "pseudo_labels"
+    problem = _labels_problem(labels_dir) if labels_dir.is_dir() else None
+    if problem is not None:
+        # Its checkpoints were trained on these labels: the whole attempt starts over.
+        log.warning("bootstrap: starts over: its MFCC pseudo-labels are damaged (%s)", problem)
+        remove(out)
+        out = ws.stage_dir("bootstrap")
     if not labels_dir.is_dir():  # renamed into place only once complete
         splits = f"{b.train_splits},{b.eval_split}"
         _compute_labels(ws, labels_dir, "mfcc", "", 0, int(b.num_clusters), splits)

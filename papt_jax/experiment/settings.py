@@ -210,6 +210,7 @@ FIELDS: dict[str, Rule] = {
     "data.on_bad_audio": choice("skip", "error"),
     "data.resample": boolean,
     "data.data_dir": string,
+    "data.verify_audio": choice("stat", "content"),
     "data.max_seconds": number(1.0),
     "data.num_buckets": integer(1, 8),
     "data.batch_seconds": number(0.0),
@@ -262,6 +263,8 @@ FIELDS: dict[str, Rule] = {
     "pretrain.crop_to_shortest": boolean,
     "pretrain.final_dim": integer(1),
     "pretrain.stop_after_steps": integer(0),
+    # every training stage
+    "train.checkpoint_every_minutes": number(0.0),
     # fine-tuning
     "finetune.dimensions": csv_of(*DIMENSIONS),
     "finetune.init": choice("pretrain", "model"),

@@ -12,6 +12,11 @@ variants `<dim>_mu`, `<dim>_sigma`, `<dim>_both`. Files that cannot be used are 
 stderr and listed in `<out stem>.rejected.csv` (file, reason, detail); the others are
 predicted. Exit code 0 when at least one file was predicted, 2 otherwise (one error line).
 
+The outputs (`--out`, its `.rejected.csv`, `--save_profile`) are checked before the model is
+loaded: one that is an input (an audio file, the profile), an existing folder, or in a
+place that cannot be written is refused with one line. Each is written under a temporary
+name and renamed when complete, so a failure leaves an earlier file as it was.
+
 Speakers (exclusive: --speaker with --enroll means a training speaker's enrollment set):
   --speaker=ID       a training speaker; calibrated with the --audio files as its set
   --enroll=FOLDER    a new speaker's recordings (>= 2 files, >= 10 s): proxy speaker and PLDC
@@ -27,7 +32,7 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from papt_jax import cli
+from papt_jax import cli, storage
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 
@@ -185,14 +190,32 @@ def rejected_path(out: Path) -> Path:
     return out.with_name(out.stem + ".rejected.csv")
 
 
+def _check_outputs(audio, enroll) -> None:
+    """Refuses, before any work, outputs that would overwrite an input or cannot be written."""
+    inputs = [*(audio.files if audio else ()), *(enroll.files if enroll else ())]
+    inputs += [p for p in (_PROFILE.value,) if p]
+    outputs = []
+    if _OUT.value:
+        out = storage.check_output_file(_OUT.value, "--out", inputs)
+        storage.check_output_file(rejected_path(out), "--out's list of refused files", inputs)
+        outputs += [out, rejected_path(out)]
+    if _SAVE_PROFILE.value:
+        profile = storage.check_output_file(_SAVE_PROFILE.value, "--save_profile", inputs)
+        if profile in outputs:
+            raise UserError(f"--save_profile={profile} is also the predictions' file")
+
+
 def _write_rejected(out: Path, problems) -> Path:
     path = rejected_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+
+    def write(f) -> None:
         writer = csv.writer(f)
         writer.writerow(["file", "reason", "detail"])
         for p in problems:
             writer.writerow([str(p.file), p.reason, p.detail])
+
+    storage.write_atomic(path, write)
     return path
 
 
@@ -206,7 +229,8 @@ def _write_predictions(out: Path, paths, durations, results, profile) -> None:
         header += [f"{dim}_{mode}" for dim in dims for mode in MODES]
     note = PLAIN_NOTE if profile is None else profile.describe()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
+
+    def write(f) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         for i, (path, seconds) in enumerate(zip(paths, durations, strict=True)):
@@ -215,6 +239,8 @@ def _write_predictions(out: Path, paths, durations, results, profile) -> None:
             if profile is not None:
                 row += [f"{results[dim][mode][i]:.6g}" for dim in dims for mode in MODES]
             writer.writerow(row)
+
+    storage.write_atomic(out, write)
 
 
 def main(argv: list[str]) -> int:
@@ -234,6 +260,7 @@ def main(argv: list[str]) -> int:
     enroll = None
     if _ENROLL.value:
         enroll = files_lib.find_audio(files_lib.split_paths(_ENROLL.value), "--enroll")
+    _check_outputs(audio, enroll)
 
     source = (
         assets_lib.from_workdir(_WORKDIR.value)

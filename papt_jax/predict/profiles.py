@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from papt_jax import pldc
+from papt_jax import pldc, storage
 from papt_jax.errors import UserError
 
 PROFILE_FORMAT = "papt_jax.speaker_profile"
@@ -163,7 +163,8 @@ class SpeakerProfile:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        text = json.dumps(self.to_dict(), indent=1) + "\n"
+        storage.write_atomic(path, lambda f: f.write(text))  # never half a profile
         return path
 
     @classmethod

@@ -285,6 +285,7 @@ class FinetuneSettings:
         speakers.json), for B2's weighted 1 - CCC; None trains unweighted.
       log_every: Steps between metric reads.
       stop_after_steps: Stop (resumable) at this step; 0 disables.
+      checkpoint_every_minutes: Also save the latest checkpoint this often; 0 disables.
       seed: Head init and dropout seed.
     """
 
@@ -297,6 +298,7 @@ class FinetuneSettings:
     speaker_weights: tuple[float, ...] | None
     log_every: int
     stop_after_steps: int
+    checkpoint_every_minutes: float
     seed: int
 
     def __post_init__(self):
@@ -381,6 +383,7 @@ def run_finetuning(
         best_mode="max",
         patience=run.patience,
         stop_after_steps=run.stop_after_steps or None,
+        checkpoint_every_minutes=run.checkpoint_every_minutes,
     )
 
     def evaluate(state):

@@ -233,6 +233,7 @@ class PretrainSettings:
       clip_norm: Global gradient-norm clipping threshold; 0 disables it.
       log_every: Steps between metric reads.
       stop_after_steps: Stop (resumable) at this step; 0 disables.
+      checkpoint_every_minutes: Also save the latest checkpoint this often; 0 disables.
       seed: Init, masking and dropout seed.
     """
 
@@ -246,6 +247,7 @@ class PretrainSettings:
     clip_norm: float
     log_every: int
     stop_after_steps: int
+    checkpoint_every_minutes: float
     seed: int
 
     def optimizer(self, total_steps: int):
@@ -311,6 +313,7 @@ def run_pretraining(
         best_metric="loss",
         best_mode="min",
         stop_after_steps=run.stop_after_steps or None,
+        checkpoint_every_minutes=run.checkpoint_every_minutes,
     )
     result, best = train_in_workdir(
         state=state,
