@@ -18,8 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "papt_jax"
 # `__main__` (its command line) is part of that package's layer.
 #
 #   foundation   errors (UserError), cli (the absl runner every command line uses) with
-#                config_overrides (its --config.KEY=VALUE reader), and data.audio: the
-#                sample rate and the frame grid everything else is built on
+#                config_overrides (its --config.KEY=VALUE reader), progress (console
+#                progress bars), and data.audio: the sample rate and the frame grid
+#                everything else is built on
 #   models       the Flax encoder and heads; no data, training or conversion code
 #   data         MSP-Podcast reader, dataset builder, batch plan, Grain pipeline, synthetic
 #                corpus
@@ -37,7 +38,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "papt_jax"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "foundation",
-        ("papt_jax.errors", "papt_jax.cli", "papt_jax.config_overrides", "papt_jax.data.audio"),
+        (
+            "papt_jax.errors",
+            "papt_jax.cli",
+            "papt_jax.config_overrides",
+            "papt_jax.progress",
+            "papt_jax.data.audio",
+        ),
     ),
     ("models", ("papt_jax.models",)),
     ("data", ("papt_jax.data",)),

@@ -17,9 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
-from papt_jax import pldc
+from papt_jax import pldc, progress
 from papt_jax.eval.results import EvalResult, speaker_order
 from papt_jax.models.hubert import HubertModel, masked_mean
 from papt_jax.train.finetune import predict
@@ -56,7 +55,7 @@ def encode_pooled(
     """Keys, speaker ids and pooled vectors (N, dim) of every real row (progress bar shown)."""
     outputs, keys, speakers, masks = [], [], [], []
     shown = jax.process_index() == 0
-    for batch in tqdm(batches, desc=description, unit="batch", disable=not shown):
+    for batch in progress.bar(batches, desc=description, unit="batches", disable=not shown):
         outputs.append(encode_step(params, shard_batch(batch, mesh)))
         keys.append(batch["key"])
         speakers.append(batch["speaker_id"])
@@ -212,7 +211,9 @@ def evaluate_unseen(
         str(key): proxies[str(s)]
         for key, s in zip(original_test["key"], original_test["speaker_id"], strict=True)
     }
-    train_ids = dict(zip(train["speaker"].tolist(), train["speaker_id"].astype(str), strict=True))
+    train_ids = dict(
+        zip(train["speaker"].tolist(), train["speaker_id"].astype(str).tolist(), strict=True)
+    )
     shown = {s: train_ids[proxies[s]] for s in speaker_order(list(proxies))}
     log.info("%s: proxy training speaker of each unseen speaker: %s", split, shown)
     test = predict(
