@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import Any
 
+from papt_jax.data import input_pipeline
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.eval import evaluate as evaluate_lib
 from papt_jax.eval import report as report_lib
 from papt_jax.eval.results import load_result, save_result
@@ -66,7 +70,22 @@ def run_evaluate(ws: Workspace) -> dict[str, Any]:
             for result in results:
                 save_result(result, tmp / f"{result.stem}.npz")
                 written.append(f"{result.stem}.npz")
-    return {"results": written, "pldc_k": k}
+    return {"results": written, "pldc_k": k, "shortest_train_s": shortest_train_seconds(ws)}
+
+
+def shortest_train_seconds(ws: Workspace) -> float:
+    """Duration of the training split's shortest utterance: prediction refuses clips much
+    shorter than anything the model was trained on (`papt_jax.predict.limits`)."""
+    lengths = input_pipeline.load_index(ws.data_dir, "train").num_samples
+    return round(float(lengths.min()) / SAMPLE_RATE, 4)
+
+
+def evaluation_fingerprint(record: dict[str, Any]) -> str:
+    """A hash of everything the evaluation's numbers depend on: its own settings (the record's
+    fingerprint) and the ids of the stage records it read (the fine-tuned models, the
+    dataset, the encoder), so two evaluations of differently trained models never share it."""
+    text = json.dumps([record.get("fingerprint"), record.get("inputs") or {}], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_report(ws: Workspace) -> dict[str, Any]:
@@ -74,7 +93,7 @@ def run_report(ws: Workspace) -> dict[str, Any]:
     results = [load_result(p) for p in paths]
     record = ws.record("evaluate") or {}
     k = (record.get("facts") or {}).get("pldc_k")
-    run = {"PLDC k": k, "evaluation fingerprint": record.get("fingerprint")}
+    run = {"PLDC k": k, "evaluation fingerprint": evaluation_fingerprint(record)}
     # The saved passes feed the retrieval diagnostic and the speaker-shift analysis.
     references = report_lib.load_references(ws.path("evaluate", "passes"), results, k)
     with atomic_dir(ws.path("report")) as tmp:
