@@ -103,14 +103,21 @@ def test_files_and_logs_name_speakers_by_id(smoke_run):
 def test_the_evaluation_fingerprint_covers_the_models_it_evaluated(smoke_run):
     from papt_jax.experiment.evaluation import evaluation_fingerprint
 
-    record = json.loads((smoke_run.workdir / "stages" / "evaluate.json").read_text())
-    shown = evaluation_fingerprint(record)
+    stages = smoke_run.workdir / "stages"
+    records = {s: json.loads((stages / f"{s}.json").read_text()) for s in STAGES}
+    record = records["evaluate"]
+    shown = evaluation_fingerprint(record, records.get)
     results_md = (smoke_run.workdir / "report" / "results.md").read_text()
     assert f"evaluation fingerprint = {shown}" in results_md
-    # The same settings with another fine-tuning (a new record id) is another evaluation.
-    retrained = {**record, "inputs": {**record["inputs"], "finetune": "another run"}}
-    assert record["fingerprint"] != shown != evaluation_fingerprint(retrained)
-    assert evaluation_fingerprint(json.loads(json.dumps(record))) == shown
+    assert shown != record["fingerprint"]  # not the evaluate stage's settings alone
+    # Evaluating models fine-tuned, or pre-trained (read through fine-tuning), with other
+    # settings is another evaluation; the evaluate record itself is unchanged.
+    for stage in ("finetune", "pretrain", "pseudo_labels", "prepare"):
+        other = {**records, stage: {**records[stage], "fingerprint": "other settings"}}
+        assert evaluation_fingerprint(record, other.get) != shown, stage
+    # Records with the same settings (a resumed run's new record ids) keep it.
+    renamed = {s: {**r, "id": "new"} for s, r in records.items()}
+    assert evaluation_fingerprint(record, renamed.get) == shown
 
 
 def copy_run(smoke_run, tmp_path):

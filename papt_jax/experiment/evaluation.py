@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from papt_jax.data import input_pipeline
@@ -80,11 +81,28 @@ def shortest_train_seconds(ws: Workspace) -> float:
     return round(float(lengths.min()) / SAMPLE_RATE, 4)
 
 
-def evaluation_fingerprint(record: dict[str, Any]) -> str:
-    """A hash of everything the evaluation's numbers depend on: its own settings (the record's
-    fingerprint) and the ids of the stage records it read (the fine-tuned models, the
-    dataset, the encoder), so two evaluations of differently trained models never share it."""
-    text = json.dumps([record.get("fingerprint"), record.get("inputs") or {}], sort_keys=True)
+def evaluation_fingerprint(
+    record: dict[str, Any], record_of: Callable[[str], dict[str, Any] | None]
+) -> str:
+    """A hash of the settings everything the evaluation's numbers depend on: the evaluate
+    record's fingerprint and those of every stage it read, directly or not (fine-tuning,
+    pre-training, pseudo-labels, the dataset...). Evaluations of models trained with other
+    settings differ; a run resumed after a kill, which rebuilds the same models from the same
+    settings, keeps it.
+
+    Args:
+      record: the evaluate stage's record.
+      record_of: stage name -> its completion record (`Workspace.record`).
+    """
+    chain = {"evaluate": record.get("fingerprint")}
+    pending = list(record.get("inputs") or {})
+    while pending:
+        stage = pending.pop()
+        if stage not in chain:
+            upstream = record_of(stage) or {}
+            chain[stage] = upstream.get("fingerprint")
+            pending += list(upstream.get("inputs") or {})
+    text = json.dumps(chain, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -93,7 +111,7 @@ def run_report(ws: Workspace) -> dict[str, Any]:
     results = [load_result(p) for p in paths]
     record = ws.record("evaluate") or {}
     k = (record.get("facts") or {}).get("pldc_k")
-    run = {"PLDC k": k, "evaluation fingerprint": evaluation_fingerprint(record)}
+    run = {"PLDC k": k, "evaluation fingerprint": evaluation_fingerprint(record, ws.record)}
     # The saved passes feed the retrieval diagnostic and the speaker-shift analysis.
     references = report_lib.load_references(ws.path("evaluate", "passes"), results, k)
     with atomic_dir(ws.path("report")) as tmp:
