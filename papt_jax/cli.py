@@ -14,21 +14,25 @@ Each tool defines its absl flags and a `main(argv)`, then calls `cli.run(main)`,
   them) as one line saying what was saved and how to resume, exit code 75; a plain Ctrl-C
   elsewhere is one line too, exit code 130;
 * leaves every other exception alone, so a bug shows its traceback;
-* `--traceback` shows the traceback of user errors too (for bug reports).
+* `--traceback` shows the traceback of user errors too (for bug reports);
+* `--help` (and `--helpshort`, `--helpfull`) prints the flags and exits with code 0;
+* reads `--config.KEY=VALUE` overrides of a config flag (ml_collections) itself, so that
+  every unknown key and unparsable value is found, not only the first
+  (`config_overrides`); `override_problems()` returns them for the tool to list.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+import ml_collections
 from absl import app, flags
 
-from papt_jax import interrupts, storage
+from papt_jax import config_overrides, interrupts, storage
 from papt_jax.errors import UserError
 
 USER_ERROR_EXIT_CODE = 2
@@ -67,26 +71,66 @@ def _last_line(text: str) -> str:
     return f"{lines[0].rstrip(':')} {lines[-1]}"
 
 
-def _unknown_config_key(text: str, argv: Sequence[str]) -> tuple[str, str | None]:
-    """(message, hint) for an override of a config key that does not exist."""
-    names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)
-    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    culprit = next((o for o in overrides if o.split(".")[-1] in names), None)
-    suggestion = re.search(r'Did you mean "([^"]+)"', text)
-    hint = f"did you mean `{suggestion.group(1)}`?" if suggestion else "list the keys with --help"
-    return f"{culprit or 'a --config override'}: no such config key", hint
+# absl's help flags print the usage and end the parse with sys.exit(1); asking for help
+# is no mistake, so it exits with 0.
+_HELP_FLAGS = ("-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+_override_problems: list[str] = []
+
+
+def override_problems() -> list[str]:
+    """Problems of the `--config.KEY=VALUE` overrides of the last `parse_flags` (see
+    `config_overrides`); the overrides without a problem are applied."""
+    return list(_override_problems)
+
+
+def _config_flag_names() -> list[str]:
+    # ml_collections' config flags are the flags that name a config file.
+    return [name for name in flags.FLAGS if hasattr(type(flags.FLAGS[name]), "config_filename")]
+
+
+def _config_flag_args() -> list[str]:
+    return [f"--{name}" for name in _config_flag_names()]
+
+
+def _parse_with_overrides(argv: list[str]) -> list[str]:
+    """absl parsing with the config overrides applied afterwards, every problem collected."""
+    rest, overrides = config_overrides.split(argv, _config_flag_names())
+    # ml_collections looks for overrides in sys.argv itself: it must not find them there.
+    saved, sys.argv = sys.argv, rest
+    try:
+        remaining = flags.FLAGS(rest)
+    finally:
+        sys.argv = saved
+    _override_problems.clear()
+    for name in dict.fromkeys(o.flag for o in overrides):
+        config = flags.FLAGS[name].value
+        if isinstance(config, ml_collections.ConfigDict):  # else no such file: the tool says so
+            mine = [o for o in overrides if o.flag == name]
+            _override_problems.extend(config_overrides.apply(config, mine))
+    return remaining
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
     """absl flag parsing where a mistake is one line and exit code 2, not a usage dump."""
+    argv = _normalise_flag_names(argv)
     try:
-        return flags.FLAGS(_normalise_flag_names(argv))
+        return _parse_with_overrides(argv)
+    except SystemExit as e:
+        if e.code == 1 and any(a in _HELP_FLAGS for a in argv[1:]):
+            sys.exit(0)
+        raise
     except flags.Error as e:
         fail(_last_line(str(e)), "run with --help to list the flags")
-    except (AttributeError, KeyError) as e:  # ml_collections: --config.KEY that does not exist
-        if "--traceback" in argv:
+    except (SyntaxError, NameError, AttributeError, ImportError) as e:
+        # Raised while a config file is executed: the user's file, not this program.
+        files = [a for a in argv[1:] if a.split("=")[0] in _config_flag_args()]
+        if not files or "--traceback" in argv:
             raise
-        fail(*_unknown_config_key(str(e), argv))
+        fail(
+            f"{files[-1]}: the config file cannot be loaded ({type(e).__name__}: {e})",
+            "--traceback shows where; a config file defines get_config(variant='')",
+        )
     except UserError as e:  # e.g. a config file's own validation
         if "--traceback" in argv:
             raise

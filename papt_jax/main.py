@@ -147,6 +147,15 @@ def main(argv: list[str]) -> int:
     problem = _config_file_problem()
     if problem:
         raise settings.ConfigError(problem, hint="configs/ holds papt.py, tapt.py, vanilla_ft.py")
+    # Overrides that could not be applied are listed with every other problem of the config.
+    problems = cli.override_problems()
+    if problems and _SHOW_CONFIG.value:
+        raise settings.ConfigError(
+            "cannot apply these overrides:\n  - " + "\n  - ".join(problems),
+            hint="--show_config without them lists every setting",
+        )
+    if problems:
+        settings.validate(_CONFIG.value, problems)
     if _SHOW_CONFIG.value:
         print(describe.describe(_CONFIG.value))
         return 0

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tqdm
 
+from papt_jax import progress
 from papt_jax.experiment import settings
 from papt_jax.experiment.workspace import Workspace, atomic_dir, remove, with_speakers
 from papt_jax.train import checkpoint, finetune
@@ -33,7 +33,7 @@ def _compare_features(ws: Workspace, split: str, out: Path) -> dict[str, np.ndar
             return {k: z[k] for k in z.files}
     batches, total = ws.eval_batches(split)
     keys, speakers, rows = [], [], []
-    for batch in tqdm.tqdm(batches(), total=total, desc=f"B2 ComParE {split}", unit="batch"):
+    for batch in progress.bar(batches(), total=total, desc=f"B2 ComParE {split}", unit="batches"):
         lengths = batch["audio_mask"].sum(axis=1)
         real = np.flatnonzero(batch["example_mask"])
         rows.append(

@@ -40,8 +40,10 @@ def _compute_labels(
     layer: int,
     num_clusters: int,
     splits: str,
+    name: str,
 ) -> None:
-    """Clusters frame features of `splits` (comma-separated) into `out_dir` (atomically)."""
+    """Clusters frame features of `splits` (comma-separated) into `out_dir` (atomically);
+    `name` labels its progress bars and log lines."""
     p = ws.config.pseudo_labels
     if source == "mfcc":
         feature_fn, rate = pseudo_labels_lib.mfcc_feature_fn()
@@ -71,6 +73,7 @@ def _compute_labels(
             ),
             str(tmp),
             total_batches=n,
+            name=name,
         )
 
 
@@ -88,7 +91,8 @@ def _head(encoder, num_clusters: int, final_dim: int, own_labels: bool):
             "clusters, not these pseudo-labels (give their centroids with "
             "--config.pseudo_labels.centroids to reuse it)"
         )
-        head_cfg, head_params = pretrain.choose_head(None, None, num_clusters, final_dim)
+        # Not `choose_head`: it would add that the checkpoint has no head at all.
+        head_cfg, head_params = pretrain.fresh_head(num_clusters, final_dim)
         return head_cfg, head_params, "fresh (pseudo-labels are not the checkpoint's own)"
     head_cfg, head_params = pretrain.choose_head(
         encoder.head_config, encoder.head_params, num_clusters, final_dim
@@ -203,7 +207,9 @@ def run_bootstrap(ws: Workspace) -> dict[str, Any] | None:
         out = ws.stage_dir("bootstrap")
     if not labels_dir.is_dir():  # renamed into place only once complete
         splits = f"{b.train_splits},{b.eval_split}"
-        _compute_labels(ws, labels_dir, "mfcc", "", 0, int(b.num_clusters), splits)
+        _compute_labels(
+            ws, labels_dir, "mfcc", "", 0, int(b.num_clusters), splits, "bootstrap: MFCC labels"
+        )
     encoder = random_encoder(get_preset(b.preset), int(ws.config.seed))
     t = ml_collections.ConfigDict(dict(ws.config.pretrain))
     t.update(
@@ -239,6 +245,7 @@ def run_pseudo_labels(ws: Workspace) -> dict[str, Any]:
         int(p.layer),
         int(p.num_clusters),
         f"{t.train_splits},{t.eval_split}",
+        "pseudo-labels",
     )
     return {"num_clusters": int(p.num_clusters), "source": p.source}
 

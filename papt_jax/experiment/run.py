@@ -23,6 +23,8 @@ from typing import Any
 import ml_collections
 
 from papt_jax import interrupts
+from papt_jax.eval import tables
+from papt_jax.eval.results import load_summary
 from papt_jax.experiment import inputs, settings
 from papt_jax.experiment.stages import SPEED_ONLY_KEYS, STAGES
 from papt_jax.experiment.workspace import RunLock, Workspace, remove
@@ -152,7 +154,26 @@ class Planner:
         return tuple(s for s in settings.STAGES if s in chosen)
 
 
+# What each stage does, for its "starting" line.
+STAGE_WORK = {
+    "corpus": "generating the embedded synthetic corpus",
+    "prepare": "building the dataset's array_record files",
+    "bootstrap": "pre-training a small HuBERT from scratch on MFCC k-means labels",
+    "pseudo_labels": "clustering the teacher's frame features into pseudo-labels",
+    "pretrain": "continued pre-training of the encoder, PAPT or TAPT",
+    "speaker_weights": "B2 speaker weights, if the system is B2",
+    "finetune": "fine-tuning one regressor per emotion dimension",
+    "evaluate": "predicting the test splits, with PLDC",
+    "report": "writing the report: tables, analyses, figures",
+}
+
+
 def _summary(ws: Workspace, stages: tuple[str, ...], ran: set[str]) -> str:
+    """The run's last words: stage times, the results tables, and the report's path last.
+
+    The tables are the paper-shaped ones of `results.md` (one per test split); the rest of
+    the report (analyses, their explanations, figures) stays in the file.
+    """
     lines = ["stage            wall time"]
     for stage in stages:
         record = ws.record(stage) or {}
@@ -161,8 +182,13 @@ def _summary(ws: Workspace, stages: tuple[str, ...], ran: set[str]) -> str:
         shown = f"{wall:8.1f} s" if wall is not None else "       -"
         lines.append(f"{stage:<16} {shown}  ({when})")
     report = ws.path("report", "results.md")
+    summary_path = ws.path("report", "summary.json")
+    if summary_path.is_file():
+        summary = load_summary(summary_path)
+        for split in summary["splits"]:
+            lines += ["", f"{split}:", tables.results_table(summary, split)]
     if report.is_file():
-        lines += ["", f"report: {report}", "", report.read_text().rstrip()]
+        lines += ["", f"report: {report}"]
     return "\n".join(lines)
 
 
@@ -205,7 +231,7 @@ def _run_locked(config, ws: Workspace, wanted: tuple[str, ...], redo: tuple[str,
     ws.write_config()
     log.info("workdir %s, %d device(s), stages %s", ws.workdir, ws.mesh.size, ",".join(stages))
     ran: set[str] = set()
-    for name in stages:
+    for number, name in enumerate(stages, 1):
         if ws.record(name) is not None:
             log.info("stage %s: done earlier with the same settings, reused", name)
             continue
@@ -216,7 +242,7 @@ def _run_locked(config, ws: Workspace, wanted: tuple[str, ...], redo: tuple[str,
             "paths": inputs.path_fingerprints(values),
         }
         ws.write_started(name, started)
-        log.info("stage %s: starting", name)
+        log.info("stage %s: starting (%d of %d: %s)", name, number, len(stages), STAGE_WORK[name])
         start = time.time()
         try:
             facts = STAGES[name].run(ws)

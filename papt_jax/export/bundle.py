@@ -75,6 +75,8 @@ def manifest(assets: RunAssets) -> dict:
         "label_scaling": {d: r.label_scaling for d, r in assets.regressors.items()},
         "num_speakers": len(assets.speakers),
         "num_training_speakers": int(next(iter(assets.references.values())).speaker_index.size),
+        # Prediction refuses recordings much shorter than this (`predict.limits`).
+        "shortest_train_s": assets.shortest_train_s,
         "source": str(assets.source),
     }
 

@@ -28,9 +28,9 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
 from papt_jax import interrupts
+from papt_jax import progress as progress_lib
 from papt_jax.errors import UserError
 from papt_jax.train import preemption
 from papt_jax.train.checkpoint import Checkpoints
@@ -245,8 +245,12 @@ def run_loop(
     # One entry per compiled batch shape: XLA's FLOP count (None when not available).
     step_costs: dict[tuple, StepCost | None] = {}
     throughput = ThroughputMeter()
-    progress = tqdm(
-        total=config.total_steps, initial=step, desc=description, disable=jax.process_index() != 0
+    progress = progress_lib.bar(
+        total=config.total_steps,
+        initial=step,
+        desc=description,
+        unit="steps",
+        disable=jax.process_index() != 0,
     )
     stopped_early = False
     try:

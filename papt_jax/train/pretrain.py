@@ -171,6 +171,11 @@ def choose_head(
         )
     else:
         log.info("the initial checkpoint has no pre-training head: creating one")
+    return fresh_head(num_clusters, final_dim)
+
+
+def fresh_head(num_clusters: int, final_dim: int) -> tuple[PretrainHeadConfig, None]:
+    """The config of a randomly initialised head for `num_clusters` labels (no params)."""
     return PretrainHeadConfig(final_dim=final_dim, num_label_rows=num_clusters), None
 
 
