@@ -22,7 +22,7 @@ from tqdm import tqdm
 from papt_jax import pldc
 from papt_jax.eval.results import EvalResult
 from papt_jax.models.hubert import HubertModel, masked_mean
-from papt_jax.train.finetune import predict
+from papt_jax.train.prediction import predict
 from papt_jax.train.sharding import data_sharded, replicated, shard_batch
 
 log = logging.getLogger(__name__)

@@ -118,6 +118,8 @@ def test_pretrain_run_builds_the_stated_optimizer():
         log_every=1,
         stop_after_steps=0,
         seed=0,
+        accumulate_steps=1,
+        param_sharding="replicated",
         **recipe,
     )
     rng = np.random.default_rng(1)
