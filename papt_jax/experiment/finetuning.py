@@ -13,6 +13,7 @@ import tqdm
 
 from papt_jax.experiment import settings
 from papt_jax.experiment.workspace import Workspace, atomic_dir, with_speakers
+from papt_jax.models.stack import to_layout
 from papt_jax.train import checkpoint, finetune
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,8 @@ def _finetune_setup(ws: Workspace, dimension: str):
         log_every=int(ws.config.log_every),
         stop_after_steps=int(f.stop_after_steps),
         seed=int(ws.config.seed),
+        accumulate_steps=int(ws.config.train.accumulate_steps),
+        param_sharding=ws.config.train.param_sharding,
     )
     return model, settings, enc_params
 
@@ -209,4 +212,7 @@ def load_finetuned(ws: Workspace, dimension: str):
     """(`finetune.RegressorConfig`, variables) of the fine-tuned model for `dimension`."""
     out = ws.path("finetune", dimension, "model")
     model = finetune.RegressorConfig.from_json((out / MODEL_CONFIG_FILE).read_text())
-    return model, checkpoint.restore_tree(out / "variables")
+    # Models saved before the layers were scanned hold them one by one: laid out as the
+    # config asks.
+    variables = checkpoint.restore_tree(out / "variables")
+    return model, to_layout(variables, model.encoder_config.scan_layers)

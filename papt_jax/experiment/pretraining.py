@@ -133,6 +133,8 @@ def _pretrain(
         log_every=int(ws.config.log_every),
         stop_after_steps=int(t.stop_after_steps),
         seed=int(ws.config.seed),
+        accumulate_steps=int(ws.config.train.accumulate_steps),
+        param_sharding=ws.config.train.param_sharding,
     )
     train_data = ws.train_data(t.train_splits, targets, crop_to_shortest=bool(t.crop_to_shortest))
     eval_batches, _ = ws.eval_batches(t.eval_split, targets)
@@ -155,7 +157,7 @@ def _pretrain(
     with atomic_dir(out / "encoder") as tmp:
         save_converted(
             ConvertedCheckpoint(
-                enc_cfg.replace(dtype="float32", remat=False),
+                enc_cfg.replace(dtype="float32", remat="none"),
                 best["hubert"],
                 head_cfg,
                 best["head"],
