@@ -5,6 +5,8 @@ Run:
   /work/venv/bin/python benchmarks/encoder.py --model base --batch 4 --seconds 4
   /work/venv/bin/python benchmarks/encoder.py --quick --dtype bfloat16
   /work/venv/bin/python benchmarks/encoder.py --quick --profile /tmp/prof --parts finetune
+  /work/venv/bin/python benchmarks/encoder.py --quick --remat dots_saveable --accumulate 2
+  /work/venv/bin/python benchmarks/encoder.py --compile_times    # cold compiles, own processes
 
 Three workloads, each on both sides with the same shapes:
 
@@ -31,7 +33,18 @@ backend uses every core on its own.
 On a GPU host: the PyTorch side runs on `--torch_device` (default `cuda` when the installed
 torch sees a GPU; the pinned requirements install torch's CPU build, so install a CUDA build
 there) and each of its steps ends with `torch.cuda.synchronize()`; it stays fp32 with
-`--dtype bfloat16`. `--remat` turns on per-layer remat (PyTorch: gradient checkpointing).
+`--dtype bfloat16`. `--remat POLICY` recomputes layer activations in the backward pass
+('full' when given alone; PyTorch: gradient checkpointing, always full). `--unrolled` runs
+the unrolled layer stack instead of the scanned one. `--accumulate K` splits the batch into K
+micro-batches per step (PyTorch: K forward/backward passes, one optimizer step; our
+fine-tuning step does one more forward per micro-batch, for the whole batch's 1 - CCC).
+`--devices N --param_sharding fsdp` shards parameters and optimiser state over N devices
+(JAX only).
+
+`--compile_times` measures cold compiles instead: the pre-training and fine-tuning steps
+of `--compile_models` (default base and large), scanned and unrolled, each lowered and
+compiled from abstract shapes in a fresh process with no persistent compilation cache
+(`benchmarks/memory.py`'s `compile_step`), at `--batch` x `--seconds`.
 The table adds XLA's FLOPs per JAX step (cost analysis of the compiled step) and, where the
 device's peak is known (`train.throughput.PEAK_FLOPS`), the JAX step's MFU: against the bf16
 peak for `--dtype bfloat16`, the TF32 peak for fp32. The CUDA path has not been run: no GPU
@@ -46,6 +59,8 @@ import gzip
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -63,7 +78,7 @@ from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHeadConfig
 from papt_jax.models.tasks import HubertForPretraining, HubertForRegression
 from papt_jax.train import finetune, pretrain, sharding
-from papt_jax.train.state import TrainState, make_optimizer
+from papt_jax.train.state import create_state, make_optimizer
 from papt_jax.train.throughput import mfu, peak_flops, step_cost
 
 NUM_CLUSTERS = 500
@@ -130,10 +145,19 @@ def block(tree):
     return jax.block_until_ready(tree)
 
 
+@dataclasses.dataclass(frozen=True)
+class JaxOptions:
+    """How the JAX side trains: micro-batches per step, mesh size, parameter sharding."""
+
+    accumulate: int = 1
+    devices: int = 1
+    param_sharding: str = "replicated"
+
+
 def repeated_step(step, state, batch, mesh):
     """A no-argument callable taking one train step on the same batch, carrying the state
     (the step donates it) from call to call."""
-    holder = {"state": sharding.replicate(state, mesh)}
+    holder = {"state": state}
     device_batch = sharding.shard_batch(batch, mesh)
     rng = jax.random.PRNGKey(1)
 
@@ -149,8 +173,9 @@ def repeated_step(step, state, batch, mesh):
     return run
 
 
-def jax_forward(cfg: HubertConfig, batch, mesh):
+def jax_forward(cfg: HubertConfig, batch, mesh, options: JaxOptions):
     """Returns a no-argument callable running one jitted encoder forward."""
+    del options  # inference: no optimiser state, no micro-batches
     model = HubertModel(cfg)
     audio = jnp.asarray(batch["audio"])
     mask = jnp.asarray(batch["audio_mask"])
@@ -160,7 +185,7 @@ def jax_forward(cfg: HubertConfig, batch, mesh):
     return lambda: block(apply(params, audio, mask))
 
 
-def jax_finetune(cfg: HubertConfig, batch, mesh):
+def jax_finetune(cfg: HubertConfig, batch, mesh, options: JaxOptions):
     """Returns a no-argument callable running one jitted fine-tuning step."""
     model = HubertForRegression(cfg, freeze_feature_extractor=True)
     variables = finetune.init_variables(model, jax.random.PRNGKey(0))
@@ -172,21 +197,23 @@ def jax_finetune(cfg: HubertConfig, batch, mesh):
         params=variables["params"],
         frozen_prefixes=("hubert/feature_extractor",),
     )
-    state = TrainState.create(
-        apply_fn=None, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
+    state, shardings = create_state(
+        variables["params"], tx, mesh, options.param_sharding, variables["batch_stats"]
     )
-    step = finetune.make_train_step(model, finetune.LabelScaling("none"), mesh)
+    step = finetune.make_train_step(
+        model, finetune.LabelScaling("none"), mesh, None, options.accumulate, shardings
+    )
     return repeated_step(step, state, finetune.training_batch(batch, "arousal"), mesh)
 
 
-def jax_pretrain(cfg: HubertConfig, batch, mesh):
+def jax_pretrain(cfg: HubertConfig, batch, mesh, options: JaxOptions):
     """Returns a no-argument callable running one jitted pre-training step."""
     model = HubertForPretraining(cfg, PretrainHeadConfig(FINAL_DIM, NUM_CLUSTERS))
     params = pretrain.init_params(model, jax.random.PRNGKey(0))
     tx = make_optimizer(LEARNING_RATE, 1000, schedule="constant", clip_norm=CLIP_NORM)
-    state = TrainState.create(apply_fn=None, params=params, tx=tx)
+    state, shardings = create_state(params, tx, mesh, options.param_sharding)
     loss_cfg = pretrain.PretrainLossConfig(mask_prob=0.65, mask_length=10, features_pen_weight=0.0)
-    step = pretrain.make_train_step(model, loss_cfg, mesh)
+    step = pretrain.make_train_step(model, loss_cfg, mesh, options.accumulate, shardings)
     return repeated_step(step, state, batch, mesh)
 
 
@@ -204,7 +231,7 @@ def torch_encoder(cfg: HubertConfig, masked: bool = False) -> transformers.Huber
         apply_spec_augment=masked, mask_time_prob=0.05 if masked else 0.0, mask_feature_prob=0.0
     )
     encoder = transformers.HubertModel(transformers.HubertConfig(**values))
-    if cfg.remat:  # the counterpart of our per-layer remat
+    if cfg.remat != "none":  # the counterpart of our per-layer remat
         encoder.gradient_checkpointing_enable()
     return encoder
 
@@ -283,7 +310,29 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def torch_forward(cfg: HubertConfig, batch):
+def _torch_step(model, loss_fn, accumulate: int):
+    """One optimizer step from `accumulate` micro-batches (`loss_fn(j)`: micro-batch j's loss),
+    the usual PyTorch accumulation: a backward pass each, gradients summed in place."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=LEARNING_RATE)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        for j in range(accumulate):
+            (loss_fn(j) / accumulate).backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+        opt.step()
+        _sync()
+
+    return run
+
+
+def _micro(array: np.ndarray, accumulate: int) -> list[torch.Tensor]:
+    return [_on_device(np.ascontiguousarray(a)) for a in np.split(array, accumulate)]
+
+
+def torch_forward(cfg: HubertConfig, batch, accumulate: int):
+    del accumulate  # inference
     encoder = torch_encoder(cfg).eval().to(TORCH_DEVICE)
     audio = _on_device(batch["audio"])
     mask = _on_device(batch["audio_mask"]).long()
@@ -296,37 +345,25 @@ def torch_forward(cfg: HubertConfig, batch):
     return run
 
 
-def _torch_step(model, loss_fn):
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=LEARNING_RATE)
-
-    def run():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
-        opt.step()
-        _sync()
-
-    return run
-
-
-def torch_finetune(cfg: HubertConfig, batch):
+def torch_finetune(cfg: HubertConfig, batch, accumulate: int):
     model = TorchRegressor(cfg).train().to(TORCH_DEVICE)
     model.encoder.feature_extractor._freeze_parameters()
-    audio = _on_device(batch["audio"])
-    mask = _on_device(batch["audio_mask"])
-    label = _on_device(batch["arousal"])
-    return _torch_step(model, lambda: torch_ccc_loss(model(audio, mask), label))
+    audio, mask, label = (_micro(batch[k], accumulate) for k in ("audio", "audio_mask", "arousal"))
+    return _torch_step(
+        model, lambda j: torch_ccc_loss(model(audio[j], mask[j]), label[j]), accumulate
+    )
 
 
-def torch_pretrain(cfg: HubertConfig, batch):
+def torch_pretrain(cfg: HubertConfig, batch, accumulate: int):
     model = TorchPretrainer(cfg).train().to(TORCH_DEVICE)
-    audio = _on_device(batch["audio"])
-    mask = _on_device(batch["audio_mask"])
-    targets = _on_device(batch["targets"]).long()
-    mask_time = _on_device(span_mask(targets.shape[1], targets.shape[0], np.random.RandomState(0)))
-    return _torch_step(model, lambda: model(audio, mask, mask_time, targets))
+    targets = batch["targets"].astype(np.int64)
+    mask_time = span_mask(targets.shape[1], targets.shape[0], np.random.RandomState(0))
+    audio, mask, targets, mask_time = (
+        _micro(x, accumulate) for x in (batch["audio"], batch["audio_mask"], targets, mask_time)
+    )
+    return _torch_step(
+        model, lambda j: model(audio[j], mask[j], mask_time[j], targets[j]), accumulate
+    )
 
 
 # ----------------------------------------------------------------------------- timing
@@ -390,15 +427,29 @@ WORKLOADS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("base", "large", "small"), default="base")
+    parser.add_argument("--model", choices=("base", "large", "small", "tiny"), default="base")
     parser.add_argument("--batch", type=int, default=4, help="utterances per batch")
     parser.add_argument("--seconds", type=float, default=4.0, help="audio length per utterance")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument(
-        "--remat", action="store_true", help="per-layer remat (PyTorch: gradient checkpointing)"
+        "--remat",
+        nargs="?",
+        const="full",
+        default="none",
+        help="remat policy ('full' when given alone; PyTorch: gradient checkpointing)",
     )
+    parser.add_argument("--unrolled", action="store_true", help="unrolled, not scanned, layers")
+    parser.add_argument("--accumulate", type=int, default=1, help="micro-batches per step")
+    parser.add_argument("--devices", type=int, default=1, help="JAX mesh size (data axis)")
+    parser.add_argument("--param_sharding", choices=sharding.PARAM_SHARDINGS, default="replicated")
+    parser.add_argument(
+        "--compile_times", action="store_true", help="cold compile times, scanned vs unrolled"
+    )
+    parser.add_argument("--compile_models", default="base,large", help="with --compile_times")
+    parser.add_argument("--compile_repeats", type=int, default=2, help="with --compile_times")
+    parser.add_argument("--compile_one", default=None, help=argparse.SUPPRESS)  # child process
     parser.add_argument(
         "--torch_device",
         default="cuda" if torch.cuda.is_available() else "cpu",
@@ -409,6 +460,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="B=2, 2 s, 3 timed steps")
     parser.add_argument("--profile", default=None, help="write a jax.profiler trace here")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--check_args", action="store_true", help="check the arguments, exit")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.seconds, args.steps = 2, 2.0, 3
@@ -418,6 +470,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"unknown --parts {sorted(unknown)}; choose from {PARTS}")
     if args.batch < 1 or args.seconds <= 0 or args.steps < 1:
         parser.error("--batch, --seconds and --steps must be positive")
+    if args.accumulate < 1 or args.devices < 1 or args.compile_repeats < 1:
+        parser.error("--accumulate, --devices and --compile_repeats must be positive")
+    if args.batch % (args.accumulate * args.devices):
+        parser.error(
+            f"--batch {args.batch} does not split into {args.accumulate} micro-batches over "
+            f"{args.devices} devices"
+        )
+    if "finetune" in parts and args.batch // args.accumulate < 2:
+        parser.error("--parts finetune needs micro-batches of 2 rows at least (BatchNorm)")
+    if args.devices > jax.device_count():
+        parser.error(f"--devices {args.devices}: only {jax.device_count()} visible")
+    try:
+        get_preset(args.model, remat=args.remat)
+    except ValueError as err:
+        parser.error(f"--remat {args.remat!r}: {err}")
+    args.compile_models = tuple(m for m in args.compile_models.split(",") if m)
+    if set(args.compile_models) - {"base", "large", "small", "tiny"}:
+        parser.error(f"--compile_models {args.compile_models}: base, large, small, tiny")
     args.parts = parts
     try:
         device = torch.device(args.torch_device)
@@ -428,18 +498,113 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def compile_one(args) -> None:
+    """Child of `--compile_times`: one cold compile in this fresh process, as JSON."""
+    from memory import compile_step  # benchmarks/memory.py, beside this file
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    model, part, layers = args.compile_one.split(",")
+    cfg = get_preset(model, dtype=args.dtype, scan_layers=layers == "scanned")
+    samples = int(args.seconds * SAMPLE_RATE)
+    cpu_start = time.process_time()
+    lower_s, compile_s, compiled, _ = compile_step(cfg, part, args.batch, samples)
+    # CPU seconds of this process (all its threads): far less sensitive than wall time to
+    # other jobs on a shared machine.
+    cpu_s = time.process_time() - cpu_start
+    # The optimised program's size: what XLA compiled, independent of the machine's load.
+    instructions = sum(" = " in line for line in compiled.as_text().splitlines())
+    times = {"lower_s": lower_s, "compile_s": compile_s, "cpu_s": cpu_s}
+    print(json.dumps({**times, "instructions": instructions}))
+
+
+def _cold_compile(args, model: str, part: str, layers: str, env) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--compile_one"]
+    command += [f"{model},{part},{layers}", "--batch", str(args.batch)]
+    command += ["--seconds", str(args.seconds), "--dtype", args.dtype]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compile_times(args) -> list[dict]:
+    """Cold compile times of both train steps, scanned and unrolled, each in its own process.
+
+    Scanned and unrolled alternate `--compile_repeats` times; the fastest of each is kept
+    (on a shared machine, other jobs only ever add time).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    rows = []
+    print(
+        f"batch={args.batch} seconds={args.seconds} dtype={args.dtype} cpus={os.cpu_count()} "
+        f"jax={jax.__version__} device={jax.devices()[0].device_kind}",
+        flush=True,
+    )
+    for model in args.compile_models:
+        for part in ("pretrain", "finetune"):
+            row = {"model": model, "part": part, "runs": []}
+            for _ in range(args.compile_repeats):
+                for layers in ("scanned", "unrolled"):
+                    times = {"layers": layers, **_cold_compile(args, model, part, layers, env)}
+                    row["runs"].append(times)
+                    print(
+                        f"  {model} {part} {layers}: lower {times['lower_s']:.1f} s, "
+                        f"compile {times['compile_s']:.1f} s (CPU {times['cpu_s']:.1f} s), "
+                        f"{times['instructions']} HLO instructions",
+                        flush=True,
+                    )
+            for layers in ("scanned", "unrolled"):
+                runs = [r for r in row["runs"] if r["layers"] == layers]
+                row[layers] = min(runs, key=lambda r: r["lower_s"] + r["compile_s"])
+            rows.append(row)
+    print()
+    print(
+        "| model | step | scanned: trace+lower, compile (s) | unrolled: trace+lower, compile (s) "
+        "| unrolled / scanned: wall | CPU s scanned / unrolled (ratio) "
+        "| HLO instructions scanned / unrolled |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        s, u = r["scanned"], r["unrolled"]
+        total = (u["lower_s"] + u["compile_s"]) / (s["lower_s"] + s["compile_s"])
+        cpu = [
+            min(x["cpu_s"] for x in r["runs"] if x["layers"] == layers)
+            for layers in ("scanned", "unrolled")
+        ]
+        print(
+            f"| {r['model']} | {r['part']} | {s['lower_s']:.1f} + {s['compile_s']:.1f} "
+            f"| {u['lower_s']:.1f} + {u['compile_s']:.1f} | {total:.1f}x "
+            f"| {cpu[0]:.0f} / {cpu[1]:.0f} ({cpu[1] / cpu[0]:.1f}x) "
+            f"| {s['instructions']} / {u['instructions']} |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    if args.check_args:
+        print("arguments ok:", " ".join(sys.argv[1:] if argv is None else argv))
+        return []
+    if args.compile_one:
+        return compile_one(args)
+    if args.compile_times:
+        return compile_times(args)
     global TORCH_DEVICE
     TORCH_DEVICE = torch.device(args.torch_device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = get_preset(args.model, dtype=args.dtype, remat=args.remat)
+    cfg = get_preset(args.model, dtype=args.dtype, remat=args.remat, scan_layers=not args.unrolled)
     samples = int(args.seconds * SAMPLE_RATE)
     batch = make_batch(cfg, args.batch, samples)
-    mesh = sharding.make_mesh(1)
+    mesh = sharding.make_mesh(args.devices)
+    options = JaxOptions(args.accumulate, args.devices, args.param_sharding)
     print(
-        f"model={args.model} batch={args.batch} seconds={args.seconds} "
+        f"model={args.model} batch={args.batch} seconds={args.seconds} remat={args.remat} "
+        f"layers={'unrolled' if args.unrolled else 'scanned'} accumulate={args.accumulate} "
+        f"devices={args.devices} param_sharding={args.param_sharding} "
         f"frames={cfg.num_frames(samples)} jax_dtype={args.dtype} torch=float32 "
         f"torch_threads={torch.get_num_threads()} torch_device={TORCH_DEVICE} "
         f"cpus={os.cpu_count()} "
@@ -450,8 +615,8 @@ def main(argv=None) -> list[dict]:
     rows = []
     for part in args.parts:
         make_jax, make_torch = WORKLOADS[part]
-        jax_fn = make_jax(cfg, batch, mesh)
-        torch_fn = make_torch(cfg, batch)
+        jax_fn = make_jax(cfg, batch, mesh, options)
+        torch_fn = make_torch(cfg, batch, args.accumulate)
         jax_t, torch_t = run_interleaved(jax_fn, torch_fn, args.warmup, args.steps)
         jax_t = dataclasses.replace(jax_t, first=jax_t.first + getattr(jax_fn, "compile_s", 0.0))
         row = {

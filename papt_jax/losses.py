@@ -31,8 +31,9 @@ def masked_prediction_loss(
       nomask_weight: weight of the loss on unmasked frames.
 
     Returns:
-      The scalar loss and a dict of sums/counts for metrics (`loss_sum`, `correct`,
-      `count` over masked frames).
+      The scalar loss and a dict of sums/counts (`loss_sum`, `correct`, `count` over
+      masked frames; `nomask_sum`, `nomask_count` over unmasked labelled frames), from
+      which a batch split into micro-batches puts the loss together again.
     """
     has_label = frame_mask & (targets >= 0)
     rows = jnp.clip(targets, 0) + label_offset
@@ -44,7 +45,13 @@ def masked_prediction_loss(
     if nomask_weight:
         loss = loss + nomask_weight * (ce * unmasked).sum() / jnp.maximum(unmasked.sum(), 1.0)
     correct = ((jnp.argmax(logits, -1) == rows).astype(jnp.float32) * masked).sum()
-    return loss, {"loss_sum": (ce * masked).sum(), "correct": correct, "count": masked.sum()}
+    return loss, {
+        "loss_sum": (ce * masked).sum(),
+        "correct": correct,
+        "count": masked.sum(),
+        "nomask_sum": (ce * unmasked).sum(),
+        "nomask_count": unmasked.sum(),
+    }
 
 
 def ccc_loss(predictions: jax.Array, labels: jax.Array, weights: jax.Array | None = None):

@@ -99,8 +99,31 @@ def test_speed_only_keys_change_nothing(tmp_path, fake_stages):
     config.log_every = 3
     config.data.worker_count = 2
     config.finetune.stop_after_steps = 5
+    config.model.remat = "dots_saveable"
     run_lib.run(config, tmp_path)
     assert fake_stages == []
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("model.scan_layers", False), ("train.accumulate_steps", 2), ("train.param_sharding", "fsdp")],
+)
+def test_keys_that_change_float_rounding_redo_the_training_stages(
+    tmp_path, fake_stages, key, value
+):
+    """Unrolled layers, micro-batches and sharded parameters agree with the default only to
+    float rounding, so every stage that trains (or, for the layers, runs an encoder) is
+    redone; remat stays a speed-only key."""
+    run_lib.run(smoke(), tmp_path)
+    fake_stages.clear()
+    config = smoke()
+    section, field = key.split(".")
+    config[section][field] = value
+    config.model.remat = "full"
+    config.num_devices = 1  # speed-only; 8 rows split into 2 micro-batches on one device
+    run_lib.run(config, tmp_path)
+    trained = ["bootstrap", "pseudo_labels", "pretrain", "finetune", "evaluate", "report"]
+    assert fake_stages == trained
 
 
 def test_a_stale_stage_outside_the_requested_ones_is_removed(tmp_path, fake_stages):

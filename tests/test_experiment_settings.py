@@ -51,6 +51,10 @@ def test_paper_config_without_data_lists_everything_missing():
         ("pretrain.peak_lr", float("nan"), "a finite number"),
         ("stages", "corpus,pretrian", "unknown pretrian"),
         ("finetune.dimensions", "arousal,dominance", "unknown dominance"),
+        ("model.remat", "dots", "one of 'none', 'full', 'dots_saveable'"),
+        ("model.scan_layers", "yes", "must be True or False"),
+        ("train.accumulate_steps", 0, "an integer >= 1"),
+        ("train.param_sharding", "zero3", "one of 'replicated', 'fsdp'"),
     ],
 )
 def test_bad_values_are_named_with_their_config_key(key, value, expected):
@@ -81,6 +85,33 @@ def test_batch_sizes_must_divide_over_the_devices():
     message = problems_of(config)
     assert "--config.data.eval_batch_size=12 is not a multiple of --config.num_devices=8" in message
     assert "data.batch_size=8" not in message
+
+
+def test_training_batches_must_split_into_micro_batches_over_the_devices():
+    config = smoke()
+    config.num_devices = 2
+    config.train.accumulate_steps = 3
+    message = problems_of(config)
+    assert (
+        "--config.data.batch_size=8 does not split into --config.train.accumulate_steps=3 "
+        "micro-batches over 2 device(s): it must be a multiple of 6"
+    ) in message
+    config.num_devices = 0  # all 8 emulated devices
+    config.train.accumulate_steps = 2
+    config.data.eval_batch_size = 16
+    assert "must be a multiple of 16" in problems_of(config)
+    config.data.batch_size = 32
+    settings.validate(config)
+    config.data.batch_seconds = 20.0  # rows are then rounded to multiples of 16
+    config.data.batch_size = 1
+    settings.validate(config)
+
+
+def test_remat_reads_policy_names_and_the_booleans_of_older_configs():
+    config = smoke()
+    for value in ("full", "dots_saveable", True, False):
+        config.model.remat = value
+        settings.validate(config)
 
 
 def test_more_devices_than_visible_is_refused():
@@ -136,6 +167,11 @@ def test_preset_names_agree_with_their_owners():
     from papt_jax.models.config import MODEL_PRESETS
 
     assert tuple(MODEL_PRESETS) == settings.MODEL_PRESET_NAMES
+    from papt_jax.models.config import REMAT_POLICIES
+    from papt_jax.train.sharding import PARAM_SHARDINGS
+
+    assert REMAT_POLICIES == settings.REMAT_POLICY_NAMES
+    assert PARAM_SHARDINGS == settings.PARAM_SHARDINGS
     config = smoke()
     config.data.synthetic_preset = "huge"
     assert f"one of '', {', '.join(repr(p) for p in CORPUS_PRESETS)}" in problems_of(config)

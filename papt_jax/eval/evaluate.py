@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from papt_jax import pldc, progress
 from papt_jax.eval.results import EvalResult, speaker_order
 from papt_jax.models.hubert import HubertModel, masked_mean
-from papt_jax.train.finetune import predict
+from papt_jax.train.prediction import predict
 from papt_jax.train.sharding import data_sharded, replicated, shard_batch
 
 log = logging.getLogger(__name__)

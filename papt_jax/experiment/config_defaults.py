@@ -14,6 +14,12 @@ from papt_jax.data.synthetic.presets import CORPUS_PRESETS
 from papt_jax.experiment.settings import STAGES, ConfigError
 
 
+def _untyped(value):
+    """A config value that later assignments may give another type (ConfigDict fields keep
+    their first value's type otherwise)."""
+    return ml_collections.FieldReference(value, field_type=object)
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The paper's PAPT setting; needs MSP-Podcast and a converted HuBERT-large."""
     c = ml_collections.ConfigDict()
@@ -51,8 +57,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = m = ml_collections.ConfigDict()
     m.init = ""  # 'converted:DIR' (from python -m papt_jax.convert), 'pytorch:PATH', 'preset:NAME'
     m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
-    m.remat = False  # rematerialise Transformer layers (long audio, large model)
+    # Untyped so that the True/False of older configs still assign (read as 'full' / 'none').
+    m.remat = _untyped("none")  # recomputed in backward: 'none', 'full', 'dots_saveable', ...
+    m.scan_layers = True  # one scanned layer stack (fast compile); False unrolls (debugging)
     m.allow_unsafe_pickle = False  # fairseq .pt files needing full unpickling (trusted files only)
+
+    # --- Training at scale (every training stage: bootstrap, pretrain, finetune) ----------
+    c.train = tr = ml_collections.ConfigDict()
+    # A step takes data.batch_size rows (the effective batch) in accumulate_steps slices,
+    # one slice's activations in memory at a time.
+    tr.accumulate_steps = 1  # micro-batches per optimiser step (gradient accumulation)
+    # 'fsdp': each device holds a 1/num_devices slice of the large arrays.
+    tr.param_sharding = "replicated"  # parameters + optimiser state: 'replicated' or 'fsdp'
 
     # --- Embedded-corpus bootstrap: HuBERT iteration 1 from scratch on MFCC labels -------
     c.bootstrap = b = ml_collections.ConfigDict()

@@ -13,6 +13,7 @@ import numpy as np
 from papt_jax import progress
 from papt_jax.experiment import settings
 from papt_jax.experiment.workspace import Workspace, atomic_dir, remove, with_speakers
+from papt_jax.models.stack import to_layout
 from papt_jax.train import checkpoint, finetune
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ def _finetune_setup(ws: Workspace, dimension: str):
         stop_after_steps=int(f.stop_after_steps),
         checkpoint_every_minutes=float(ws.config.train.checkpoint_every_minutes),
         seed=int(ws.config.seed),
+        accumulate_steps=int(ws.config.train.accumulate_steps),
+        param_sharding=ws.config.train.param_sharding,
     )
     return model, settings, enc_params
 
@@ -224,4 +227,7 @@ def load_finetuned(ws: Workspace, dimension: str):
     """(`finetune.RegressorConfig`, variables) of the fine-tuned model for `dimension`."""
     out = ws.path("finetune", dimension, "model")
     model = finetune.RegressorConfig.from_json((out / MODEL_CONFIG_FILE).read_text())
-    return model, checkpoint.restore_tree(out / "variables")
+    # Models saved before the layers were scanned hold them one by one: laid out as the
+    # config asks.
+    variables = checkpoint.restore_tree(out / "variables")
+    return model, to_layout(variables, model.encoder_config.scan_layers)

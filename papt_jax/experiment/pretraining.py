@@ -144,6 +144,8 @@ def _pretrain(
         stop_after_steps=int(t.stop_after_steps),
         checkpoint_every_minutes=float(ws.config.train.checkpoint_every_minutes),
         seed=int(ws.config.seed),
+        accumulate_steps=int(ws.config.train.accumulate_steps),
+        param_sharding=ws.config.train.param_sharding,
     )
     train_data = ws.train_data(t.train_splits, targets, crop_to_shortest=bool(t.crop_to_shortest))
     eval_batches, _ = ws.eval_batches(t.eval_split, targets)
@@ -166,7 +168,7 @@ def _pretrain(
     with atomic_dir(out / "encoder") as tmp:
         save_converted(
             ConvertedCheckpoint(
-                enc_cfg.replace(dtype="float32", remat=False),
+                enc_cfg.replace(dtype="float32", remat="none"),
                 best["hubert"],
                 head_cfg,
                 best["head"],

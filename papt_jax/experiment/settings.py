@@ -39,6 +39,19 @@ STAGES = (
 # models.config.MODEL_PRESETS' names (kept here so validating needs no JAX import; a test
 # checks that the two agree).
 MODEL_PRESET_NAMES = ("base", "large", "small", "tiny")
+# models.config.REMAT_POLICIES (kept here so validating needs no JAX import; a test checks
+# that the two agree).
+REMAT_POLICY_NAMES = (
+    "none",
+    "full",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "nothing_saveable",
+    "everything_saveable",
+    "checkpoint_dots",
+    "checkpoint_dots_with_no_batch_dims",
+)
+PARAM_SHARDINGS = ("replicated", "fsdp")
 # Stage outputs that can stand in for an encoder spec.
 WORKDIR_ENCODERS = ("bootstrap", "pretrain")
 
@@ -173,6 +186,12 @@ def existing_dir_or_empty(value: Any) -> str | None:
     return None
 
 
+def remat(value: Any) -> str | None:
+    if isinstance(value, bool):  # configs written before remat policies: True/False
+        return None
+    return choice(*REMAT_POLICY_NAMES)(value)
+
+
 def encoder_spec(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
@@ -220,7 +239,11 @@ FIELDS: dict[str, Rule] = {
     # model
     "model.init": encoder_spec,
     "model.dtype": choice("float32", "bfloat16"),
-    "model.remat": boolean,
+    "model.remat": remat,
+    "model.scan_layers": boolean,
+    # training at scale
+    "train.accumulate_steps": integer(1),
+    "train.param_sharding": choice(*PARAM_SHARDINGS),
     "model.allow_unsafe_pickle": boolean,
     # bootstrap
     "bootstrap.preset": choice(*MODEL_PRESET_NAMES),
@@ -342,9 +365,11 @@ def _required(values: Mapping[str, Any], stages: tuple[str, ...]) -> list[str]:
     return problems
 
 
-def _cross_field(values: Mapping[str, Any]) -> list[str]:
+def _batch_divisibility(values: Mapping[str, Any]) -> list[str]:
+    """Batch sizes must split over the devices, training batches over devices x micro-batches."""
     problems = []
     devices = values["num_devices"]
+    accumulate = values["train.accumulate_steps"]
     if isinstance(devices, int) and devices > 0:
         import jax
 
@@ -353,13 +378,32 @@ def _cross_field(values: Mapping[str, Any]) -> list[str]:
             problems.append(
                 f"--config.num_devices={devices} but only {available} device(s) are visible"
             )
-        for key in ("data.batch_size", "data.eval_batch_size"):
-            size = values[key]
-            uses_size = key == "data.eval_batch_size" or not values["data.batch_seconds"]
-            if isinstance(size, int) and size >= 1 and uses_size and size % devices:
-                problems.append(
-                    f"--config.{key}={size} is not a multiple of --config.num_devices={devices}"
-                )
+    elif accumulate > 1:
+        import jax
+
+        devices = jax.device_count()  # num_devices=0: all of them
+    else:
+        return problems
+    named = f"--config.num_devices={devices}" if values["num_devices"] else f"the {devices} devices"
+    size = values["data.eval_batch_size"]
+    if size % devices:
+        problems.append(f"--config.data.eval_batch_size={size} is not a multiple of {named}")
+    size = values["data.batch_size"]
+    if values["data.batch_seconds"]:
+        return problems  # rows per batch are then rounded to a multiple of devices x steps
+    if accumulate > 1 and size % (devices * accumulate):
+        problems.append(
+            f"--config.data.batch_size={size} does not split into --config.train."
+            f"accumulate_steps={accumulate} micro-batches over {devices} device(s): it must "
+            f"be a multiple of {devices * accumulate}"
+        )
+    elif size % devices:
+        problems.append(f"--config.data.batch_size={size} is not a multiple of {named}")
+    return problems
+
+
+def _cross_field(values: Mapping[str, Any]) -> list[str]:
+    problems = _batch_divisibility(values)
     if values["finetune.speaker_dependent"] and not values["finetune.train_speakers"]:
         problems.append(
             "--config.finetune.speaker_dependent=True needs --config.finetune.train_speakers "

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 csv = settings.csv
 
 
-# Keys that change only speed or logging, never what a stage writes.
+# Keys that change only speed or logging, never what a stage writes. (`model.scan_layers`
+# is not one: scanned and unrolled layers agree to ~5e-7, not bit for bit.)
 SPEED_ONLY_KEYS = (
     "num_devices",
     "log_every",
@@ -142,7 +143,11 @@ class Stage:
 _TRAIN_DATA_KEYS = ("seed", "data.max_seconds", "data.num_buckets", "data.batch_seconds")
 
 
-_TRAIN_DATA_KEYS += ("data.batch_size", "model.dtype")
+_TRAIN_DATA_KEYS += ("data.batch_size", "model.dtype", "model.scan_layers")
+# Accumulation and sharded parameters change the order of float sums (and accumulation the
+# head's BatchNorm statistics in fine-tuning): results differ in the last bits, so they are
+# part of what a training stage's outputs depend on.
+_TRAIN_DATA_KEYS += ("train.accumulate_steps", "train.param_sharding")
 
 
 def _corpus_keys(c) -> tuple[str, ...]:
@@ -184,7 +189,7 @@ def _bootstrap_keys(c) -> tuple[str, ...]:
 
 def _pseudo_label_keys(c) -> tuple[str, ...]:
     keys = ("pseudo_labels.", "pretrain.train_splits", "pretrain.eval_split", "seed")
-    return keys + ("model.dtype",)
+    return keys + ("model.dtype", "model.scan_layers")
 
 
 def _pretrain_keys(c) -> tuple[str, ...]:
@@ -204,6 +209,7 @@ def _finetune_keys(c) -> tuple[str, ...]:
 
 def _evaluate_keys(c) -> tuple[str, ...]:
     keys = ("evaluate.", "finetune.dimensions", "finetune.label_scaling", "model.dtype")
+    keys += ("model.scan_layers",)
     return keys + (("model.init",) if "test_c" in csv(c.evaluate.splits) else ())
 
 

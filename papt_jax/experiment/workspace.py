@@ -31,8 +31,9 @@ from papt_jax.data import batching, input_pipeline, prepare, subset
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 from papt_jax.experiment import settings
-from papt_jax.models.config import HubertConfig, get_preset
+from papt_jax.models.config import HubertConfig, get_preset, remat_name
 from papt_jax.models.hubert import HubertModel
+from papt_jax.models.stack import to_layout
 from papt_jax.train.sharding import make_mesh
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,9 @@ class Workspace:
             seed=int(self.config.seed) + seed_offset,
             crop_to_shortest=crop_to_shortest,
             worker_count=int(d.worker_count),
-            device_count=self.mesh.size,
+            # With accumulation every batch splits into micro-batches over the devices, so
+            # its rows are counted in multiples of devices x micro-batches.
+            device_count=self.mesh.size * int(self.config.train.accumulate_steps),
             **self._batch_options(),
         )
         names = settings.csv(splits)
@@ -324,24 +327,30 @@ def random_encoder(config: HubertConfig, seed: int):
     """A randomly initialised encoder as a `ConvertedCheckpoint` (no pre-training head)."""
     from papt_jax.convert import ConvertedCheckpoint
 
-    model = HubertModel(config)
+    # Initialised one layer at a time, then laid out as the config asks: the same initial
+    # weights whether the layers are scanned or not (nn.scan would draw other ones).
+    model = HubertModel(config.replace(scan_layers=False))
     audio = jax.numpy.zeros((1, SAMPLE_RATE))
     params = jax.jit(model.init)(jax.random.PRNGKey(seed), audio)["params"]
-    return ConvertedCheckpoint(config, jax.device_get(params), None, None, "random_init")
+    params = to_layout(jax.device_get(params), config.scan_layers)
+    return ConvertedCheckpoint(config, params, None, None, "random_init")
 
 
 def with_speakers(encoder, fusion: str, num_speakers: int, config: ml_collections.ConfigDict):
     """Encoder config/params with the run's compute options and a zero speaker table.
 
-    A table of the right size already in `encoder` (an adapted encoder) is kept.
+    The compute options are `model.dtype`, `model.remat` and `model.scan_layers` (the
+    params are laid out for it). A table of the right size already in `encoder` (an
+    adapted encoder) is kept.
     """
     cfg = encoder.config.replace(
         dtype=config.model.dtype,
-        remat=bool(config.model.remat),
+        remat=remat_name(config.model.remat),
+        scan_layers=bool(config.model.scan_layers),
         speaker_fusion=fusion,
         num_speakers=num_speakers if fusion != "none" else 0,
     )
-    params = dict(encoder.params)
+    params = dict(to_layout(encoder.params, cfg.scan_layers))
     params.pop("speaker_embedding", None)
     if fusion != "none":
         if encoder.config.num_speakers == num_speakers and "speaker_embedding" in encoder.params:

@@ -5,29 +5,28 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from papt_jax import progress
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.data.msp_podcast import DIMENSIONS, LABEL_CENTRE, LABEL_MAX, LABEL_MIN
 from papt_jax.losses import ccc_loss, weighted_ccc_loss
-from papt_jax.metrics import ccc
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.tasks import HubertForRegression
+from papt_jax.train.accumulate import micro_batches, two_pass_loss_and_grads
 from papt_jax.train.loop import LoopConfig, train_in_workdir
-from papt_jax.train.sharding import (
-    data_sharded,
-    jit_train_step,
-    replicate,
-    replicated,
-    shard_batch,
+from papt_jax.train.prediction import make_predict_step, speaker_ids, validation_ccc
+from papt_jax.train.sharding import jit_train_step
+from papt_jax.train.state import (
+    TrainState,
+    create_state,
+    guarded_update,
+    make_optimizer,
+    make_schedule,
 )
-from papt_jax.train.state import TrainState, guarded_update, make_optimizer, make_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +48,6 @@ class LabelScaling:
 
     def from_model(self, y):
         return y if self.mode == "none" else y * (LABEL_MAX - LABEL_MIN) + LABEL_MIN
-
-
-def _speaker(model, batch):
-    return batch["speaker"] if model.config.speaker_fusion != "none" else None
 
 
 # The arrays the fine-tuning step reads; `training_batch` keeps these and the label.
@@ -95,11 +90,28 @@ def batch_loss(preds, labels, batch, speaker_weights=None):
     return weighted_ccc_loss(preds, labels, batch["example_mask"], weights)
 
 
+def _train_forward(model, params, batch_stats, batch, dropout_key):
+    """Training-mode predictions (B,) and the updated BatchNorm statistics."""
+    (preds, _), updates = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        batch["audio"],
+        batch["audio_mask"],
+        speaker_ids(model, batch),
+        train=True,
+        example_mask=batch["example_mask"],
+        rngs={"dropout": dropout_key},
+        mutable=["batch_stats"],
+    )
+    return preds, updates["batch_stats"]
+
+
 def make_train_step(
     model: HubertForRegression,
     scaling: LabelScaling,
     mesh: Mesh,
     speaker_weights: np.ndarray | None = None,
+    accumulate_steps: int = 1,
+    state_shardings=None,
 ):
     """Returns the jitted, state-donating fine-tuning step.
 
@@ -112,89 +124,38 @@ def make_train_step(
       mesh: Device mesh.
       speaker_weights: Optional (num_speakers,) loss weight of each speaker index (B2); the
         loss is then the weighted 1 - CCC. Rows with speaker index -1 weigh 1.
+      accumulate_steps: Micro-batches per step (1: the batch in one pass; k > 1: the two
+        passes of `accumulate.two_pass_loss_and_grads`, as 1 - CCC is a function of the
+        whole batch); the rows must divide by accumulate_steps x devices.
+      state_shardings: The state's shardings (`train.state.create_state`); None: replicated.
     """
     table = None if speaker_weights is None else jnp.asarray(speaker_weights, jnp.float32)
 
+    def loss_of(preds, batch):
+        return batch_loss(preds, scaling.to_model(batch["label"]), batch, table)
+
     def train_step(state: TrainState, batch, rng):
         dropout_key = jax.random.fold_in(rng, state.step)
-        labels = scaling.to_model(batch["label"])
-
-        def loss_fn(params):
-            (preds, _), updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                batch["audio"],
-                batch["audio_mask"],
-                _speaker(model, batch),
-                train=True,
-                example_mask=batch["example_mask"],
-                rngs={"dropout": dropout_key},
-                mutable=["batch_stats"],
+        if accumulate_steps > 1:
+            forward = functools.partial(_train_forward, model)
+            micro = micro_batches(batch, accumulate_steps, mesh)
+            (loss, batch_stats), grads = two_pass_loss_and_grads(
+                forward, loss_of, state.params, state.batch_stats, micro, dropout_key
             )
-            return batch_loss(preds, labels, batch, table), updates["batch_stats"]
+        else:
 
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            def loss_fn(params):
+                preds, batch_stats = _train_forward(
+                    model, params, state.batch_stats, batch, dropout_key
+                )
+                return loss_of(preds, batch), batch_stats
+
+            (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new_state, grad_norm, finite = guarded_update(state, grads, loss, batch_stats=batch_stats)
         metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
         return new_state, metrics
 
-    return jit_train_step(train_step, mesh)
-
-
-def make_predict_step(model: HubertForRegression, scaling: LabelScaling, mesh: Mesh):
-    """Returns a jitted `(variables, batch) -> (predictions (B,), pooled (B, D))`."""
-
-    def predict_step(variables, batch):
-        preds, pooled = model.apply(
-            variables, batch["audio"], batch["audio_mask"], _speaker(model, batch), train=False
-        )
-        return scaling.from_model(preds), pooled
-
-    return jax.jit(
-        predict_step,
-        in_shardings=(replicated(mesh), data_sharded(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
-    )
-
-
-def predict(
-    predict_step,
-    variables,
-    batches: Iterable[dict[str, np.ndarray]],
-    mesh: Mesh,
-    extra_keys: tuple[str, ...] = (),
-    description: str | None = "predict",
-) -> dict[str, np.ndarray]:
-    """Runs `predict_step` over every batch and gathers real rows on the host.
-
-    Device results are collected first and read once at the end, so the loop does
-    not wait for each batch.
-
-    Args:
-      predict_step: From `make_predict_step`.
-      variables: {'params', 'batch_stats'}.
-      batches: One pass of evaluation batches.
-      mesh: Device mesh.
-      extra_keys: Further batch fields to return (e.g. 'speaker_id').
-      description: Name of the progress bar (None: no bar).
-
-    Returns:
-      Dict with `key`, `speaker`, `arousal`, `valence`, the `extra_keys`,
-      `prediction` (N,) and `pooled` (N, D), in iteration order, padding rows removed.
-    """
-    fields = ("key", "speaker", "arousal", "valence", *extra_keys)
-    outputs, host = [], []
-    shown = description is not None and jax.process_index() == 0
-    for batch in progress.bar(batches, desc=description or "", unit="batches", disable=not shown):
-        outputs.append(predict_step(variables, shard_batch(batch, mesh)))
-        host.append({k: batch[k] for k in (*fields, "example_mask")})
-    if not outputs:
-        raise ValueError("predict() got no batches")
-    outputs = jax.device_get(outputs)
-    keep = np.concatenate([h["example_mask"] for h in host])
-    result = {k: np.concatenate([h[k] for h in host])[keep] for k in fields}
-    result["prediction"] = np.concatenate([o[0] for o in outputs])[keep]
-    result["pooled"] = np.concatenate([o[1] for o in outputs])[keep]
-    return result
+    return jit_train_step(train_step, mesh, state_shardings)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -287,6 +248,8 @@ class FinetuneSettings:
       stop_after_steps: Stop (resumable) at this step; 0 disables.
       checkpoint_every_minutes: Also save the latest checkpoint this often; 0 disables.
       seed: Head init and dropout seed.
+      accumulate_steps: Micro-batches per optimiser step (`train.accumulate_steps`).
+      param_sharding: 'replicated' or 'fsdp' (`train.param_sharding`).
     """
 
     epochs: int
@@ -300,18 +263,14 @@ class FinetuneSettings:
     stop_after_steps: int
     checkpoint_every_minutes: float
     seed: int
+    accumulate_steps: int
+    param_sharding: str
 
     def __post_init__(self):
         if self.speaker_weights is not None:
             w = np.asarray(self.speaker_weights, np.float64)
             if w.ndim != 1 or w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0):
                 raise ValueError("speaker_weights must be a non-empty list of finite weights >= 0")
-
-
-def validation_ccc(predict_step, variables, batches, mesh, dimension: str) -> dict[str, float]:
-    """CCC of `dimension` over a full pass of validation batches."""
-    out = predict(predict_step, variables, batches, mesh)
-    return {"ccc": ccc(out["prediction"], out[dimension])}
 
 
 def run_finetuning(
@@ -367,14 +326,16 @@ def run_finetuning(
         params=params,
         frozen_prefixes=frozen,
     )
-    state = TrainState.create(
-        apply_fn=None, params=params, tx=tx, batch_stats=variables["batch_stats"]
+    state, shardings = create_state(
+        params, tx, mesh, run.param_sharding, batch_stats=variables["batch_stats"]
     )
-    state = replicate(state, mesh)
     weights = None if run.speaker_weights is None else np.asarray(run.speaker_weights)
     dimension = model_config.dimension
-    train_step = make_train_step(model, scaling, mesh, weights)
-    predict_step = make_predict_step(model, scaling, mesh)
+    train_step = make_train_step(
+        model, scaling, mesh, weights, run.accumulate_steps, state_shardings=shardings
+    )
+    variables_shardings = {"params": shardings.params, "batch_stats": shardings.batch_stats}
+    predict_step = make_predict_step(model, scaling, mesh, variables_shardings)
     loop_cfg = LoopConfig(
         total_steps=total_steps,
         eval_every=steps_per_epoch,

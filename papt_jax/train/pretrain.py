@@ -3,6 +3,9 @@
 `train_step(state, batch, rng) -> (state, metrics)` is a pure function, jitted once
 per batch shape with the state donated. Masks are drawn inside the step from
 `fold_in(rng, step)`, so a resumed run draws the same masks as an uninterrupted one.
+
+With `accumulate_steps = k` the step takes k micro-batches, masked as one batch
+(`train.masked_prediction`).
 """
 
 from __future__ import annotations
@@ -16,92 +19,58 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from papt_jax.data.audio import SAMPLE_RATE
-from papt_jax.losses import masked_prediction_loss
-from papt_jax.masking import compute_mask_indices_jax
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHeadConfig
-from papt_jax.models.hubert import conv_output_lengths, lengths_to_mask
 from papt_jax.models.tasks import HubertForPretraining
 from papt_jax.train.loop import LoopConfig, train_in_workdir
-from papt_jax.train.sharding import (
-    data_sharded,
-    jit_train_step,
-    replicate,
-    replicated,
-    shard_batch,
+from papt_jax.train.masked_prediction import (
+    PretrainLossConfig,
+    accumulated_loss_and_grads,
+    batch_loss,
 )
-from papt_jax.train.state import TrainState, guarded_update, make_optimizer, make_schedule
+from papt_jax.train.sharding import data_sharded, jit_train_step, replicated, shard_batch
+from papt_jax.train.state import (
+    TrainState,
+    create_state,
+    guarded_update,
+    make_optimizer,
+    make_schedule,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class PretrainLossConfig:
-    """Masking and loss weights (the config's `pretrain.*` values; fairseq's HuBERT base
-    and large recipes both use mask_prob 0.8, span 10 and a feature penalty weight of 10).
+def make_train_step(
+    model: HubertForPretraining,
+    loss_cfg: PretrainLossConfig,
+    mesh: Mesh,
+    accumulate_steps: int = 1,
+    state_shardings=None,
+):
+    """Returns the jitted, state-donating pre-training step.
 
-    Attributes:
-      mask_prob: Share of frames chosen as span starts times span length.
-      mask_length: Frames per masked span.
-      features_pen_weight: Weight of the CNN-feature penalty.
-      min_masks: Fewest spans per utterance (fairseq: 2).
-      nomask_weight: Weight of the loss on unmasked frames (HuBERT: 0).
+    Args:
+      model: Encoder + masked-prediction head.
+      loss_cfg: Masking and loss weights.
+      mesh: Device mesh.
+      accumulate_steps: Micro-batches per step (1: the batch in one pass); the batch's
+        rows must divide by accumulate_steps x devices.
+      state_shardings: The state's shardings (`train.state.create_state`); None:
+        replicated.
     """
-
-    mask_prob: float
-    mask_length: int
-    features_pen_weight: float
-    min_masks: int = 2
-    nomask_weight: float = 0.0
-
-
-def frame_mask_of(model: HubertForPretraining, batch) -> jax.Array:
-    """(batch, frames) valid-frame mask of a batch, before running the model."""
-    cfg = model.config
-    lengths = batch["audio_mask"].sum(-1).astype(jnp.int32)
-    frames = cfg.num_frames(batch["audio_mask"].shape[1])
-    mask = lengths_to_mask(conv_output_lengths(lengths, cfg.conv_kernel, cfg.conv_stride), frames)
-    return mask & batch["example_mask"][:, None]
-
-
-def _forward(model, loss_cfg, params, batch, mask_key, dropout_key, deterministic):
-    frame_mask = frame_mask_of(model, batch)
-    mask_indices = compute_mask_indices_jax(
-        mask_key, frame_mask, loss_cfg.mask_prob, loss_cfg.mask_length, loss_cfg.min_masks
-    )
-    speaker = batch["speaker"] if model.config.speaker_fusion != "none" else None
-    logits, out = model.apply(
-        {"params": params},
-        batch["audio"],
-        batch["audio_mask"],
-        speaker,
-        mask_indices,
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": dropout_key},
-    )
-    ce, stats = masked_prediction_loss(
-        logits,
-        batch["targets"],
-        mask_indices,
-        frame_mask,
-        label_offset=model.head_config.label_offset,
-        nomask_weight=loss_cfg.nomask_weight,
-    )
-    loss = ce + loss_cfg.features_pen_weight * out.features_pen
-    stats["features_pen"] = out.features_pen
-    return loss, stats
-
-
-def make_train_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, mesh: Mesh):
-    """Returns the jitted, state-donating pre-training step."""
 
     def train_step(state: TrainState, batch, rng):
         mask_key, dropout_key = jax.random.split(jax.random.fold_in(rng, state.step))
+        if accumulate_steps > 1:
+            (loss, stats), grads = accumulated_loss_and_grads(
+                model, loss_cfg, state.params, batch, mask_key, dropout_key, accumulate_steps, mesh
+            )
+        else:
 
-        def loss_fn(params):
-            return _forward(model, loss_cfg, params, batch, mask_key, dropout_key, False)
+            def loss_fn(params):
+                return batch_loss(model, loss_cfg, params, batch, mask_key, dropout_key, False)
 
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new_state, grad_norm, finite = guarded_update(state, grads, loss)
         metrics = {
             "loss": loss,
@@ -112,19 +81,25 @@ def make_train_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, m
         }
         return new_state, metrics
 
-    return jit_train_step(train_step, mesh)
+    return jit_train_step(train_step, mesh, state_shardings)
 
 
-def make_eval_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, mesh: Mesh):
-    """Returns a jitted `(params, batch, key) -> sums` for validation loss and accuracy."""
+def make_eval_step(
+    model: HubertForPretraining, loss_cfg: PretrainLossConfig, mesh: Mesh, params_shardings=None
+):
+    """Returns a jitted `(params, batch, key) -> sums` for validation loss and accuracy.
+
+    `params_shardings` is where the params live (the train state's); None: replicated.
+    """
 
     def eval_step(params, batch, key):
-        _, stats = _forward(model, loss_cfg, params, batch, key, key, True)
+        _, stats = batch_loss(model, loss_cfg, params, batch, key, key, True)
         return {k: stats[k] for k in ("loss_sum", "correct", "count")}
 
+    params = replicated(mesh) if params_shardings is None else params_shardings
     return jax.jit(
         eval_step,
-        in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
+        in_shardings=(params, data_sharded(mesh), replicated(mesh)),
         out_shardings=replicated(mesh),
     )
 
@@ -240,6 +215,8 @@ class PretrainSettings:
       stop_after_steps: Stop (resumable) at this step; 0 disables.
       checkpoint_every_minutes: Also save the latest checkpoint this often; 0 disables.
       seed: Init, masking and dropout seed.
+      accumulate_steps: Micro-batches per optimiser step (`train.accumulate_steps`).
+      param_sharding: 'replicated' or 'fsdp' (`train.param_sharding`).
     """
 
     epochs: int
@@ -254,6 +231,8 @@ class PretrainSettings:
     stop_after_steps: int
     checkpoint_every_minutes: float
     seed: int
+    accumulate_steps: int
+    param_sharding: str
 
     def optimizer(self, total_steps: int):
         """The run's optax transformation for `total_steps` steps."""
@@ -308,9 +287,11 @@ def run_pretraining(
     steps_per_epoch = train_data.batches_per_epoch
     total_steps = run.epochs * steps_per_epoch
     tx = run.optimizer(total_steps)
-    state = replicate(TrainState.create(apply_fn=None, params=params, tx=tx), mesh)
-    train_step = make_train_step(model, model_config.loss, mesh)
-    eval_step = make_eval_step(model, model_config.loss, mesh)
+    state, shardings = create_state(params, tx, mesh, run.param_sharding)
+    train_step = make_train_step(
+        model, model_config.loss, mesh, run.accumulate_steps, state_shardings=shardings
+    )
+    eval_step = make_eval_step(model, model_config.loss, mesh, shardings.params)
     loop_cfg = LoopConfig(
         total_steps=total_steps,
         eval_every=steps_per_epoch,

@@ -1,8 +1,15 @@
-"""Data parallelism with `jax.jit` over a one-axis device mesh.
+"""Data parallelism with `jax.jit` over a one-axis device mesh, and sharded parameters.
 
-State is replicated (`P()`), batches are split along their first axis over the
-`'data'` axis. Each process contributes its local rows with
-`jax.make_array_from_process_local_data`, which also covers multi-host runs.
+Batches are split along their first axis over the `'data'` axis. Each process contributes
+its local rows with `jax.make_array_from_process_local_data`, which also covers multi-host
+runs. The train state (parameters, optimiser moments) is either
+
+* `replicated` (`P()`): every device holds all of it; or
+* `fsdp`: each array of at least `MIN_SHARDED_SIZE` elements is split over the same
+  `'data'` axis along its largest dimension that the device count divides (ZeRO-3 /
+  FSDP style); smaller or indivisible arrays stay replicated. XLA then gathers each
+  layer's weights where the step uses them and reduce-scatters their gradients, so a
+  device holds about 1/N of the state at rest.
 """
 
 from __future__ import annotations
@@ -16,6 +23,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 # Host-only batch fields (utterance and speaker ids) never go to the devices.
 HOST_ONLY_KEYS = frozenset({"key", "speaker_id"})
+PARAM_SHARDINGS = ("replicated", "fsdp")
+# Under 'fsdp', arrays smaller than this (biases, norms, scalars: 64 KiB in float32) stay
+# replicated: splitting them saves little memory and costs a collective each.
+MIN_SHARDED_SIZE = 2**14
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -66,12 +77,58 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     return out
 
 
-def jit_train_step(step_fn, mesh: Mesh):
-    """Jits `(state, batch, rng) -> (state, metrics)`: state replicated and donated,
-    batch split over the data axis."""
+def fsdp_spec(shape: tuple[int, ...], num_devices: int) -> PartitionSpec:
+    """How 'fsdp' splits an array of `shape` over `num_devices`: its largest dimension the
+    device count divides (the first of equals), or nothing (replicated) when the array is
+    small or no dimension divides."""
+    if num_devices <= 1 or int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+        return PartitionSpec()
+    divisible = [(size, -axis) for axis, size in enumerate(shape) if size % num_devices == 0]
+    if not divisible:
+        return PartitionSpec()
+    axis = -max(divisible)[1]
+    return PartitionSpec(*([None] * axis), DATA_AXIS)
+
+
+def tree_shardings(tree, mesh: Mesh, param_sharding: str = "replicated"):
+    """A `NamedSharding` for every array leaf of `tree` (a state, params, or their shapes).
+
+    Args:
+      tree: pytree of arrays or `jax.ShapeDtypeStruct`s.
+      mesh: the device mesh.
+      param_sharding: 'replicated' or 'fsdp' (see the module docstring).
+    """
+    if param_sharding not in PARAM_SHARDINGS:
+        raise ValueError(f"param_sharding must be one of {PARAM_SHARDINGS}, got {param_sharding!r}")
+    if param_sharding == "replicated":
+        return jax.tree.map(lambda _: replicated(mesh), tree)
+    return jax.tree.map(
+        lambda leaf: NamedSharding(mesh, fsdp_spec(tuple(np.shape(leaf)), mesh.size)), tree
+    )
+
+
+def place(tree, shardings):
+    """Copies `tree` onto `shardings` (a matching tree); never aliases the input arrays, which
+    a donating step would otherwise delete under the caller."""
+    return jax.device_put(tree, shardings, may_alias=False)
+
+
+def bytes_per_device(tree) -> dict[int, int]:
+    """Bytes of `tree`'s array shards held by each device (device id -> bytes)."""
+    held: dict[int, int] = {}
+    for leaf in jax.tree.leaves(tree):
+        for shard in leaf.addressable_shards:
+            held[shard.device.id] = held.get(shard.device.id, 0) + shard.data.nbytes
+    return held
+
+
+def jit_train_step(step_fn, mesh: Mesh, state_shardings=None):
+    """Jits `(state, batch, rng) -> (state, metrics)`: state donated and kept on
+    `state_shardings` (default: replicated), batch split over the data axis."""
+    state = replicated(mesh) if state_shardings is None else state_shardings
     return jax.jit(
         step_fn,
-        in_shardings=(replicated(mesh), data_sharded(mesh), replicated(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
+        in_shardings=(state, data_sharded(mesh), replicated(mesh)),
+        out_shardings=(state, replicated(mesh)),
         donate_argnums=(0,),
     )

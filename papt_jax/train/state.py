@@ -10,12 +10,47 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 from flax.training import train_state
+from jax.sharding import Mesh
+
+from papt_jax.train.sharding import place, tree_shardings
 
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState plus BatchNorm statistics (empty for pre-training)."""
 
     batch_stats: Any = None
+
+
+def create_state(
+    params, tx: optax.GradientTransformation, mesh: Mesh, param_sharding: str, batch_stats=None
+) -> tuple[TrainState, TrainState]:
+    """A fresh TrainState on the mesh's devices, and its shardings.
+
+    The optimiser state is created on the devices already split as `param_sharding` says
+    (a jitted init with those output shardings), so under 'fsdp' no device ever holds a
+    whole copy of it. The parameters are copied, never aliased: the step donates the
+    state, which must not delete arrays the caller still holds.
+
+    Args:
+      params: Initial parameters (host or device arrays).
+      tx: The optimiser.
+      mesh: The device mesh.
+      param_sharding: 'replicated' or 'fsdp' (`train.sharding`).
+      batch_stats: BatchNorm statistics (fine-tuning), or None.
+
+    Returns:
+      (state, shardings): the state and a TrainState of `NamedSharding`s with its
+      structure, for `jit_train_step` and for restoring checkpoints onto.
+    """
+
+    def build(params, batch_stats):
+        return TrainState.create(apply_fn=None, params=params, tx=tx, batch_stats=batch_stats)
+
+    shardings = tree_shardings(jax.eval_shape(build, params, batch_stats), mesh, param_sharding)
+    params = place(params, shardings.params)
+    batch_stats = place(batch_stats, shardings.batch_stats)
+    state = jax.jit(build, out_shardings=shardings)(params, batch_stats)
+    return state, shardings
 
 
 def guarded_update(state: TrainState, grads, loss, **updates):

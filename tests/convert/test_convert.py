@@ -414,6 +414,45 @@ def test_orbax_save_load_round_trip(fairseq_pt, tmp_path):
     save_converted(ckpt, out, overwrite=True)
 
 
+def _saved_keys(folder) -> set[str]:
+    """'/'-joined paths of the arrays Orbax holds in `folder` (read from its metadata)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        tree = checkpointer.metadata(folder).item_metadata.tree
+    return set(flatten_dict(tree, sep="/"))
+
+
+def test_converted_folders_hold_layers_one_by_one_and_old_ones_load_scanned(base_hf, tmp_path):
+    """A scanned model is stored as PyTorch names it (per layer); a folder written before the
+    layers were scanned (remat a boolean, no scan_layers) loads stacked, and unrolled on
+    request."""
+    _, path = base_hf
+    ckpt = load_pytorch_checkpoint(path)
+    assert ckpt.config.scan_layers and "layers" in ckpt.params["encoder"]
+    out = save_converted(ckpt, tmp_path / "flax")
+    keys = _saved_keys(out / "params")
+    assert "encoder/layers_1/attention/q_proj/kernel" in keys
+    assert not any(k.startswith("encoder/layers/") for k in keys)
+    config = json.loads((out / "config.json").read_text())
+    del config["scan_layers"]
+    config["remat"] = False
+    (out / "config.json").write_text(json.dumps(config))
+    old = load_converted(out)
+    assert old.config == ckpt.config  # scanned, remat 'none'
+    flat, ref = _flat(old.params), _flat(ckpt.params)
+    assert flat.keys() == ref.keys() and all(np.array_equal(flat[k], ref[k]) for k in ref)
+    config["scan_layers"] = False
+    (out / "config.json").write_text(json.dumps(config))
+    unrolled = load_converted(out)
+    assert "layers_1" in unrolled.params["encoder"] and "layers" not in unrolled.params["encoder"]
+    # Both layouts give the same PyTorch state dict.
+    _assert_same_state_dict(
+        params_to_torch(unrolled.config, unrolled.params),
+        params_to_torch(ckpt.config, ckpt.params),
+    )
+
+
 @pytest.mark.slow
 def test_cli_converts_and_exports(fairseq_pt, tmp_path):
     flax_dir, hf_dir = tmp_path / "flax", tmp_path / "hf"

@@ -333,3 +333,16 @@ def test_attention_bias_is_additive_and_reaches_every_layer():
         )
     np.testing.assert_allclose(outs[1][0], outs[0][0], atol=1e-5)
     assert not np.allclose(outs[1][0], outs[1][1], atol=1e-3)
+
+
+def test_random_encoders_have_the_same_weights_in_either_layout():
+    """Initialised one layer at a time and then stacked: scanning does not change the
+    initial weights a run starts from (nn.scan's own init would draw others)."""
+    from papt_jax.experiment.workspace import random_encoder
+
+    cfg = get_preset("tiny")
+    scanned, unrolled = random_encoder(cfg, 3), random_encoder(cfg.replace(scan_layers=False), 3)
+    assert layout_of(scanned.params) is True and layout_of(unrolled.params) is False
+    flat = flatten_dict(to_layout(unrolled.params, True), sep="/")
+    for path, value in flatten_dict(scanned.params, sep="/").items():
+        np.testing.assert_array_equal(value, flat[path], err_msg=path)

@@ -119,6 +119,8 @@ def test_pretrain_run_builds_the_stated_optimizer():
         stop_after_steps=0,
         checkpoint_every_minutes=0.0,
         seed=0,
+        accumulate_steps=1,
+        param_sharding="replicated",
         **recipe,
     )
     rng = np.random.default_rng(1)

@@ -16,7 +16,7 @@ from papt_jax.errors import UserError
 from papt_jax.models import get_preset
 from papt_jax.models.heads import PretrainHeadConfig
 from papt_jax.models.tasks import HubertForPretraining, HubertForRegression
-from papt_jax.train import finetune, pretrain, sharding
+from papt_jax.train import finetune, prediction, pretrain, sharding
 from papt_jax.train.checkpoint import Checkpoints
 from papt_jax.train.loop import LoopConfig, NonFiniteEvaluationError, NonFiniteLossError, run_loop
 from papt_jax.train.metric_writer import MetricWriter
@@ -291,7 +291,7 @@ def test_finetune_step_lowers_ccc_loss_and_predicts():
     predict_step = finetune.make_predict_step(model, scaling, mesh)
     for b in batches:
         b["key"] = np.asarray([f"u{i}" for i in range(len(b["audio"]))], dtype=object)
-    out = finetune.predict(
+    out = prediction.predict(
         predict_step, {"params": state.params, "batch_stats": state.batch_stats}, batches, mesh
     )
     assert out["prediction"].shape == (24,) and out["pooled"].shape == (24, cfg.hidden_size)
