@@ -127,8 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.final_dim = 768  # head width when the checkpoint has no head (256 for base)
     t.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
 
-    # --- Every training stage (bootstrap, pretrain, finetune) --------------------------
-    c.train = tr = ml_collections.ConfigDict()
+    # --- Every training stage (bootstrap, pretrain, finetune): preemption --------------
     # On SIGTERM / SIGINT a training stage saves its current step and exits with code 75;
     # this bounds what a SIGKILL (no warning at all) loses. Changes no result.
     tr.checkpoint_every_minutes = 30.0  # also save the latest checkpoint this often (0: off)
