@@ -12,6 +12,11 @@ variants `<dim>_mu`, `<dim>_sigma`, `<dim>_both`. Files that cannot be used are 
 stderr and listed in `<out stem>.rejected.csv` (file, reason, detail); the others are
 predicted. Exit code 0 when at least one file was predicted, 2 otherwise (one error line).
 
+Long recordings are read and encoded window by window (`--window_seconds`), so memory does
+not grow with their length; `--window_csv=FILE` also writes each window's values (file,
+window, start_s, end_s, the same value columns), with windows every `--hop_seconds` if given
+(sliding windows) or tiling each recording (the default).
+
 Speakers (exclusive: --speaker with --enroll means a training speaker's enrollment set):
   --speaker=ID       a training speaker; calibrated with the --audio files as its set
   --enroll=FOLDER    a new speaker's recordings (>= 2 files, >= 10 s): proxy speaker and PLDC
@@ -43,6 +48,10 @@ _WINDOW = flags.DEFINE_float("window_seconds", 20.0, "Longest window a recording
 _BATCH = flags.DEFINE_float("batch_seconds", 80.0, "Padded audio per batch (memory).")
 _BUCKETS = flags.DEFINE_integer("num_buckets", 5, "Padded window lengths (compiled shapes).")
 _DEVICES = flags.DEFINE_integer("num_devices", 1, "Accelerators to spread batches over.")
+_HOP = flags.DEFINE_float(
+    "hop_seconds", None, "Sliding windows: a window starts every this many seconds."
+)
+_WINDOW_CSV = flags.DEFINE_string("window_csv", None, "Also write each window's values here.")
 
 PLAIN_NOTE = "none (plain model output)"
 
@@ -63,6 +72,8 @@ def _check_flags() -> None:
         )
     if _SAVE_PROFILE.value and not (_ENROLL.value or _SPEAKER.value):
         raise UserError("--save_profile needs --enroll (or --speaker) to make a profile from")
+    if _WINDOW_CSV.value and not _AUDIO.value:
+        raise UserError("--window_csv needs --audio (the files to predict)")
 
 
 def _report_problems(problems) -> None:
@@ -143,7 +154,7 @@ def _predict_files(predictor, profile, found, out: Path) -> int:
     elif profile is not None:
         index = predictor.speaker_index(profile.speaker_id)
     total = sum(files_lib.probe_seconds(f) for f in found.files) * len(predictor.dimensions)
-    paths, durations, problems, parts = [], [], [], []
+    paths, durations, problems, parts, windows = [], [], [], [], []
     bar, progress = _progress_bar(total, "predicting")
     with bar:
         for chunk_paths, waves, bad in files_lib.read_chunks(found.files):
@@ -153,6 +164,7 @@ def _predict_files(predictor, profile, found, out: Path) -> int:
             )
             if waves:
                 parts.append(predictor.forward(waves, index, progress))
+                windows += [(len(paths) + w.item, w) for w in predictor.windows(waves)]
                 paths += chunk_paths
                 durations += [len(w) / SAMPLE_RATE for w in waves]
     _report_problems(problems)
@@ -172,6 +184,13 @@ def _predict_files(predictor, profile, found, out: Path) -> int:
             print(f"saved profile to {_SAVE_PROFILE.value}", file=sys.stderr)
     results = predictor.results(outputs, profile)
     _write_predictions(out, paths, durations, results, profile)
+    if _WINDOW_CSV.value:
+        per_window = {
+            dim: {PLAIN: np.concatenate([p[dim]["window_prediction"] for p in parts])}
+            for dim in predictor.dimensions
+        }
+        window_results = predictor.results(per_window, profile)
+        _write_windows(Path(_WINDOW_CSV.value), paths, windows, window_results, profile)
     print(
         f"wrote {len(paths)} prediction(s) to {out}"
         + (f"; {len(problems)} file(s) refused, listed in {rejected}" if problems else ""),
@@ -217,6 +236,31 @@ def _write_predictions(out: Path, paths, durations, results, profile) -> None:
             writer.writerow(row)
 
 
+def _write_windows(path: Path, paths, windows, results, profile) -> None:
+    """One row per window: file, window number in its file, start and end in seconds."""
+    from papt_jax.pldc import MODES
+    from papt_jax.predict.predictor import PLAIN
+
+    dims = list(results)
+    header = ["file", "window", "start_s", "end_s", "speaker", *dims]
+    if profile is not None:
+        header += [f"{dim}_{mode}" for dim in dims for mode in MODES]
+    note = PLAIN_NOTE if profile is None else profile.describe()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    number = {}
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for i, (item, w) in enumerate(windows):
+            number[item] = number.get(item, -1) + 1
+            start, end = w.start / SAMPLE_RATE, (w.start + w.length) / SAMPLE_RATE
+            row = [str(paths[item]), number[item], f"{start:.3f}", f"{end:.3f}", note]
+            row += [f"{results[dim][PLAIN][i]:.6g}" for dim in dims]
+            if profile is not None:
+                row += [f"{results[dim][mode][i]:.6g}" for dim in dims for mode in MODES]
+            writer.writerow(row)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}", hint="flags only; see --help")
@@ -246,6 +290,7 @@ def main(argv: list[str]) -> int:
         batch_seconds=_BATCH.value,
         num_buckets=_BUCKETS.value,
         num_devices=_DEVICES.value,
+        hop_seconds=_HOP.value,
     )
     if _SPEAKER.value:
         predictor.speaker_index(_SPEAKER.value)  # an unknown id fails before any work

@@ -210,6 +210,45 @@ def test_long_recording_is_the_frame_weighted_mean_of_its_windows(predictor, smo
         )
 
 
+@pytest.mark.parametrize("hop_seconds", [None, 1.5])
+def test_each_window_has_its_own_value_calibrated_like_its_recording(
+    predictor, smoke_run, hop_seconds
+):
+    """`predict_windows`: a recording's values are `predict`'s; a window's value is the model
+    on that window's samples alone; PLDC maps windows with the recording's profile."""
+    workdir = smoke_run.workdir
+    keys = np.concatenate(list(split_keys(workdir, "test_c").values()))
+    waves = read_waves(workdir, keys)
+    long, short = np.concatenate(waves[:4]), waves[4]
+    windowed = Predictor(predictor.assets, **SETTINGS, hop_seconds=hop_seconds)
+    index = windowed.speaker_index(windowed.speakers[0])
+    profile = windowed.profile_from(
+        windowed.forward(waves, index), 10.0, speaker=windowed.speakers[0]
+    )
+
+    out = windowed.predict_windows([long, short], profile=profile)
+    expected_windows = windowed.windows([long, short])
+    assert out.windows == expected_windows
+    assert [w.item for w in out.windows].count(0) > 2 and [w.item for w in out.windows][-1] == 1
+    if hop_seconds is not None:
+        starts = [w.start for w in out.windows if w.item == 0]
+        assert starts[1] - starts[0] == 75 * 320  # 1.5 s hop on the frame grid
+    recordings = windowed.predict([long, short], profile=profile)
+    alone = windowed.forward(
+        [(long, short)[w.item][w.start : w.start + w.length] for w in out.windows], index
+    )
+    for dim in recordings:
+        for variant in recordings[dim]:
+            np.testing.assert_array_equal(out.results[dim][variant], recordings[dim][variant])
+        values = out.window_results[dim]
+        np.testing.assert_allclose(values[PLAIN], alone[dim][PLAIN], rtol=1e-5, atol=1e-6)
+        calibrated = profiles.calibrate(values[PLAIN], profile.dimensions[dim])
+        for mode in pldc.MODES:
+            np.testing.assert_array_equal(values[mode], calibrated[mode])
+        # The short recording is one window: its window value is its value.
+        np.testing.assert_allclose(values[PLAIN][-1], out.results[dim][PLAIN][1], rtol=1e-6)
+
+
 def test_bad_waveforms_are_named_and_channels_mixed(predictor, smoke_run):
     keys = next(iter(split_keys(smoke_run.workdir, "test_b").values()))
     wave = read_waves(smoke_run.workdir, keys)[0]

@@ -10,6 +10,7 @@ from papt_jax.predict.windows import (
     Batching,
     BatchingError,
     combine,
+    sliding_windows,
     split_windows,
     window_batches,
 )
@@ -88,3 +89,39 @@ def test_bad_batching_settings_are_user_errors():
         Batching(window_seconds=0.01)
     with pytest.raises(BatchingError, match="batch_seconds must be > 0"):
         Batching(batch_seconds=0)
+    with pytest.raises(BatchingError, match="hop_seconds must lie between"):
+        Batching(window_seconds=4.0, hop_seconds=5.0)
+    with pytest.raises(BatchingError, match="hop_seconds must lie between"):
+        Batching(hop_seconds=0.01)
+
+
+@pytest.mark.parametrize("num_samples", [400, 16_000, 48_123, 160_000 + 317])
+@pytest.mark.parametrize(("max_frames", "hop_frames"), [(49, 49), (49, 25), (49, 1), (7, 3)])
+def test_sliding_windows_are_full_length_every_hop_and_end_with_the_recording(
+    num_samples, max_frames, hop_frames
+):
+    windows = sliding_windows(2, num_samples, max_frames, hop_frames)
+    total = int(num_frames(num_samples))
+    if total <= max_frames:
+        assert windows == [split_windows(2, num_samples, max_frames)[0]]  # whole recording
+        return
+    assert len(windows) == -(-(total - max_frames) // hop_frames) + 1
+    firsts = [w.start // FRAME_HOP for w in windows]
+    assert all(w.start % FRAME_HOP == 0 and w.item == 2 for w in windows)
+    assert firsts[:-1] == [i * hop_frames for i in range(len(windows) - 1)]
+    assert firsts[-1] == total - max_frames  # the last one is aligned to the end
+    assert 0 < firsts[-1] - firsts[-2] <= hop_frames
+    assert all(w.frames == max_frames == int(num_frames(w.length)) for w in windows)
+    assert windows[-1].start + windows[-1].length == num_samples  # the tail is kept
+    covered = np.zeros(total, bool)
+    for first in firsts:
+        covered[first : first + max_frames] = True
+    assert covered.all()
+
+
+def test_batching_picks_tiling_or_sliding_windows():
+    tiling, sliding = Batching(window_seconds=1.0), Batching(window_seconds=1.0, hop_seconds=0.5)
+    assert tiling.hop_frames is None and sliding.hop_frames == 25
+    assert tiling.windows(1, 80_000) == split_windows(1, 80_000, tiling.max_frames)
+    assert sliding.windows(1, 80_000) == sliding_windows(1, 80_000, 49, 25)
+    assert Batching(window_seconds=1.0, hop_seconds=1.0).hop_frames == 49  # at most W
