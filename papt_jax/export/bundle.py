@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
+from papt_jax.export.metadata import MODEL_FILE, output_scale
 from papt_jax.predict import assets as assets_lib
 from papt_jax.predict.assets import RunAssets
 
@@ -27,7 +30,11 @@ class ExportExistsError(UserError, FileExistsError):
 
 
 def check_out(out: Path, overwrite: bool) -> None:
-    """Raises `ExportExistsError` when `out` may not be written."""
+    """Raises `ExportExistsError` when `out` may not be written.
+
+    A non-empty `out` is replaced only with `overwrite`, and only when it is an earlier export
+    of any format (it has a `manifest.json`, or the `model.json` of `--format onnx|stablehlo`).
+    """
     if out.exists() and not out.is_dir():
         raise ExportExistsError(f"--out {out} is a file, not a folder")
     if not out.exists() or not any(out.iterdir()):
@@ -36,9 +43,10 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise ExportExistsError(
             f"{out} is not empty", hint="choose a new folder, or pass --overwrite to replace it"
         )
-    if not (out / assets_lib.BUNDLE_MANIFEST).is_file():
+    if not any((out / name).is_file() for name in (assets_lib.BUNDLE_MANIFEST, MODEL_FILE)):
         raise ExportExistsError(
-            f"{out} is not an earlier export (no {assets_lib.BUNDLE_MANIFEST}): not replaced",
+            f"{out} is not an earlier export (no {assets_lib.BUNDLE_MANIFEST} or {MODEL_FILE}): "
+            "not replaced",
             hint="choose an empty or new folder",
         )
 
@@ -70,6 +78,8 @@ def manifest(assets: RunAssets) -> dict:
         "dimensions": list(assets.dimensions),
         "pldc_k": assets.pldc_k,
         "label_scaling": {d: r.label_scaling for d, r in assets.regressors.items()},
+        "output_scale": output_scale(assets),
+        "sample_rate": SAMPLE_RATE,
         "num_speakers": len(assets.speakers),
         "num_training_speakers": int(next(iter(assets.references.values())).speaker_index.size),
         "source": str(assets.source),
@@ -139,13 +149,22 @@ def write_bundle(
     Raises:
       ExportExistsError: `out` is not empty (and not an export with `overwrite`).
     """
+    return write_folder(out, overwrite, lambda tmp: _write_contents(assets, tmp, to_hf))
+
+
+def write_folder(out: str | Path, overwrite: bool, fill: Callable[[Path], None]) -> Path:
+    """Fills `<out>.partial` with `fill(folder)` and renames it to `out` when complete.
+
+    Raises:
+      ExportExistsError: `out` may not be written (`check_out`).
+    """
     out = Path(out).absolute()
     check_out(out, overwrite)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    _write_contents(assets, tmp, to_hf)
+    fill(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -76,6 +76,8 @@ def test_export_folder_is_self_contained_and_documented(smoke_run, exported):
         "valence",
     ]
     assert manifest["pldc_k"] == 3 and manifest["num_training_speakers"] == 10
+    assert (manifest["output_scale"]["min"], manifest["output_scale"]["max"]) == (1.0, 7.0)
+    assert manifest["sample_rate"] == 16_000
     for name in ("config.json", "speakers.json", "summary.json", "reference.npz", "README.md"):
         assert (exported / name).is_file(), name
     for dim in manifest["dimensions"]:
@@ -94,6 +96,7 @@ def test_export_folder_is_self_contained_and_documented(smoke_run, exported):
     assert "SYNTHETIC corpus (preset `smoke`" in card
     assert "10 training speakers" in card
     assert "python -m papt_jax.predict --export=THIS_FOLDER" in card
+    assert "Predictions lie on the scale 1..7" in card
     # Nothing points back into the workdir: it can be moved or deleted.
     moved = exported.with_name("moved")
     exported.rename(moved)

@@ -1,0 +1,113 @@
+"""The ONNX route on random tiny regressors: every speaker fusion and both extractor layouts
+convert through the same code, run in onnxruntime as in JAX, and keep padding invariance."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import onnxruntime
+import pytest
+from tiny_assets import tiny_assets
+
+from papt_jax.export import checks, onnx_export
+from papt_jax.export.graph import AUDIO, AUDIO_MASK, FRAMES, SPEAKER, PredictorGraph, pooled_name
+
+TOLERANCE = 1e-4
+
+
+def _session(path):
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run(session, inputs):
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def _batch(lengths, rows=None, seed=0):
+    rng = np.random.default_rng(seed)
+    audio = np.zeros((len(lengths), max(lengths)), np.float32)
+    mask = np.zeros(audio.shape, bool)
+    for i, n in enumerate(lengths):
+        audio[i, :n] = rng.uniform(-0.4, 0.4, n)
+        mask[i, :n] = True
+    batch = {AUDIO: audio, AUDIO_MASK: mask}
+    if rows is not None:
+        batch[SPEAKER] = np.asarray(rows, np.int32)
+    return batch
+
+
+# 'last'/group is the paper's model on a base layout (masked GroupNorm); the slow ones: 'prefix'
+# changes the frame count inside the encoder, 'layer' normalises the waveform (large layout).
+CASES = [("last", "group")]
+SLOW_CASES = [("prefix", "layer"), ("first", "group"), ("none", "layer")]
+
+
+@pytest.mark.parametrize(
+    ("fusion", "norm"),
+    [*CASES, *(pytest.param(*c, marks=pytest.mark.slow) for c in SLOW_CASES)],
+)
+def test_onnx_predictor_runs_as_jax_and_padded_rows_as_alone(tmp_path, fusion, norm):
+    graph = PredictorGraph(tiny_assets(fusion, norm))
+    files, record = onnx_export.write(graph, tmp_path, "tiny")
+    assert record["max_abs_difference"]["vs_jax"] <= TOLERANCE  # the writer's own check
+    predictor, head = _session(tmp_path / files["predictor"]), _session(tmp_path / files["head"])
+    assert [i.name for i in predictor.get_inputs()] == list(graph.input_names)
+    shape = predictor.get_inputs()[0].shape
+    assert shape == ["batch", "samples"], shape  # dynamic batch and time
+
+    # Other lengths than the writer's check; rows of one batch get different speakers.
+    lengths = (20_000, 3_333, 12_800, 401)
+    rows = [4, 0, 2, 4] if graph.speaker_input else None
+    batch = _batch(lengths, rows, seed=7)
+    got = _run(predictor, batch)
+    want = jax.device_get(jax.jit(graph.predict)(graph.weights, *batch.values()))
+    np.testing.assert_array_equal(got[FRAMES], (np.asarray(lengths) - 400) // 320 + 1)
+    for name in graph.output_names[:-1]:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=TOLERANCE, err_msg=name)
+    for i, n in enumerate(lengths):
+        alone = _run(predictor, {k: v[i : i + 1, :n] if v.ndim == 2 else v[i : i + 1]
+                                 for k, v in batch.items()})  # fmt: skip
+        for name in graph.output_names[:-1]:
+            np.testing.assert_allclose(alone[name][0], got[name][i], rtol=0, atol=1e-5)
+    pooled = {pooled_name(d): got[pooled_name(d)] for d in graph.dimensions}
+    heads = _run(head, pooled)
+    for dim in graph.dimensions:
+        np.testing.assert_allclose(heads[dim], got[dim], rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_a_speaker_folded_in_is_a_constant_row(tmp_path):
+    assets = tiny_assets("last", "group")
+    folded = PredictorGraph(assets, speaker_row=3)
+    files, _ = onnx_export.write(folded, tmp_path, "tiny")
+    session = _session(tmp_path / files["predictor"])
+    assert [i.name for i in session.get_inputs()] == [AUDIO, AUDIO_MASK]
+    batch = _batch((9_000, 4_000))
+    free = PredictorGraph(assets)
+    want = jax.device_get(
+        jax.jit(free.predict)(free.weights, *batch.values(), np.asarray([3, 3], np.int32))
+    )
+    other = jax.device_get(
+        jax.jit(free.predict)(free.weights, *batch.values(), np.asarray([1, 1], np.int32))
+    )
+    got = _run(session, batch)
+    np.testing.assert_allclose(got["arousal"], want["arousal"], rtol=0, atol=TOLERANCE)
+    assert np.abs(got["arousal"] - other["arousal"]).max() > 1e-3  # the row matters
+
+
+def test_the_writers_check_refuses_graphs_that_differ_from_jax():
+    graph = PredictorGraph(tiny_assets("last", "group"))
+    predict, head = jax.jit(graph.predict), jax.jit(graph.head)
+
+    def off(batch):  # JAX itself, with valence shifted by twice the tolerance
+        out = jax.device_get(predict(graph.weights, *batch.values()))
+        return {**out, "valence": out["valence"] + 2 * checks.TOLERANCE}
+
+    def head_run(pooled):
+        return jax.device_get(head(graph.weights, pooled))
+
+    with pytest.raises(checks.ExportCheckError, match="vs_jax differs by 0.0002"):
+        checks.compare(graph, off, head_run, "off")
