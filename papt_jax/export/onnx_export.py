@@ -4,8 +4,9 @@ Route: the JAX functions of `graph.PredictorGraph` are traced with symbolic `bat
 `samples` dimensions (and `rows` for the head) and replayed primitive by primitive
 (`jaxpr_replay`) into `jax2onnx.to_onnx`, so the graph is the very computation papt_jax runs:
 masked GroupNorm, masked attention, zeroed padded frames, speaker fusion, pooling and heads,
-for any encoder built from `papt_jax.models`. The weights are initialisers; a model over
-2 GB keeps them in `predictor.onnx.data` beside the graph (ONNX's external data).
+for any encoder built from `papt_jax.models`. The weights are initialisers; jax2onnx stores
+those over 1 MB in `predictor.onnx.data` beside the graph (ONNX external data, which keeps
+HuBERT-large under protobuf's 2 GB limit); onnxruntime finds it next to the graph.
 
 Files: `predictor.onnx` (inputs `audio`, `audio_mask`[, `speaker`]; outputs `<dim>`,
 `<dim>_pooled`, `frames`) and `head.onnx` (inputs `<dim>_pooled`; outputs `<dim>`). Both are
@@ -94,10 +95,31 @@ def write(graph: PredictorGraph, folder: Path, model_name: str) -> tuple[dict, d
       checks.ExportCheckError: the graphs differ from JAX.
     """
     require()
-    import jax2onnx
     import onnxruntime
 
     _quiet()
+    # Loading jax2onnx's plugins replaces jnp.cumsum for the rest of the process (with a
+    # wrapper of its own); the replayed functions never call jax.numpy, so put it back.
+    cumsum = jnp.cumsum
+    try:
+        files = _convert(graph, folder, model_name)
+    finally:
+        jnp.cumsum = cumsum
+    record = checks.compare(
+        graph,
+        _runner(_session(folder / PREDICTOR_FILE)),
+        _runner(_session(folder / HEAD_FILE)),
+        f"{PREDICTOR_FILE}/{HEAD_FILE}",
+    )
+    record["runtime"] = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
+    record["converter"] = f"jax2onnx {_version('jax2onnx')}, opset {OPSET}"
+    return files, record
+
+
+def _convert(graph: PredictorGraph, folder: Path, model_name: str) -> dict[str, str]:
+    """Converts the predictor and the head; {role: file name} of what was written."""
+    import jax2onnx
+
     batch, samples = symbolic_audio_shape()
     specs = graph.input_specs(batch, samples)
 
@@ -135,15 +157,11 @@ def write(graph: PredictorGraph, folder: Path, model_name: str) -> tuple[dict, d
         return_mode="file",
         output_path=str(folder / HEAD_FILE),
     )
-    record = checks.compare(
-        graph,
-        _runner(_session(folder / PREDICTOR_FILE)),
-        _runner(_session(folder / HEAD_FILE)),
-        f"{PREDICTOR_FILE}/{HEAD_FILE}",
-    )
-    record["runtime"] = f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
-    record["converter"] = f"jax2onnx {_version('jax2onnx')}, opset {OPSET}"
-    return {"predictor": PREDICTOR_FILE, "head": HEAD_FILE}, record
+    files = {"predictor": PREDICTOR_FILE, "head": HEAD_FILE}
+    for role, name in list(files.items()):
+        if (folder / f"{name}.data").is_file():  # weights over 1 MB, beside the graph
+            files[f"{role}_data"] = f"{name}.data"
+    return files
 
 
 def _version(name: str) -> str:

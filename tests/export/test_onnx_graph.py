@@ -111,3 +111,19 @@ def test_the_writers_check_refuses_graphs_that_differ_from_jax():
 
     with pytest.raises(checks.ExportCheckError, match="vs_jax differs by 0.0002"):
         checks.compare(graph, off, head_run, "off")
+
+
+@pytest.mark.slow
+def test_weights_over_a_megabyte_go_beside_the_graph(tmp_path):
+    """HuBERT-large's weights exceed protobuf's 2 GB: large initialisers live in
+    predictor.onnx.data, which model.json lists and onnxruntime finds after a move."""
+    graph = PredictorGraph(tiny_assets("last", "group", intermediate_size=10_000))
+    files, _ = onnx_export.write(graph, tmp_path / "a", "tiny")  # checked against JAX inside
+    assert files["predictor_data"] == "predictor.onnx.data"
+    assert (tmp_path / "a" / "predictor.onnx.data").stat().st_size > 2 * 32 * 10_000 * 4
+    assert (tmp_path / "a" / "predictor.onnx").stat().st_size < 1_000_000
+    (tmp_path / "a").rename(tmp_path / "b")
+    batch = _batch((5_000, 3_000), rows=[0, 4])
+    got = _run(_session(tmp_path / "b" / "predictor.onnx"), batch)
+    want = jax.device_get(jax.jit(graph.predict)(graph.weights, *batch.values()))
+    np.testing.assert_allclose(got["valence"], want["valence"], rtol=0, atol=TOLERANCE)

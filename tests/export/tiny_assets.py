@@ -28,7 +28,9 @@ def _perturbed(variables, key):
 
 
 @functools.cache
-def tiny_assets(fusion: str, norm: str, label_scaling: str = "none") -> RunAssets:
+def tiny_assets(
+    fusion: str, norm: str, label_scaling: str = "none", intermediate_size: int = 64
+) -> RunAssets:
     """Arousal and valence regressors of the 'tiny' preset with `fusion` and extractor `norm`.
 
     `norm='layer'` is the large models' layout (LayerNorm extractor, pre-LN, waveform
@@ -44,6 +46,7 @@ def tiny_assets(fusion: str, norm: str, label_scaling: str = "none") -> RunAsset
         do_stable_layer_norm=layer,
         normalize_waveform=layer,
         conv_bias=layer,
+        intermediate_size=intermediate_size,
     )
     model = HubertForRegression(config)
     audio = jnp.zeros((2, 4000))
