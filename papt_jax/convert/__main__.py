@@ -13,7 +13,7 @@ import logging
 
 from absl import flags
 
-from papt_jax import cli
+from papt_jax import cli, storage
 from papt_jax.errors import UserError
 from papt_jax.models.config import MODEL_PRESETS
 
@@ -77,10 +77,13 @@ def main(argv: list[str]) -> int:
     logging.getLogger("papt_jax").setLevel(logging.INFO)
     from papt_jax.convert import api  # Imports JAX: after the flags are known to be fine.
 
+    # Before any work: --out may not be (or hold) the source, nor be unwritable.
+    storage.check_output_dir(_OUT.value, "--out", [_SOURCE.value])
     api.check_output_dir(_OUT.value, overwrite=_OVERWRITE.value, converted=not _TO_HF.value)
     if _TO_HF.value:
         ckpt = api.load_converted(_SOURCE.value)
-        api.export_hf(ckpt.config, ckpt.params, _OUT.value)
+        with storage.staged_dir(_OUT.value) as tmp:  # an earlier output stays until then
+            api.export_hf(ckpt.config, ckpt.params, tmp)
         if ckpt.head_params is not None:
             print("note: the pre-training head has no place in a HF HubertModel; not exported")
         print(_summary(ckpt, _OUT.value, "wrote Hugging Face directory"))

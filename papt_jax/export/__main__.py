@@ -63,11 +63,12 @@ def main(argv: list[str]) -> int:
     from papt_jax.export.bundle import check_out, write_bundle
     from papt_jax.predict import assets as assets_lib
 
-    check_out(Path(_OUT.value).absolute(), _OVERWRITE.value)  # before the slow part
+    # Before the slow part.
+    check_out(Path(_OUT.value).absolute(), _OVERWRITE.value, Path(_WORKDIR.value).absolute())
     if _FORMAT.value == "onnx":
         from papt_jax.export import onnx_export
 
-        onnx_export.require()  # before the slow part too
+        onnx_export.require()
     assets = assets_lib.from_workdir(_WORKDIR.value)
     if _FORMAT.value == "folder":
         out = write_bundle(assets, _OUT.value, to_hf=_TO_HF.value, overwrite=_OVERWRITE.value)

@@ -3,19 +3,19 @@
 The layout is documented in `papt_jax.predict.assets` (which also reads it). The arrays are
 the ones `assets.from_workdir` builds, stored unchanged (Orbax trees with sha256 manifests,
 `.npz` for the reference statistics), so an export predicts bit for bit as its workdir does.
-The folder is written under `<out>.partial` and renamed into place when complete.
+The folder is written under `<out>.partial` and renamed into place when complete; an
+earlier export it replaces stays in place until then.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from papt_jax import storage
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 from papt_jax.export.metadata import MODEL_FILE, output_scale
@@ -29,12 +29,15 @@ class ExportExistsError(UserError, FileExistsError):
     """The output folder exists and is not an export that may be replaced."""
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Raises `ExportExistsError` when `out` may not be written.
+def check_out(out: Path, overwrite: bool, workdir: Path | None = None) -> None:
+    """Raises `ExportExistsError` (or `storage.OutputError`) when `out` may not be written:
+    a file, the workdir or a folder holding it, a place that cannot be written, or a
+    non-empty folder that is not an earlier export (or is one, without `overwrite`).
 
-    A non-empty `out` is replaced only with `overwrite`, and only when it is an earlier export
-    of any format (it has a `manifest.json`, or the `model.json` of `--format onnx|stablehlo`).
+    An earlier export of any format may be replaced: it has a `manifest.json` (folder), or
+    the `model.json` of `--format onnx|stablehlo`.
     """
+    storage.check_output_dir(out, "--out", [workdir] if workdir is not None else [])
     if out.exists() and not out.is_dir():
         raise ExportExistsError(f"--out {out} is a file, not a folder")
     if not out.exists() or not any(out.iterdir()):
@@ -82,6 +85,8 @@ def manifest(assets: RunAssets) -> dict:
         "sample_rate": SAMPLE_RATE,
         "num_speakers": len(assets.speakers),
         "num_training_speakers": int(next(iter(assets.references.values())).speaker_index.size),
+        # Prediction refuses recordings much shorter than this (`predict.limits`).
+        "shortest_train_s": assets.shortest_train_s,
         "source": str(assets.source),
     }
 
@@ -160,12 +165,6 @@ def write_folder(out: str | Path, overwrite: bool, fill: Callable[[Path], None])
     """
     out = Path(out).absolute()
     check_out(out, overwrite)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    fill(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with storage.staged_dir(out) as tmp:  # an earlier export stays until this one is whole
+        fill(tmp)
     return out

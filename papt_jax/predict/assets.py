@@ -12,7 +12,8 @@ stores those very arrays (`papt_jax.export`), so both predict bit for bit alike.
 
 Exported folder layout (`BUNDLE_*` names below)::
 
-    manifest.json                 format, version, model_id, dimensions, PLDC k, label scaling
+    manifest.json                 format, version, model_id, dimensions, PLDC k, label scaling,
+                                  the training split's shortest utterance (`shortest_train_s`)
     config.json                   the run's config
     speakers.json                 {"speakers": [...]}: speaker id of each embedding row
     regressors/<dim>/encoder_config.json, regressors/<dim>/variables/   (Orbax, sha256 manifest)
@@ -39,6 +40,7 @@ import numpy as np
 
 from papt_jax.errors import UserError
 from papt_jax.models.config import HubertConfig
+from papt_jax.predict import limits
 from papt_jax.predict.profiles import Reference
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,8 @@ class RunAssets:
       load_original: returns the `OriginalEncoder` (loaded on first use: it is only needed
         to enroll new speakers).
       summary: the run's report/summary.json, or None.
+      shortest_train_s: duration of the training split's shortest utterance, or None when
+        the run did not record it (`limits.min_seconds` then takes its fallback).
     """
 
     source: Path
@@ -111,6 +115,12 @@ class RunAssets:
     references: dict[str, Reference]
     load_original: Callable[[], OriginalEncoder]
     summary: dict[str, Any] | None = None
+    shortest_train_s: float | None = None
+
+    @property
+    def min_seconds(self) -> float:
+        """The shortest recording this model predicts (`limits.min_seconds`)."""
+        return limits.min_seconds(self.shortest_train_s)
 
     @functools.cached_property
     def original(self) -> OriginalEncoder:
@@ -132,7 +142,7 @@ class RunAssets:
         h = hashlib.sha256()
         h.update(json.dumps([self.speakers, self.pldc_k]).encode())
         for dim, reg in self.regressors.items():
-            h.update(f"{dim}/{reg.label_scaling}/{reg.encoder_config.to_json()}".encode())
+            h.update(f"{dim}/{reg.label_scaling}/{reg.encoder_config.identity_json()}".encode())
             ref = self.references[dim]
             for a in (ref.speaker_index, ref.vectors, ref.label_mean, ref.label_std):
                 h.update(np.ascontiguousarray(a).tobytes())
@@ -202,7 +212,23 @@ def from_workdir(workdir: str | Path) -> RunAssets:
         references=references,
         load_original=functools.partial(_original_from_workdir, ws, train),
         summary=summary,
+        shortest_train_s=_shortest_train_s(record, ws),
     )
+
+
+def _shortest_train_s(record: dict[str, Any], ws) -> float | None:
+    """The evaluate stage's record of it; for runs evaluated before it was recorded, the
+    dataset's index (when it is still there)."""
+    shortest = (record.get("facts") or {}).get("shortest_train_s")
+    if shortest is not None:
+        return float(shortest)
+    from papt_jax.experiment.evaluation import shortest_train_seconds
+
+    try:
+        return shortest_train_seconds(ws)
+    except (OSError, ValueError, KeyError):
+        log.warning("%s: the training split's durations are unknown", ws.workdir)
+        return None
 
 
 def _original_from_workdir(ws, train: dict[str, np.ndarray]) -> OriginalEncoder:
@@ -267,6 +293,7 @@ def from_export(directory: str | Path) -> RunAssets:
     Raises:
       RunNotReadyError: not an export, or one of another format version.
     """
+    from papt_jax.models.stack import to_layout
     from papt_jax.train.checkpoint import restore_tree
 
     directory = Path(directory).absolute()
@@ -277,7 +304,8 @@ def from_export(directory: str | Path) -> RunAssets:
     for dim in manifest["dimensions"]:
         folder = directory / BUNDLE_REGRESSORS / dim
         cfg = HubertConfig.from_dict(json.loads((folder / ENCODER_CONFIG).read_text()))
-        variables = restore_tree(folder / VARIABLES)
+        # Exports made before the layers were scanned hold them one by one.
+        variables = to_layout(restore_tree(folder / VARIABLES), cfg.scan_layers)
         regressors[dim] = Regressor(dim, cfg, variables, manifest["label_scaling"][dim])
         references[dim] = _reference(arrays, dim, labels=True)
     summary_path = directory / BUNDLE_SUMMARY
@@ -290,6 +318,7 @@ def from_export(directory: str | Path) -> RunAssets:
         references=references,
         load_original=functools.partial(_original_from_export, directory, arrays),
         summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
+        shortest_train_s=manifest.get("shortest_train_s"),
     )
     if assets.model_id != manifest["model_id"]:
         raise RunNotReadyError(

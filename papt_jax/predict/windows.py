@@ -197,6 +197,38 @@ class Batching:
         return sliding_windows(item, num_samples, self.max_frames, self.hop_frames)
 
     @property
+    def shortest_window_frames(self) -> int:
+        """Frames of the shortest window a recording longer than one window can get.
+
+        Tiling: n = ceil(F / W) windows of at least floor(F / n) frames, smallest for
+        F = W + 1 (two windows): (W + 1) // 2. Sliding: exactly W.
+        """
+        if self.hop_seconds is None:
+            return (self.max_frames + 1) // 2
+        return self.max_frames
+
+    def check_shortest(self, least_seconds: float) -> None:
+        """Raises `BatchingError` when a window could be shorter than `least_seconds`.
+
+        A recording of at most one window is predicted whole (its own length is the
+        caller's check); only the windows of longer ones are cut by these settings.
+        """
+        shortest = RECEPTIVE_FIELD + FRAME_HOP * (self.shortest_window_frames - 1)
+        if shortest >= least_seconds * SAMPLE_RATE:
+            return
+        need = int(num_frames(frame_grid_ceil(int(np.ceil(least_seconds * SAMPLE_RATE)))))
+        frames = need if self.hop_seconds is not None else 2 * need - 1
+        # Rounded up to what the hint prints, so the value named passes.
+        seconds = np.ceil((RECEPTIVE_FIELD + FRAME_HOP * (frames - 1)) / SAMPLE_RATE * 100) / 100
+        how = "sliding windows are" if self.hop_seconds is not None else "tiled windows can be"
+        raise BatchingError(
+            f"window_seconds {self.window_seconds:g}: {how} as short as "
+            f"{shortest / SAMPLE_RATE:.3f} s, below this model's minimum duration "
+            f"{least_seconds:.2f} s",
+            hint=f"use window_seconds of at least {seconds:.2f}",
+        )
+
+    @property
     def max_frames(self) -> int:
         """W: most frames per window."""
         return int(num_frames(frame_grid_floor(int(self.window_seconds * SAMPLE_RATE))))

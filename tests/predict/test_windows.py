@@ -125,3 +125,35 @@ def test_batching_picks_tiling_or_sliding_windows():
     assert tiling.windows(1, 80_000) == split_windows(1, 80_000, tiling.max_frames)
     assert sliding.windows(1, 80_000) == sliding_windows(1, 80_000, 49, 25)
     assert Batching(window_seconds=1.0, hop_seconds=1.0).hop_frames == 49  # at most W
+
+
+@pytest.mark.parametrize("hop_seconds", [None, 0.5])
+@pytest.mark.parametrize("least", [0.3, 1.4, 2.0])
+def test_window_settings_that_could_cut_a_window_below_the_minimum_are_refused(hop_seconds, least):
+    """`check_shortest` passes exactly when no window of any longer recording is shorter
+    than `least` seconds, and its hint names a window_seconds that passes."""
+
+    def shortest_window(batching) -> int:
+        most = batching.max_frames
+        lengths = [
+            w.length
+            for frames in range(most + 1, 4 * most + 3)
+            for w in batching.windows(0, RECEPTIVE_FIELD + FRAME_HOP * (frames - 1))
+        ]
+        return min(lengths)
+
+    passed = []
+    for window_seconds in np.arange(0.6, 5.0, 0.1):
+        batching = Batching(window_seconds=float(window_seconds), hop_seconds=hop_seconds)
+        if hop_seconds is not None and hop_seconds > window_seconds:
+            continue
+        fits = shortest_window(batching) >= least * 16_000
+        if fits:
+            batching.check_shortest(least)
+            passed.append(window_seconds)
+            continue
+        with pytest.raises(BatchingError, match="below this model's minimum duration") as err:
+            batching.check_shortest(least)
+        hinted = float(err.value.hint.split()[-1])
+        Batching(window_seconds=hinted, hop_seconds=hop_seconds).check_shortest(least)
+    assert passed and passed[0] > (least if hop_seconds else 1.9 * least)
