@@ -1,7 +1,8 @@
 """What an export states beside its graphs: `model.json` and `pldc.json` (+ `pldc_vectors.npz`).
 
 `model.json` describes the graphs (inputs, outputs, shapes), the audio they take (16 kHz mono
-float in [-1, 1], padded with zeros and a False mask), the output scale, the dimensions, the
+float in [-1, 1], padded with zeros and a False mask), the output scale and what papt_jax
+refuses and flags (minimum duration, predictions outside the scale), the dimensions, the
 speakers, the frame arithmetic, how to cut a long recording into windows and combine them as
 `papt_jax.predict` does, the checks run on the files, and the config and metrics of the run
 it came from. `pldc.json` holds what personalisation needs: the formula, k, each training
@@ -20,6 +21,7 @@ from papt_jax.data.msp_podcast import LABEL_MAX, LABEL_MIN
 from papt_jax.export.graph import AUDIO, AUDIO_MASK, FRAMES, SPEAKER, PredictorGraph, pooled_name
 from papt_jax.pldc import MODES
 from papt_jax.predict.assets import RunAssets
+from papt_jax.predict.limits import min_seconds_basis
 from papt_jax.predict.profiles import SpeakerProfile
 from papt_jax.predict.windows import Batching
 
@@ -44,6 +46,18 @@ def output_scale(assets: RunAssets) -> dict[str, Any]:
         "min": LABEL_MIN,
         "max": LABEL_MAX,
         "source": "MSP-Podcast consensus ratings, the schema the run read its labels with",
+    }
+
+
+def limits_section(assets: RunAssets) -> dict[str, Any]:
+    """What `papt_jax.predict` refuses and flags (`predict.limits`), for users of the graphs."""
+    return {
+        "min_seconds": round(assets.min_seconds, 4),
+        "min_seconds_basis": min_seconds_basis(assets.shortest_train_s),
+        "too_short": "papt_jax refuses recordings shorter than min_seconds (the model never "
+        "saw anything that short); no window of a longer one is shorter either",
+        "outside_scale": "a prediction outside output_scale is no score: papt_jax keeps it, "
+        "flags it (outside_scale) and leaves it out of a speaker's PLDC statistics",
     }
 
 
@@ -154,6 +168,7 @@ def model_json(
         "sample_rate": SAMPLE_RATE,
         "dimensions": list(graph.dimensions),
         "output_scale": output_scale(assets),
+        "limits": limits_section(assets),
         "label_scaling": {d: r.label_scaling for d, r in assets.regressors.items()},
         "speaker": speaker_section(assets, graph, folded),
         "windowing": windowing(batching),

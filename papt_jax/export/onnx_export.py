@@ -55,8 +55,9 @@ def require() -> None:
         except ImportError:
             missing.append(name)
     if missing:
+        which = "which is" if len(missing) == 1 else "which are"
         raise MissingDependencyError(
-            f"--format onnx needs {', '.join(missing)}, which is not installed", hint=INSTALL_HINT
+            f"--format onnx needs {', '.join(missing)}, {which} not installed", hint=INSTALL_HINT
         )
 
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import onnxruntime
 import pytest
 import soundfile
 
+from papt_jax.export import metadata, onnx_export, portable
+from papt_jax.export.graph import PredictorGraph
 from papt_jax.pldc import MODES
 from papt_jax.predict import assets as assets_lib
 from papt_jax.predict.predictor import PLAIN, Predictor
@@ -58,6 +59,8 @@ def _waves(workdir: Path, split: str) -> dict[str, list[np.ndarray]]:
 
 
 def _session(path: Path):
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -86,6 +89,10 @@ def predictor(smoke_run) -> Predictor:
 
 @pytest.fixture(scope="module")
 def onnx_folder(smoke_run, tmp_path_factory) -> Path:
+    for name in onnx_export.REQUIRED:
+        pytest.importorskip(
+            name, reason=f"needs {name}, of the optional 'export' packages (README: Export a model)"
+        )
     return _export(smoke_run.workdir, tmp_path_factory.mktemp("onnx") / "m", "--format=onnx")
 
 
@@ -204,6 +211,8 @@ def test_every_export_states_scale_dimensions_rate_config_and_metrics(smoke_run,
     assert info["check"]["max_abs_difference"]["vs_jax"] <= TOLERANCE
     assert info["windowing"]["window_seconds"] == 20.0
     assets = assets_lib.from_workdir(smoke_run.workdir)
+    assert info["limits"]["min_seconds"] == pytest.approx(assets.min_seconds, abs=1e-4)
+    assert assets.shortest_train_s is not None and "0.5 x" in info["limits"]["min_seconds_basis"]
     assert info["model_id"] == assets.model_id
     pldc = json.loads((onnx_folder / "pldc.json").read_text())
     assert pldc["k"] == 3 and pldc["modes"] == list(MODES)
@@ -217,23 +226,28 @@ def test_every_export_states_scale_dimensions_rate_config_and_metrics(smoke_run,
     assert "scale 1..7" in card and "SYNTHETIC corpus" in card
 
 
-def test_a_profile_folded_into_onnx(smoke_run, predictor, tmp_path):
+def test_a_profile_folds_its_speaker_row_and_pldc_numbers_in(smoke_run, predictor, tmp_path):
+    """What `--profile` writes, without a conversion of its own (the ONNX graph of a folded
+    row is tested in test_onnx_graph.py): the profile's proxy row as a constant, the
+    predictions the Predictor makes with that profile, and the profile in pldc.json."""
     waves = next(iter(_waves(smoke_run.workdir, "test_c").values()))
     profile = predictor.enroll(waves, name="newcomer")
     path = profile.save(tmp_path / "newcomer.json")
-    folder = _export(smoke_run.workdir, tmp_path / "m", "--format=onnx", f"--profile={path}")
-    info = json.loads((folder / "model.json").read_text())
-    assert info["speaker"]["folded"]["row"] == predictor.speaker_index(profile.speaker_id)
-    session = _session(folder / "predictor.onnx")
-    assert [i.name for i in session.get_inputs()] == ["audio", "audio_mask"]
-    out = _run(session, _padded(waves))
+    assets = predictor.assets
+    row, folded, loaded = portable.fold(assets, None, path)
+    assert row == predictor.speaker_index(profile.speaker_id) and loaded == profile
+    graph = PredictorGraph(assets, row)
+    assert graph.input_names == ("audio", "audio_mask")
+    assert metadata.speaker_section(assets, graph, folded)["folded"] == {
+        "row": row,
+        "what": profile.describe(),
+    }
+    out = jax.device_get(jax.jit(graph.predict)(graph.weights, *_padded(waves).values()))
     expected = predictor.predict(waves, profile=profile)
-    stored = SpeakerProfile.from_dict(
-        json.loads((folder / "pldc.json").read_text())["folded_profile"]
-    )
-    assert stored == profile
-    for dim in info["dimensions"]:
+    for dim in predictor.dimensions:
         np.testing.assert_allclose(out[dim], expected[dim][PLAIN], rtol=0, atol=TOLERANCE)
+    pldc, _ = metadata.pldc_json(assets, None, loaded)
+    assert SpeakerProfile.from_dict(json.loads(json.dumps(pldc))["folded_profile"]) == profile
 
 
 def _readme_example() -> str:

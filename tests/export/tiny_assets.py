@@ -29,9 +29,15 @@ def _perturbed(variables, key):
 
 @functools.cache
 def tiny_assets(
-    fusion: str, norm: str, label_scaling: str = "none", intermediate_size: int = 64
+    fusion: str,
+    norm: str,
+    label_scaling: str = "none",
+    intermediate_size: int = 64,
+    dimensions: tuple[str, ...] = ("arousal", "valence"),
 ) -> RunAssets:
-    """Arousal and valence regressors of the 'tiny' preset with `fusion` and extractor `norm`.
+    """Regressors (arousal and valence by default) of the 'tiny' preset with `fusion` and
+    extractor `norm`. One dimension halves an ONNX conversion's graph (and jax2onnx's time,
+    which grows faster than the graph).
 
     `norm='layer'` is the large models' layout (LayerNorm extractor, pre-LN, waveform
     normalisation); 'group' is the base models' (masked GroupNorm on conv 0, post-LN).
@@ -56,7 +62,7 @@ def tiny_assets(
     init = jax.jit(
         lambda key: _perturbed(model.init(key, audio, jnp.ones((2, 4000), bool), speaker), key)
     )
-    for seed, dim in enumerate(("arousal", "valence")):
+    for seed, dim in enumerate(dimensions):
         variables = jax.device_get(init(jax.random.key(seed)))
         regressors[dim] = Regressor(dim, config, variables, label_scaling)
         train = np.arange(NUM_SPEAKERS - 1, dtype=np.int32)
