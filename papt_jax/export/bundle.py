@@ -10,12 +10,15 @@ earlier export it replaces stays in place until then.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from papt_jax import storage
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
+from papt_jax.export.metadata import MODEL_FILE, output_scale
 from papt_jax.predict import assets as assets_lib
 from papt_jax.predict.assets import RunAssets
 
@@ -29,7 +32,11 @@ class ExportExistsError(UserError, FileExistsError):
 def check_out(out: Path, overwrite: bool, workdir: Path | None = None) -> None:
     """Raises `ExportExistsError` (or `storage.OutputError`) when `out` may not be written:
     a file, the workdir or a folder holding it, a place that cannot be written, or a
-    non-empty folder that is not an earlier export (or is one, without `overwrite`)."""
+    non-empty folder that is not an earlier export (or is one, without `overwrite`).
+
+    An earlier export of any format may be replaced: it has a `manifest.json` (folder), or
+    the `model.json` of `--format onnx|stablehlo`.
+    """
     storage.check_output_dir(out, "--out", [workdir] if workdir is not None else [])
     if out.exists() and not out.is_dir():
         raise ExportExistsError(f"--out {out} is a file, not a folder")
@@ -39,9 +46,10 @@ def check_out(out: Path, overwrite: bool, workdir: Path | None = None) -> None:
         raise ExportExistsError(
             f"{out} is not empty", hint="choose a new folder, or pass --overwrite to replace it"
         )
-    if not (out / assets_lib.BUNDLE_MANIFEST).is_file():
+    if not any((out / name).is_file() for name in (assets_lib.BUNDLE_MANIFEST, MODEL_FILE)):
         raise ExportExistsError(
-            f"{out} is not an earlier export (no {assets_lib.BUNDLE_MANIFEST}): not replaced",
+            f"{out} is not an earlier export (no {assets_lib.BUNDLE_MANIFEST} or {MODEL_FILE}): "
+            "not replaced",
             hint="choose an empty or new folder",
         )
 
@@ -73,6 +81,8 @@ def manifest(assets: RunAssets) -> dict:
         "dimensions": list(assets.dimensions),
         "pldc_k": assets.pldc_k,
         "label_scaling": {d: r.label_scaling for d, r in assets.regressors.items()},
+        "output_scale": output_scale(assets),
+        "sample_rate": SAMPLE_RATE,
         "num_speakers": len(assets.speakers),
         "num_training_speakers": int(next(iter(assets.references.values())).speaker_index.size),
         # Prediction refuses recordings much shorter than this (`predict.limits`).
@@ -144,8 +154,17 @@ def write_bundle(
     Raises:
       ExportExistsError: `out` is not empty (and not an export with `overwrite`).
     """
+    return write_folder(out, overwrite, lambda tmp: _write_contents(assets, tmp, to_hf))
+
+
+def write_folder(out: str | Path, overwrite: bool, fill: Callable[[Path], None]) -> Path:
+    """Fills `<out>.partial` with `fill(folder)` and renames it to `out` when complete.
+
+    Raises:
+      ExportExistsError: `out` may not be written (`check_out`).
+    """
     out = Path(out).absolute()
     check_out(out, overwrite)
     with storage.staged_dir(out) as tmp:  # an earlier export stays until this one is whole
-        _write_contents(assets, tmp, to_hf)
+        fill(tmp)
     return out

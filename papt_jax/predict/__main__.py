@@ -16,10 +16,18 @@ shorter than the model's minimum duration, ...) are named on stderr and listed i
 others are predicted. Exit code 0 when at least one file was predicted, 2 otherwise (one
 error line).
 
-The outputs (`--out`, its `.rejected.csv`, `--save_profile`) are checked before the model is
-loaded: one that is an input (an audio file, the profile), an existing folder, or in a
-place that cannot be written is refused with one line. Each is written under a temporary
-name and renamed when complete, so a failure leaves an earlier file as it was.
+The outputs (`--out`, its `.rejected.csv`, `--window_csv`, `--save_profile`) are checked
+before the model is loaded: one that is an input (an audio file, the profile), an existing
+folder, or in a place that cannot be written is refused with one line. Each is written under
+a temporary name and renamed when complete, so a failure leaves an earlier file as it was.
+
+Long recordings are read and encoded window by window (`--window_seconds`), so memory does
+not grow with their length; `--window_csv=FILE` also writes each window's values (file,
+window, start_s, end_s, the same value columns and `outside_scale`), with windows every
+`--hop_seconds` if given (sliding windows) or tiling each recording (the default). No window
+is shorter than the model's minimum duration: window settings that could cut one (tiled
+windows can be half of `--window_seconds`) stop with one error line naming the least
+`--window_seconds` that works.
 
 Speakers (exclusive: --speaker with --enroll means a training speaker's enrollment set):
   --speaker=ID       a training speaker; calibrated with the --audio files as its set
@@ -53,6 +61,10 @@ _WINDOW = flags.DEFINE_float("window_seconds", 20.0, "Longest window a recording
 _BATCH = flags.DEFINE_float("batch_seconds", 80.0, "Padded audio per batch (memory).")
 _BUCKETS = flags.DEFINE_integer("num_buckets", 5, "Padded window lengths (compiled shapes).")
 _DEVICES = flags.DEFINE_integer("num_devices", 1, "Accelerators to spread batches over.")
+_HOP = flags.DEFINE_float(
+    "hop_seconds", None, "Sliding windows: a window starts every this many seconds."
+)
+_WINDOW_CSV = flags.DEFINE_string("window_csv", None, "Also write each window's values here.")
 
 PLAIN_NOTE = "none (plain model output)"
 
@@ -73,6 +85,8 @@ def _check_flags() -> None:
         )
     if _SAVE_PROFILE.value and not (_ENROLL.value or _SPEAKER.value):
         raise UserError("--save_profile needs --enroll (or --speaker) to make a profile from")
+    if _WINDOW_CSV.value and not _AUDIO.value:
+        raise UserError("--window_csv needs --audio (the files to predict)")
 
 
 def _report_problems(problems) -> None:
@@ -153,7 +167,7 @@ def _predict_files(predictor, profile, found, out: Path) -> int:
     elif profile is not None:
         index = predictor.speaker_index(profile.speaker_id)
     seconds = sum(files_lib.probe_seconds(f) for f in found.files)
-    paths, durations, problems, parts = [], [], [], []
+    paths, durations, problems, parts, windows = [], [], [], [], []
     passes = len(predictor.dimensions)
     bar, progress = _progress_bar(seconds, passes, "predicting")
     with bar:
@@ -164,6 +178,7 @@ def _predict_files(predictor, profile, found, out: Path) -> int:
             bar.total -= sum(files_lib.probe_seconds(p.file) for p in bad) * passes
             if waves:
                 parts.append(predictor.forward(waves, index, progress))
+                windows += [(len(paths) + w.item, w) for w in predictor.windows(waves)]
                 paths += chunk_paths
                 durations += [len(w) / SAMPLE_RATE for w in waves]
     _report_problems(problems)
@@ -183,6 +198,13 @@ def _predict_files(predictor, profile, found, out: Path) -> int:
             print(f"saved profile to {_SAVE_PROFILE.value}", file=sys.stderr)
     results = predictor.results(outputs, profile)
     _write_predictions(out, paths, durations, results, profile)
+    if _WINDOW_CSV.value:
+        per_window = {
+            dim: {PLAIN: np.concatenate([p[dim]["window_prediction"] for p in parts])}
+            for dim in predictor.dimensions
+        }
+        window_results = predictor.results(per_window, profile)
+        _write_windows(Path(_WINDOW_CSV.value), paths, windows, window_results, profile)
     print(
         f"wrote {len(paths)} prediction(s) to {out}"
         + (f"; {len(problems)} file(s) refused, listed in {rejected}" if problems else ""),
@@ -213,6 +235,11 @@ def _check_outputs(audio, enroll) -> None:
         out = storage.check_output_file(_OUT.value, "--out", inputs)
         storage.check_output_file(rejected_path(out), "--out's list of refused files", inputs)
         outputs += [out, rejected_path(out)]
+    if _WINDOW_CSV.value:
+        windows = storage.check_output_file(_WINDOW_CSV.value, "--window_csv", inputs)
+        if windows in outputs:
+            raise UserError(f"--window_csv={windows} is also the predictions' file")
+        outputs.append(windows)
     if _SAVE_PROFILE.value:
         profile = storage.check_output_file(_SAVE_PROFILE.value, "--save_profile", inputs)
         if profile in outputs:
@@ -259,6 +286,37 @@ def _write_predictions(out: Path, paths, durations, results, profile) -> None:
     storage.write_atomic(out, write)
 
 
+def _write_windows(path: Path, paths, windows, results, profile) -> None:
+    """One row per window: file, window number in its file, start and end in seconds, the
+    values as in `--out`, and `outside_scale`."""
+    from papt_jax.pldc import MODES
+    from papt_jax.predict.predictor import OUTSIDE_SCALE, PLAIN
+
+    dims = list(results)
+    header = ["file", "window", "start_s", "end_s", "speaker", *dims]
+    if profile is not None:
+        header += [f"{dim}_{mode}" for dim in dims for mode in MODES]
+    header.append(OUTSIDE_SCALE)
+    note = PLAIN_NOTE if profile is None else profile.describe()
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(f) -> None:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        number = {}
+        for i, (item, w) in enumerate(windows):
+            number[item] = number.get(item, -1) + 1
+            start, end = w.start / SAMPLE_RATE, (w.start + w.length) / SAMPLE_RATE
+            row = [str(paths[item]), number[item], f"{start:.3f}", f"{end:.3f}", note]
+            row += [f"{results[dim][PLAIN][i]:.6g}" for dim in dims]
+            if profile is not None:
+                row += [f"{results[dim][mode][i]:.6g}" for dim in dims for mode in MODES]
+            row.append(";".join(dim for dim in dims if results[dim][OUTSIDE_SCALE][i]))
+            writer.writerow(row)
+
+    storage.write_atomic(path, write)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {argv[1:]}", hint="flags only; see --help")
@@ -289,6 +347,7 @@ def main(argv: list[str]) -> int:
         batch_seconds=_BATCH.value,
         num_buckets=_BUCKETS.value,
         num_devices=_DEVICES.value,
+        hop_seconds=_HOP.value,
     )
     if _SPEAKER.value:
         predictor.speaker_index(_SPEAKER.value)  # an unknown id fails before any work

@@ -4,7 +4,9 @@ Paths may be files or folders. Folders are searched recursively for files whose 
 an audio format libsndfile reads (`AUDIO_EXTENSIONS`, limited to the formats this libsndfile
 build has); a file named explicitly is tried whatever its extension. Reading goes through
 `papt_jax.data.audio.read_audio` with resampling on and channels averaged, so a file is
-accepted or refused for the same reasons as in the dataset (`AudioError.reason`).
+accepted or refused for the same reasons as in the dataset (`AudioError.reason`);
+`read_chunks` checks files the same way in blocks and hands them on as `FileRecording`s that
+read one window at a time (`stream.py`), so memory does not grow with a recording's length.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from papt_jax.data.audio import SAMPLE_RATE, AudioError, probe_audio, read_audio
 from papt_jax.errors import UserError
+from papt_jax.predict.stream import FileRecording, open_recording
 
 # libsndfile format name -> extensions it is stored under.
 _FORMAT_EXTENSIONS = {
@@ -145,23 +148,25 @@ def read_chunks(
     files: Iterable[Path],
     max_seconds: float = 600.0,
     max_files: int = 256,
-    check: Callable[[np.ndarray, Path], None] | None = None,
-) -> Iterator[tuple[list[Path], list[np.ndarray], list[Problem]]]:
-    """Reads `files` in chunks of at most `max_seconds` of audio or `max_files` files.
+    check: Callable[[FileRecording, Path], None] | None = None,
+) -> Iterator[tuple[list[Path], list[FileRecording], list[Problem]]]:
+    """Checks `files` in chunks of at most `max_seconds` of audio or `max_files` files.
 
     Args:
       files: the audio files.
       max_seconds, max_files: chunk size.
-      check: called with each waveform read and its path; an `AudioError` it raises refuses
-        the file like a reading problem (e.g. `Predictor.check_duration`).
+      check: called with each recording (its `len` is its 16 kHz length; nothing is read)
+        and its path; an `AudioError` it raises refuses the file like a reading problem
+        (e.g. `Predictor.check_duration`).
 
     Yields:
-      (paths read, their waveforms, problems met in this chunk).
+      (paths accepted, their recordings (read window by window when predicted), problems met
+      in this chunk).
     """
     paths, waves, problems, seconds = [], [], [], 0.0
     for path in files:
         try:
-            wave = read_for_model(path)
+            wave = open_recording(path)
             if check is not None:
                 check(wave, path)
         except AudioError as e:

@@ -11,11 +11,13 @@
 model's output) and, with a speaker or profile, the PLDC variants 'mu', 'sigma', 'both';
 and `{dimension: {'outside_scale': (N,) bool}}`, True where the model's output lies outside
 the label scale (1..7): such a prediction is not a meaningful score, and it never enters a
-speaker's PLDC statistics (a profile, or the `speaker=` set).
+speaker's PLDC statistics (a profile, or the `speaker=` set). `predict_windows` adds the
+same values and flags for every window of every recording.
 
 Recordings shorter than `Predictor.min_seconds` (half the training split's shortest
 utterance, `limits.py`) are refused like other unusable audio (`TooShortAudio`): the model
-never saw anything that short.
+never saw anything that short. No window of an accepted recording is shorter either: window
+settings that could cut one are refused when the Predictor is made (`Predictor.__init__`).
 
 Speakers, as the evaluation treats them (`papt_jax.eval.evaluate`):
 
@@ -27,11 +29,14 @@ Speakers, as the evaluation treats them (`papt_jax.eval.evaluate`):
   of the training speakers (the average training speaker), since it was never trained
   without one.
 
-Recordings are cut into windows and batched by length buckets (`windows.py`).
+Recordings are cut into windows and batched by length buckets (`windows.py`). A recording
+may be any (samples,) sequence that slices to float32 arrays: a NumPy array, or a
+`stream.FileRecording` that reads each window from its file when it is batched.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,7 +52,7 @@ from papt_jax.predict import assets as assets_lib
 from papt_jax.predict import limits, profiles
 from papt_jax.predict.profiles import SpeakerProfile
 from papt_jax.predict.waveforms import batch_to_list, to_model_input
-from papt_jax.predict.windows import Batching, combine, split_windows, window_batches
+from papt_jax.predict.windows import Batching, Window, combine, window_batches
 
 PLAIN = "prediction"
 VARIANTS = (PLAIN, *MODES)
@@ -62,6 +67,25 @@ class UnknownSpeakerError(UserError, KeyError):
 
 class CalibrationError(UserError, ValueError):
     """A speaker's recordings that give no usable PLDC statistics."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Windowed:
+    """`Predictor.predict_windows`' result.
+
+    Attributes:
+      results: {dimension: {variant: (N,), 'outside_scale': (N,) bool}} per recording, as
+        `predict` returns them.
+      windows: one `windows.Window` per window (recording index `item`, first sample
+        `start`, `length` samples, `frames`), recordings in order.
+      window_results: {dimension: {variant: (num_windows,), 'outside_scale':
+        (num_windows,) bool}}: each window's value (the head on its own pooled
+        representation), calibrated as the recordings are, flagged outside the label scale.
+    """
+
+    results: dict[str, dict[str, np.ndarray]]
+    windows: list[Window]
+    window_results: dict[str, dict[str, np.ndarray]]
 
 
 def _head_rows(n: int) -> int:
@@ -107,13 +131,20 @@ class _RegressorRuntime:
         variables = regressor.variables
         self.plain_index = 0
         if self.fuses:
-            variables, self.plain_index = _with_average_speaker(variables, train_speakers)
+            variables, self.plain_index = with_average_speaker(variables, train_speakers)
             config = config.replace(num_speakers=self.plain_index + 1)
         self.variables = replicate(variables, mesh)
         self.encode, self.head = _regressor_steps(config, regressor.label_scaling, mesh)
 
 
-def _with_average_speaker(variables: dict, train_speakers: np.ndarray) -> tuple[dict, int]:
+def _apply_head(rt: _RegressorRuntime, pooled: np.ndarray) -> np.ndarray:
+    """(n, D) pooled representations -> (n,) float32 predictions (rows padded to few shapes)."""
+    padded = np.zeros((_head_rows(len(pooled)), pooled.shape[1]), pooled.dtype)
+    padded[: len(pooled)] = pooled
+    return np.asarray(rt.head(rt.variables, padded))[: len(pooled)].astype(np.float32)
+
+
+def with_average_speaker(variables: dict, train_speakers: np.ndarray) -> tuple[dict, int]:
     """Variables whose speaker table has one more row: the mean of the training speakers'."""
     params = dict(variables["params"])
     hubert = dict(params["hubert"])
@@ -133,6 +164,8 @@ class Predictor:
       batch_seconds: padded audio per device batch.
       num_buckets: padded window lengths (compiled shapes per model).
       num_devices: devices to spread batches over (default 1).
+      hop_seconds: None: windows tile each recording; else sliding windows starting every
+        `hop_seconds` (`windows.sliding_windows`), for per-window values.
     """
 
     def __init__(
@@ -143,12 +176,17 @@ class Predictor:
         batch_seconds: float = 80.0,
         num_buckets: int = 5,
         num_devices: int = 1,
+        hop_seconds: float | None = None,
     ):
         from papt_jax.train.sharding import make_mesh
 
         self.assets = assets
         self.mesh = make_mesh(num_devices)
-        self.batching = Batching(window_seconds, batch_seconds, num_buckets, self.mesh.size)
+        self.batching = Batching(
+            window_seconds, batch_seconds, num_buckets, self.mesh.size, hop_seconds
+        )
+        # No window may be shorter than a recording the model would refuse.
+        self.batching.check_shortest(assets.min_seconds)
 
     @classmethod
     def from_run(cls, workdir: str | Path, **options) -> Predictor:
@@ -230,6 +268,10 @@ class Predictor:
             self.check_duration(prepared[-1], f"waveform {i}")
         return prepared
 
+    def windows(self, waveforms: Sequence[np.ndarray]) -> list[Window]:
+        """The windows of prepared recordings, in recording order (`windows.py`)."""
+        return [w for i, x in enumerate(waveforms) for w in self.batching.windows(i, len(x))]
+
     def _pooled(
         self,
         waveforms: Sequence[np.ndarray],
@@ -237,21 +279,26 @@ class Predictor:
         progress: Progress,
         speaker_index: int | None = None,
     ) -> np.ndarray:
-        """(N, D) frame-weighted pooled representation of each recording.
+        """(N, D) frame-weighted pooled representation of each recording (args as below)."""
+        windows = self.windows(waveforms)
+        pooled = self._window_pooled(waveforms, windows, step, progress, speaker_index)
+        frames = np.asarray([w.frames for w in windows])
+        items = np.asarray([w.item for w in windows])
+        return combine(pooled, frames, items, len(waveforms))
+
+    def _window_pooled(self, waveforms, windows, step, progress, speaker_index) -> np.ndarray:
+        """(num_windows, D) pooled representation of each window.
 
         Args:
-          waveforms: prepared recordings.
+          waveforms: prepared recordings (each window is sliced from its recording when its
+            batch is built, so a `FileRecording` is read one window at a time).
+          windows: `self.windows(waveforms)`.
           step: sharded batch -> (rows, D) pooled windows.
           progress: called with each batch's audio seconds.
           speaker_index: the batch's `speaker` field for every row (None: no field).
         """
         from papt_jax.train.sharding import shard_batch
 
-        windows = [
-            w
-            for i, x in enumerate(waveforms)
-            for w in split_windows(i, len(x), self.batching.max_frames)
-        ]
         pooled = None
         for batch in window_batches(waveforms, windows, self.batching):
             fields = {"audio": batch.audio, "audio_mask": batch.audio_mask}
@@ -263,9 +310,7 @@ class Predictor:
             pooled[batch.windows] = out[: batch.windows.size]
             if progress is not None:
                 progress(batch.seconds)
-        frames = np.asarray([w.frames for w in windows])
-        items = np.asarray([w.item for w in windows])
-        return combine(pooled, frames, items, len(waveforms))
+        return pooled
 
     def forward(
         self, waveforms: Sequence[np.ndarray], speaker_index: int | None, progress: Progress = None
@@ -279,8 +324,12 @@ class Predictor:
           progress: called with the audio seconds of each finished batch.
 
         Returns:
-          {dimension: {'prediction': (N,) float32, 'pooled': (N, D) float32}}.
+          {dimension: {'prediction': (N,) float32, 'pooled': (N, D) float32,
+          'window_prediction': (num_windows,) float32 (windows in `self.windows` order)}}.
         """
+        windows = self.windows(waveforms)
+        frames = np.asarray([w.frames for w in windows])
+        items = np.asarray([w.item for w in windows])
         out = {}
         for dim, rt in self._runtimes.items():
             index = rt.plain_index if speaker_index is None else int(speaker_index)
@@ -288,12 +337,13 @@ class Predictor:
             def step(batch, rt=rt):
                 return rt.encode(rt.variables, batch)[1]
 
-            pooled = self._pooled(waveforms, step, progress, index)
-            rows = _head_rows(len(pooled))
-            padded = np.zeros((rows, pooled.shape[1]), pooled.dtype)
-            padded[: len(pooled)] = pooled
-            preds = np.asarray(rt.head(rt.variables, padded))[: len(pooled)]
-            out[dim] = {PLAIN: preds.astype(np.float32), "pooled": pooled}
+            window_pooled = self._window_pooled(waveforms, windows, step, progress, index)
+            pooled = combine(window_pooled, frames, items, len(waveforms))
+            out[dim] = {
+                PLAIN: _apply_head(rt, pooled),
+                "pooled": pooled,
+                "window_prediction": _apply_head(rt, window_pooled),
+            }
         return out
 
     def encode_original(self, waveforms: Sequence[np.ndarray], progress: Progress = None):
@@ -478,6 +528,38 @@ class Predictor:
             below `min_seconds`.
           UnknownSpeakerError, ProfileError: a speaker or profile this model cannot use.
         """
+        outputs, profile, _ = self._outputs(waveforms, sample_rate, speaker, profile, progress)
+        return self.results(outputs, profile)
+
+    def predict_windows(
+        self,
+        waveforms,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        speaker: str | None = None,
+        profile: SpeakerProfile | str | Path | None = None,
+        progress: Progress = None,
+    ) -> Windowed:
+        """`predict`, plus the value of every window of every recording.
+
+        Arguments as `predict`. Window values are calibrated with the same speaker statistics
+        as the recordings' (with `speaker`, those of the recordings' predictions).
+
+        Returns:
+          A `Windowed`.
+        """
+        outputs, profile, prepared = self._outputs(
+            waveforms, sample_rate, speaker, profile, progress
+        )
+        per_window = {dim: {PLAIN: o["window_prediction"]} for dim, o in outputs.items()}
+        return Windowed(
+            results=self.results(outputs, profile),
+            windows=self.windows(prepared),
+            window_results=self.results(per_window, profile),
+        )
+
+    def _outputs(self, waveforms, sample_rate, speaker, profile, progress):
+        """(`forward` outputs, the profile that calibrates them, the prepared recordings)."""
         if speaker is not None and profile is not None:
             raise UserError("give either speaker or profile, not both")
         if profile is not None and not isinstance(profile, SpeakerProfile):
@@ -493,4 +575,4 @@ class Predictor:
             outputs = self.forward(prepared, self.speaker_index(profile.speaker_id), progress)
         else:
             outputs = self.forward(prepared, None, progress)
-        return self.results(outputs, profile)
+        return outputs, profile, prepared

@@ -76,6 +76,8 @@ def test_export_folder_is_self_contained_and_documented(smoke_run, exported):
         "valence",
     ]
     assert manifest["pldc_k"] == 3 and manifest["num_training_speakers"] == 10
+    assert (manifest["output_scale"]["min"], manifest["output_scale"]["max"]) == (1.0, 7.0)
+    assert manifest["sample_rate"] == 16_000
     # The minimum duration travels with the model; an export without it takes the default.
     index = json.loads(
         (smoke_run.workdir / "data/papt_msp_podcast/1.0.0/index/train.json").read_text()
@@ -102,6 +104,7 @@ def test_export_folder_is_self_contained_and_documented(smoke_run, exported):
     assert "SYNTHETIC corpus (preset `smoke`" in card
     assert "10 training speakers" in card
     assert "python -m papt_jax.predict --export=THIS_FOLDER" in card
+    assert "Predictions lie on the scale 1..7" in card
     # Nothing points back into the workdir: it can be moved or deleted.
     moved = exported.with_name("moved")
     exported.rename(moved)

@@ -110,6 +110,61 @@ def test_broken_files_are_named_and_the_others_predicted(smoke_run, predictor, t
 
 
 @pytest.mark.slow
+def test_long_recordings_are_streamed_and_each_window_written(smoke_run, predictor, tmp_path):
+    """--window_csv with --hop_seconds: one row per window, the values of the Python API on the
+    same files read whole; a 44.1 kHz stereo file is resampled window by window."""
+    workdir = smoke_run.workdir
+    keys = np.concatenate(list(split_keys(workdir, "test_c").values()))
+    waves = [soundfile.read(audio_path(workdir, str(k)), dtype="float32")[0] for k in keys[:4]]
+    long = tmp_path / "long.wav"
+    cd = resample(np.concatenate(waves), 16_000, 44_100)
+    soundfile.write(long, np.stack([cd, 0.5 * cd], axis=1), 44_100, subtype="PCM_16")
+    short = _copy(workdir, keys[4:5], tmp_path)[0]
+    out, windows_csv = tmp_path / "pred.csv", tmp_path / "windows.csv"
+    proc = _run(
+        f"--workdir={workdir}",
+        f"--audio={long},{short}",
+        f"--out={out}",
+        f"--window_csv={windows_csv}",
+        "--hop_seconds=1.5",
+        *FAST,
+    )
+    assert proc.returncode == 0, proc.stderr
+    from papt_jax.predict.predictor import Predictor
+
+    api = Predictor(predictor.assets, **SETTINGS, hop_seconds=1.5).predict_windows(
+        [files.read_for_model(long), files.read_for_model(short)]
+    )
+    rows = _read_csv(windows_csv)
+    assert list(rows[0]) == [
+        "file", "window", "start_s", "end_s", "speaker", "arousal", "valence", "outside_scale"
+    ]  # fmt: skip
+    flags = [r["outside_scale"] for r in rows]
+    assert flags == [
+        ";".join(d for d in api.results if api.window_results[d]["outside_scale"][i])
+        for i in range(len(api.windows))
+    ]
+    assert [r["file"] for r in rows] == [str((long, short)[w.item]) for w in api.windows]
+    assert [int(r["window"]) for r in rows if r["file"] == str(long)] == list(
+        range(sum(w.item == 0 for w in api.windows))
+    )
+    np.testing.assert_allclose(
+        [float(r["start_s"]) for r in rows], [w.start / 16_000 for w in api.windows], atol=1e-3
+    )
+    np.testing.assert_allclose(
+        [float(r["end_s"]) for r in rows],
+        [(w.start + w.length) / 16_000 for w in api.windows],
+        atol=1e-3,
+    )
+    per_file = _read_csv(out)
+    for dim in api.results:
+        got = [float(r[dim]) for r in rows]
+        np.testing.assert_allclose(got, api.window_results[dim]["prediction"], rtol=CSV_RTOL)
+        got = [float(r[dim]) for r in per_file]
+        np.testing.assert_allclose(got, api.results[dim]["prediction"], rtol=CSV_RTOL)
+
+
+@pytest.mark.slow
 def test_enroll_save_profile_and_reuse_it(smoke_run, tmp_path):
     workdir = smoke_run.workdir
     speaker, keys = sorted(split_keys(workdir, "test_c").items())[0]

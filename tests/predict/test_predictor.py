@@ -25,10 +25,10 @@ from papt_jax import pldc
 from papt_jax.data.audio import NonFiniteAudio, SilentAudio, TooShortAudio
 from papt_jax.eval.evaluate import dense_ids
 from papt_jax.eval.results import load_result
-from papt_jax.predict import profiles
+from papt_jax.predict import limits, profiles
 from papt_jax.predict.predictor import OUTSIDE_SCALE, PLAIN, CalibrationError, Predictor
 from papt_jax.predict.profiles import EnrollmentError, ProfileError, SpeakerProfile
-from papt_jax.predict.windows import split_windows
+from papt_jax.predict.windows import BatchingError, split_windows
 
 pytestmark = pytest.mark.slow
 
@@ -202,9 +202,10 @@ def test_long_recording_is_the_frame_weighted_mean_of_its_windows(predictor, smo
     workdir = smoke_run.workdir
     keys = np.concatenate(list(split_keys(workdir, "test_c").values()))
     wave = max(read_waves(workdir, keys), key=len)
-    short = Predictor(predictor.assets, **{**SETTINGS, "window_seconds": 1.0})
+    # 1.1 s: the shortest tiled window (half of one) stays above the minimum duration.
+    short = Predictor(predictor.assets, **{**SETTINGS, "window_seconds": 1.1})
     windows = split_windows(0, len(wave), short.batching.max_frames)
-    assert len(windows) > 2  # 2.98 s, at most 49 frames (0.98 s) per window
+    assert len(windows) > 2  # 2.98 s, at most 54 frames (1.08 s) per window
     whole = short.forward([wave], 3)
     pieces = short.forward([wave[w.start : w.start + w.length] for w in windows], 3)
     frames = np.asarray([w.frames for w in windows], np.float64)
@@ -213,6 +214,63 @@ def test_long_recording_is_the_frame_weighted_mean_of_its_windows(predictor, smo
         np.testing.assert_allclose(
             whole[dim]["pooled"][0], expected / frames.sum(), rtol=1e-6, atol=1e-7
         )
+
+
+@pytest.mark.parametrize("hop_seconds", [None, 1.5])
+def test_each_window_has_its_own_value_calibrated_like_its_recording(
+    predictor, smoke_run, hop_seconds
+):
+    """`predict_windows`: a recording's values are `predict`'s; a window's value is the model
+    on that window's samples alone; PLDC maps windows with the recording's profile."""
+    workdir = smoke_run.workdir
+    keys = np.concatenate(list(split_keys(workdir, "test_c").values()))
+    waves = read_waves(workdir, keys)
+    long, short = np.concatenate(waves[:4]), waves[4]
+    windowed = Predictor(predictor.assets, **SETTINGS, hop_seconds=hop_seconds)
+    index = windowed.speaker_index(windowed.speakers[0])
+    profile = windowed.profile_from(
+        windowed.forward(waves, index), 10.0, speaker=windowed.speakers[0]
+    )
+
+    out = windowed.predict_windows([long, short], profile=profile)
+    expected_windows = windowed.windows([long, short])
+    assert out.windows == expected_windows
+    assert [w.item for w in out.windows].count(0) > 2 and [w.item for w in out.windows][-1] == 1
+    if hop_seconds is not None:
+        starts = [w.start for w in out.windows if w.item == 0]
+        assert starts[1] - starts[0] == 75 * 320  # 1.5 s hop on the frame grid
+    recordings = windowed.predict([long, short], profile=profile)
+    alone = windowed.forward(
+        [(long, short)[w.item][w.start : w.start + w.length] for w in out.windows], index
+    )
+    for dim in recordings:
+        for variant in recordings[dim]:
+            np.testing.assert_array_equal(out.results[dim][variant], recordings[dim][variant])
+        values = out.window_results[dim]
+        np.testing.assert_allclose(values[PLAIN], alone[dim][PLAIN], rtol=1e-5, atol=1e-6)
+        calibrated = profiles.calibrate(values[PLAIN], profile.dimensions[dim])
+        for mode in pldc.MODES:
+            np.testing.assert_array_equal(values[mode], calibrated[mode])
+        # The short recording is one window: its window value is its value.
+        np.testing.assert_allclose(values[PLAIN][-1], out.results[dim][PLAIN][1], rtol=1e-6)
+        # Windows are flagged outside the label scale as recordings are.
+        np.testing.assert_array_equal(values[OUTSIDE_SCALE], limits.outside_scale(values[PLAIN]))
+        assert values[OUTSIDE_SCALE].shape == (len(out.windows),)
+
+
+def test_windows_are_never_shorter_than_the_models_minimum_duration(predictor):
+    """Recordings under the minimum are refused; window settings that would cut a longer
+    recording into windows under it are refused when the Predictor is made."""
+    least = predictor.min_seconds
+    assert least > 0.1
+    with pytest.raises(BatchingError, match="tiled windows can be as short as"):
+        Predictor(predictor.assets, window_seconds=1.5 * least)
+    with pytest.raises(BatchingError, match="sliding windows are as short as"):
+        Predictor(predictor.assets, window_seconds=0.9 * least, hop_seconds=0.1)
+    Predictor(predictor.assets, window_seconds=1.5 * least, hop_seconds=0.1)  # W >= least
+    tiled = Predictor(predictor.assets, window_seconds=2.1 * least)
+    for samples in range(int(2.1 * least * 16_000), int(7 * least * 16_000), 997):
+        assert min(w.length for w in tiled.windows([np.zeros(samples)])) >= least * 16_000
 
 
 def test_bad_waveforms_are_named_and_channels_mixed(predictor, smoke_run):

@@ -10,6 +10,7 @@ from papt_jax.predict.windows import (
     Batching,
     BatchingError,
     combine,
+    sliding_windows,
     split_windows,
     window_batches,
 )
@@ -88,3 +89,71 @@ def test_bad_batching_settings_are_user_errors():
         Batching(window_seconds=0.01)
     with pytest.raises(BatchingError, match="batch_seconds must be > 0"):
         Batching(batch_seconds=0)
+    with pytest.raises(BatchingError, match="hop_seconds must lie between"):
+        Batching(window_seconds=4.0, hop_seconds=5.0)
+    with pytest.raises(BatchingError, match="hop_seconds must lie between"):
+        Batching(hop_seconds=0.01)
+
+
+@pytest.mark.parametrize("num_samples", [400, 16_000, 48_123, 160_000 + 317])
+@pytest.mark.parametrize(("max_frames", "hop_frames"), [(49, 49), (49, 25), (49, 1), (7, 3)])
+def test_sliding_windows_are_full_length_every_hop_and_end_with_the_recording(
+    num_samples, max_frames, hop_frames
+):
+    windows = sliding_windows(2, num_samples, max_frames, hop_frames)
+    total = int(num_frames(num_samples))
+    if total <= max_frames:
+        assert windows == [split_windows(2, num_samples, max_frames)[0]]  # whole recording
+        return
+    assert len(windows) == -(-(total - max_frames) // hop_frames) + 1
+    firsts = [w.start // FRAME_HOP for w in windows]
+    assert all(w.start % FRAME_HOP == 0 and w.item == 2 for w in windows)
+    assert firsts[:-1] == [i * hop_frames for i in range(len(windows) - 1)]
+    assert firsts[-1] == total - max_frames  # the last one is aligned to the end
+    assert 0 < firsts[-1] - firsts[-2] <= hop_frames
+    assert all(w.frames == max_frames == int(num_frames(w.length)) for w in windows)
+    assert windows[-1].start + windows[-1].length == num_samples  # the tail is kept
+    covered = np.zeros(total, bool)
+    for first in firsts:
+        covered[first : first + max_frames] = True
+    assert covered.all()
+
+
+def test_batching_picks_tiling_or_sliding_windows():
+    tiling, sliding = Batching(window_seconds=1.0), Batching(window_seconds=1.0, hop_seconds=0.5)
+    assert tiling.hop_frames is None and sliding.hop_frames == 25
+    assert tiling.windows(1, 80_000) == split_windows(1, 80_000, tiling.max_frames)
+    assert sliding.windows(1, 80_000) == sliding_windows(1, 80_000, 49, 25)
+    assert Batching(window_seconds=1.0, hop_seconds=1.0).hop_frames == 49  # at most W
+
+
+@pytest.mark.parametrize("hop_seconds", [None, 0.5])
+@pytest.mark.parametrize("least", [0.3, 1.4, 2.0])
+def test_window_settings_that_could_cut_a_window_below_the_minimum_are_refused(hop_seconds, least):
+    """`check_shortest` passes exactly when no window of any longer recording is shorter
+    than `least` seconds, and its hint names a window_seconds that passes."""
+
+    def shortest_window(batching) -> int:
+        most = batching.max_frames
+        lengths = [
+            w.length
+            for frames in range(most + 1, 4 * most + 3)
+            for w in batching.windows(0, RECEPTIVE_FIELD + FRAME_HOP * (frames - 1))
+        ]
+        return min(lengths)
+
+    passed = []
+    for window_seconds in np.arange(0.6, 5.0, 0.1):
+        batching = Batching(window_seconds=float(window_seconds), hop_seconds=hop_seconds)
+        if hop_seconds is not None and hop_seconds > window_seconds:
+            continue
+        fits = shortest_window(batching) >= least * 16_000
+        if fits:
+            batching.check_shortest(least)
+            passed.append(window_seconds)
+            continue
+        with pytest.raises(BatchingError, match="below this model's minimum duration") as err:
+            batching.check_shortest(least)
+        hinted = float(err.value.hint.split()[-1])
+        Batching(window_seconds=hinted, hop_seconds=hop_seconds).check_shortest(least)
+    assert passed and passed[0] > (least if hop_seconds else 1.9 * least)
