@@ -26,13 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from papt_jax.convert import fairseq, mapping, torch_io
+from papt_jax.convert import fairseq, families, mapping, sources, torch_io
 from papt_jax.convert.conversion_errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
     OutputExistsError,
 )
-from papt_jax.convert.hf_config import hf_config, saves_mask_embedding, to_hf_config
+from papt_jax.convert.families.hubert import HEAD_RULES
+from papt_jax.convert.families.naming import LEGACY_WEIGHT_NORM_RENAMES
+from papt_jax.convert.hf_config import saves_mask_embedding, to_hf_config
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHead, PretrainHeadConfig
@@ -108,38 +110,30 @@ def _to_flat_numpy(params: Params) -> dict[str, np.ndarray]:
     return {path: np.asarray(value) for path, value in flatten_dict(params, sep="/").items()}
 
 
-def _split_fairseq(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """fairseq state dict -> (HF-named encoder arrays, head arrays in fairseq naming)."""
-    head = {k: v for k, v in state_dict.items() if k in mapping.FAIRSEQ_HEAD_KEYS}
-    encoder = {k: v for k, v in state_dict.items() if k not in head}
-    return mapping.rename_keys(encoder, mapping.FAIRSEQ_RENAMES), head
-
-
 def _build_config(
     raw: torch_io.RawCheckpoint,
-    state_dict: Mapping[str, np.ndarray],
+    source: sources.Source,
     preset: str | None,
     overrides: dict[str, Any],
     context: str,
 ) -> HubertConfig:
     """The encoder config from what the checkpoint carries (or its shapes and a preset)."""
     overrides = dict(overrides)
-    if torch_io.SPEAKER_KEY in state_dict:
-        overrides.setdefault("num_speakers", int(state_dict[torch_io.SPEAKER_KEY].shape[0]))
+    if torch_io.SPEAKER_KEY in source.encoder:
+        overrides.setdefault("num_speakers", int(source.encoder[torch_io.SPEAKER_KEY].shape[0]))
         if raw.speaker_fusion:
             overrides.setdefault("speaker_fusion", raw.speaker_fusion)
-    has_config = raw.fairseq_model_cfg is not None or raw.hf_config is not None
-    if has_config and preset is not None:
+    if source.config_values is None:
+        return torch_io.infer_config(source.encoder, preset, overrides)
+    if preset is not None:
         logger.info("ignoring preset %r: the checkpoint carries its own config", preset)
-    if raw.fairseq_model_cfg is not None:
-        config = fairseq.fairseq_config(raw.fairseq_model_cfg, raw.fairseq_task_cfg, context)
-        try:
-            return config.replace(**overrides)
-        except (TypeError, ValueError) as err:
-            raise CheckpointFormatError(f"config overrides {overrides}: {err}") from err
-    if raw.hf_config is not None:
-        return hf_config(raw.hf_config, raw.preprocessor, overrides)
-    return torch_io.infer_config(state_dict, preset, overrides)
+    try:
+        return HubertConfig.from_dict({**source.config_values, **overrides})
+    except (TypeError, ValueError) as err:
+        raise CheckpointFormatError(
+            f"{context}: its config with the overrides {overrides} is not a valid encoder "
+            f"config: {err}"
+        ) from err
 
 
 def _add_fresh_speaker_table(
@@ -222,7 +216,7 @@ def _convert_head(
         logit_temp=facts.logit_temp,
     )
     expected = abstract_head_params(head_config, hidden_size)
-    flat = mapping.torch_to_flax(head_state, expected, mapping.HEAD_RULES, f"{context}, head")
+    flat = mapping.torch_to_flax(head_state, expected, HEAD_RULES, f"{context}, head")
     return head_config, _to_tree(flat), []
 
 
@@ -257,22 +251,24 @@ def load_pytorch_checkpoint(
     """
     context = str(path)
     raw = torch_io.read_checkpoint(path, allow_unsafe_pickle=allow_unsafe_pickle)
-    notes = list(raw.notes)
-    head_state: dict[str, np.ndarray] = {}
-    state_dict = raw.state_dict
-    if raw.source_format.startswith("fairseq"):
-        state_dict, head_state = _split_fairseq(state_dict)
-    state_dict = mapping.normalize_hf_keys(state_dict, notes)
-    config = _build_config(raw, state_dict, preset, config_overrides, context)
+    source = sources.classify(raw, context)
+    if source.naming.family != "hubert":
+        raise CheckpointFormatError(
+            f"{context} holds a {source.naming.family} encoder ({source.source_format}): "
+            "this version converts HuBERT encoders only"
+        )
+    notes = list(source.notes)
+    state_dict = source.encoder
+    config = _build_config(raw, source, preset, config_overrides, context)
     mask_note = _add_missing_mask_embedding(raw, state_dict, config.hidden_size)
     if mask_note is not None:
         logger.info("%s: %s", context, mask_note)
         notes.append(mask_note)
     expected = abstract_params(config)
     _add_fresh_speaker_table(state_dict, expected)
-    flat = mapping.torch_to_flax(state_dict, expected, mapping.HF_RULES, context)
+    flat = mapping.torch_to_flax(state_dict, expected, source.naming.rules, context)
     head_config, head_params, head_notes = _convert_head(
-        head_state, raw.fairseq_head, config.hidden_size, context
+        source.hubert_head, raw.fairseq_head, config.hidden_size, context
     )
     for note in head_notes:
         logger.warning("%s: %s", context, note)
@@ -321,11 +317,9 @@ def params_to_torch(
         raise ValueError(f"weight_norm_style must be one of {WEIGHT_NORM_STYLES}")
     flat = _to_flat_numpy(params)
     mapping.check_params(flat, abstract_params(config), "Flax params vs config")
-    state_dict = mapping.flax_to_torch(flat, mapping.HF_RULES)
+    state_dict = mapping.flax_to_torch(flat, families.FAMILIES["hubert"].rules)
     if weight_norm_style == "legacy":
-        state_dict = mapping.rename_keys(
-            state_dict, mapping.LEGACY_WEIGHT_NORM_RENAMES, reverse=True
-        )
+        state_dict = mapping.rename_keys(state_dict, LEGACY_WEIGHT_NORM_RENAMES, reverse=True)
     return state_dict
 
 

@@ -1,4 +1,4 @@
-"""Reading PyTorch HuBERT checkpoints safely, and inferring a config from their shapes.
+"""Reading PyTorch checkpoints safely, and inferring a HuBERT config from their shapes.
 
 Formats, detected from the path:
 
@@ -6,9 +6,13 @@ Formats, detected from the path:
   `pytorch_model.bin`, either possibly sharded (`model.safetensors.index.json`,
   `pytorch_model.bin.index.json`), optionally `preprocessor_config.json` (waveform
   normalisation) and `speaker_embedding.safetensors` (written by `export_hf`);
+* the MSP-Podcast challenge's release folder (`final_ssl.pt`, `final_pool.pt`,
+  `final_ser.pt`, `train_norm_stat.pkl`; see `papt_jax.convert.emotion_models`);
 * a `.safetensors` file or a pickled PyTorch state dict (`.bin`, `.pt`, `.pth`);
-* a fairseq HuBERT checkpoint (`.pt` with `model` plus `cfg` or `args`), pre-training
-  or fine-tuned (see `papt_jax.convert.fairseq`).
+* a WavLM release file (`.pt` with a flat `cfg` and `model`; see
+  `papt_jax.convert.wavlm_release`);
+* a fairseq HuBERT or wav2vec2 checkpoint (`.pt` with `model` plus `cfg` or `args`),
+  pre-training or fine-tuned (see `papt_jax.convert.fairseq`).
 
 Pickles are read by `papt_jax.convert.safe_unpickle`: tensors and the harmless classes
 fairseq files hold, nothing else, unless `allow_unsafe_pickle=True`.
@@ -25,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from papt_jax.convert import fairseq
+from papt_jax.convert import emotion_models, fairseq, wavlm_release
 from papt_jax.convert.conversion_errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
@@ -51,14 +55,19 @@ class RawCheckpoint:
 
     Attributes:
       state_dict: key -> float32 (or integer) NumPy array, in the source's naming
-        (fairseq: the HuBERT model's keys, a fine-tuned model's prefix stripped).
+        (fairseq: the model's keys, a fine-tuned model's prefix stripped; the
+        challenge's release folder: its files' keys under the HF package's prefixes).
       source_format: 'hf_safetensors', 'hf_bin', 'safetensors', 'state_dict',
-        'fairseq' or 'fairseq_finetuned'.
+        'fairseq', 'fairseq_finetuned', 'wavlm_release' or 'msp_release'.
       hf_config: the HF `config.json` dict, if any.
       preprocessor: the HF `preprocessor_config.json` dict, if any.
-      fairseq_model_cfg: fairseq model config as a dict (fairseq only).
-      fairseq_task_cfg: fairseq task config as a dict (fairseq only).
-      fairseq_head: what the fairseq config says about the pre-training head.
+      family: the encoder family, when the file's own layout says it (fairseq, the
+        WavLM release); HF folders say it in `hf_config`.
+      config_values: the encoder config values translated from the file's own
+        fairseq-style config (fairseq, the WavLM release), if it carries one.
+      fairseq_head: what the fairseq config says about HuBERT's pre-training head.
+      fairseq_model_cfg: fairseq's model options (fairseq only), for the head.
+      norm_stat: the challenge release's (wav_mean, wav_std).
       speaker_fusion: from the metadata of `speaker_embedding.safetensors`, if any.
       notes: what reading dropped or assumed, for the log and `conversion.json`.
     """
@@ -67,9 +76,11 @@ class RawCheckpoint:
     source_format: str
     hf_config: dict[str, Any] | None = None
     preprocessor: dict[str, Any] | None = None
-    fairseq_model_cfg: dict[str, Any] | None = None
-    fairseq_task_cfg: dict[str, Any] | None = None
+    family: str | None = None
+    config_values: dict[str, Any] | None = None
     fairseq_head: fairseq.HeadFacts | None = None
+    fairseq_model_cfg: dict[str, Any] | None = None
+    norm_stat: tuple[float, float] | None = None
     speaker_fusion: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -105,13 +116,53 @@ def _read_fairseq(obj: Mapping[str, Any], path: Path) -> RawCheckpoint:
     parts = fairseq.split_checkpoint(obj, state_dict, str(path))
     for note in parts.notes:
         logger.info("%s: %s", path, note)
+    values = None
+    if parts.model_cfg is not None:
+        values = fairseq.encoder_config_values(parts, str(path))
     return RawCheckpoint(
         state_dict=parts.state_dict,
         source_format="fairseq_finetuned" if parts.finetuned else "fairseq",
-        fairseq_model_cfg=parts.model_cfg,
-        fairseq_task_cfg=parts.task_cfg,
+        family=parts.family,
+        config_values=values,
         fairseq_head=parts.head,
+        fairseq_model_cfg=parts.model_cfg,
         notes=list(parts.notes),
+    )
+
+
+def _read_wavlm_release(obj: Mapping[str, Any], cfg: dict[str, Any], path: Path):
+    state_dict = _state_dict_to_numpy(obj["model"], f"{path} ('model')")
+    return RawCheckpoint(
+        state_dict=state_dict,
+        source_format="wavlm_release",
+        family="wavlm",
+        config_values=wavlm_release.config_values(cfg, str(path)),
+    )
+
+
+def _read_msp_release(directory: Path, allow_unsafe_pickle: bool) -> RawCheckpoint:
+    """The challenge's release folder, its files' keys put under the HF package's prefixes."""
+    state_dict: dict[str, np.ndarray] = {}
+    for name, prefix in emotion_models.MSP_RELEASE_FILES.items():
+        if not (directory / name).is_file():
+            raise CheckpointFormatError(
+                f"{directory} holds final_ssl.pt but no {name}: an incomplete release of "
+                "the MSP-Podcast challenge model"
+            )
+        tensors = _read_weights_file(directory / name, allow_unsafe_pickle)
+        state_dict.update({prefix + key: value for key, value in tensors.items()})
+    stat_file = directory / emotion_models.MSP_NORM_STAT_FILE
+    if not stat_file.is_file():
+        raise CheckpointFormatError(
+            f"{directory} has no {emotion_models.MSP_NORM_STAT_FILE}: the model's input "
+            "normalisation (the training audio's mean and std) is unknown",
+            hint="copy the file from the release folder the .pt files came from",
+        )
+    return RawCheckpoint(
+        state_dict=state_dict,
+        source_format="msp_release",
+        family="wavlm",
+        norm_stat=emotion_models.read_norm_stat(stat_file),
     )
 
 
@@ -220,12 +271,17 @@ def read_checkpoint(path: str | Path, *, allow_unsafe_pickle: bool = False) -> R
         path = path.parent  # Read the config beside it too.
     if path.is_file() and path.name.endswith(INDEX_SUFFIX):
         path = path.parent
+    if path.is_dir() and (path / "final_ssl.pt").is_file():
+        return _read_msp_release(path, allow_unsafe_pickle)
     if path.is_dir():
         return _read_hf_dir(path, allow_unsafe_pickle)
     if path.suffix == ".safetensors":
         state_dict, _ = _read_safetensors(path)
         return RawCheckpoint(state_dict=state_dict, source_format="safetensors")
     obj = load_pickle(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    release_cfg = wavlm_release.release_cfg(obj)
+    if release_cfg is not None:
+        return _read_wavlm_release(obj, release_cfg, path)
     if fairseq.is_fairseq(obj):
         return _read_fairseq(obj, path)
     torch = import_torch()

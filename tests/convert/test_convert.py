@@ -28,7 +28,7 @@ from papt_jax.convert import (
     params_to_torch,
     save_converted,
 )
-from papt_jax.convert.fairseq import parse_conv_feature_layers
+from papt_jax.convert.fairseq_config import parse_conv_feature_layers
 from papt_jax.models import MODEL_PRESETS
 
 LEGACY = {
