@@ -144,7 +144,7 @@ def family_from_keys(state_dict: Mapping[str, np.ndarray]) -> FamilyNaming:
     return families.FAMILIES["hubert"]
 
 
-def _msp(raw: RawCheckpoint, where: str) -> Source:
+def _msp(raw: RawCheckpoint, where: str, backbone: Mapping[str, Any] | None) -> Source:
     notes = list(raw.notes)
     if raw.norm_stat is not None:  # The release folder.
         mean, std = raw.norm_stat
@@ -152,13 +152,22 @@ def _msp(raw: RawCheckpoint, where: str) -> Source:
     else:
         mean, std, dropout, labels, more = emotion_models.msp_package_facts(raw.hf_config, where)
         notes += more
-    naming, values, _ = hf_config.read_hf_config(
-        WAVLM_LARGE_HF_CONFIG, {"do_normalize": False}, where
-    )
-    notes.append(
-        f"encoder architecture: {emotion_models.MSP_SSL_TYPE}'s (the challenge model's "
-        "backbone; its files do not carry it)"
-    )
+    if backbone is None:
+        backbone = WAVLM_LARGE_HF_CONFIG
+        notes.append(
+            f"encoder architecture: {emotion_models.MSP_SSL_TYPE}'s (the challenge model's "
+            "backbone; its files do not carry it)"
+        )
+    else:
+        notes.append("encoder architecture: from the backbone config given with the files")
+    # Its input is normalised with the training audio's statistics (the head's config),
+    # never per utterance.
+    naming, values, _ = hf_config.read_hf_config(backbone, {"do_normalize": False}, where)
+    if naming.family != "wavlm":
+        raise CheckpointFormatError(
+            f"{where}: the backbone config describes {naming.family}; the challenge model's "
+            "files hold a WavLM"
+        )
     head, rest = _split(raw.state_dict, lambda k: k.startswith(emotion_models.MSP_HEAD_PREFIXES))
     encoder = _strip_prefix(rest, emotion_models.MSP_ENCODER_PREFIX)
     return Source(
@@ -206,15 +215,24 @@ def _fairseq(raw: RawCheckpoint) -> Source:
     )
 
 
-def classify(raw: RawCheckpoint, where: str) -> Source:
+def classify(
+    raw: RawCheckpoint, where: str, backbone_config: Mapping[str, Any] | None = None
+) -> Source:
     """Finds a checkpoint's family and splits it into encoder and heads, under HF names.
+
+    Args:
+      raw: the checkpoint as read.
+      where: names it in messages.
+      backbone_config: for the MSP-Podcast challenge model, whose files do not carry
+        their WavLM's architecture: that WavLM's HF `config.json` dict (default:
+        microsoft/wavlm-large's, which the challenge trains).
 
     Raises:
       CheckpointFormatError: a family or layout the readers do not know, or an
         emotion head that does not fit its config.
     """
     if raw.source_format == "msp_release" or emotion_models.is_msp_package(raw.state_dict):
-        return _msp(raw, where)
+        return _msp(raw, where, backbone_config)
     if raw.hf_config is not None:
         return _hf(raw, where)
     if raw.source_format.startswith("fairseq"):
