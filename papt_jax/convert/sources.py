@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from papt_jax.convert import emotion_models, families, hf_config, mapping
+from papt_jax.convert import emotion_models, fairseq_config, families, hf_config, mapping
 from papt_jax.convert.conversion_errors import CheckpointFormatError
 from papt_jax.convert.families import hubert, wav2vec2, wavlm
 from papt_jax.convert.families.naming import (
@@ -62,6 +62,15 @@ WAVLM_LARGE_HF_CONFIG = {
 # Which naming each fairseq-style source uses, per family.
 _FAIRSEQ_RENAMES = {"hubert": hubert.FAIRSEQ_RENAMES, "wav2vec2": wav2vec2.FAIRSEQ_RENAMES}
 
+# The HF config keys of wav2vec2's pre-training head, with transformers' defaults.
+_PRETRAIN_HEAD_KEYS = {
+    "num_codevector_groups": 2,
+    "num_codevectors_per_group": 320,
+    "codevector_dim": 256,
+    "proj_codevector_dim": 256,
+    "contrastive_logits_temperature": 0.1,
+}
+
 # Weights only one family has, for state dicts that come without any config.
 _FAMILY_SIGNS = (
     ("wavlm", (".attention.gru_rel_pos_linear.", ".self_attn.grep_linear.")),
@@ -82,6 +91,9 @@ class Source:
         (then shapes and a preset decide).
       hubert_head: fairseq HuBERT's masked-prediction head, fairseq names.
       pretrain_head: wav2vec2's pre-training head, HF names.
+      pretrain_head_config: its config values, in HF `Wav2Vec2Config` terms
+        (`num_codevector_groups`, `num_codevectors_per_group`, `codevector_dim`,
+        `proj_codevector_dim`, `contrastive_logits_temperature`).
       emotion_head: an emotion model's head, its table's PyTorch names.
       emotion_head_config: that head's config values (see `emotion_models`).
       notes: what was dropped, assumed or created.
@@ -93,6 +105,7 @@ class Source:
     config_values: dict[str, Any] | None = None
     hubert_head: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     pretrain_head: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    pretrain_head_config: dict[str, Any] | None = None
     emotion_head: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     emotion_head_config: dict[str, Any] | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
@@ -191,12 +204,16 @@ def _hf(raw: RawCheckpoint, where: str) -> Source:
         source.emotion_head = head
         source.emotion_head_config = emotion_models.audeering_head(raw.hf_config, head, where)
     source.pretrain_head, state_dict = _pretrain_split(naming, state_dict)
+    if source.pretrain_head:
+        source.pretrain_head_config = {
+            key: raw.hf_config.get(key, default) for key, default in _PRETRAIN_HEAD_KEYS.items()
+        }
     state_dict = _drop_downstream(state_dict, notes)
     source.encoder = mapping.rename_keys(state_dict, LEGACY_WEIGHT_NORM_RENAMES)
     return source
 
 
-def _fairseq(raw: RawCheckpoint) -> Source:
+def _fairseq(raw: RawCheckpoint, where: str) -> Source:
     naming = families.FAMILIES[raw.family or "hubert"]
     state_dict = raw.state_dict
     hubert_head = {}
@@ -204,6 +221,9 @@ def _fairseq(raw: RawCheckpoint) -> Source:
         hubert_head, state_dict = _split(state_dict, lambda k: k in hubert.FAIRSEQ_HEAD_KEYS)
     state_dict = mapping.rename_keys(state_dict, _FAIRSEQ_RENAMES[naming.family])
     pretrain_head, encoder = _pretrain_split(naming, state_dict)
+    head_config = None
+    if pretrain_head and raw.fairseq_model_cfg is not None:
+        head_config = fairseq_config.wav2vec2_head_values(raw.fairseq_model_cfg, where)
     return Source(
         naming,
         encoder,
@@ -211,6 +231,7 @@ def _fairseq(raw: RawCheckpoint) -> Source:
         raw.config_values,
         hubert_head=hubert_head,
         pretrain_head=pretrain_head,
+        pretrain_head_config=head_config,
         notes=list(raw.notes),
     )
 
@@ -236,7 +257,7 @@ def classify(
     if raw.hf_config is not None:
         return _hf(raw, where)
     if raw.source_format.startswith("fairseq"):
-        return _fairseq(raw)
+        return _fairseq(raw, where)
     if raw.source_format == "wavlm_release":
         encoder = mapping.rename_keys(raw.state_dict, wavlm.RELEASE_RENAMES)
         naming = families.FAMILIES["wavlm"]

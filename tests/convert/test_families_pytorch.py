@@ -136,6 +136,17 @@ def test_wav2vec2_pretraining_folder_keeps_its_quantizer(tmp_path):
     ]
     _assert_same(source.pretrain_head, head)
     _assert_same(source.encoder, _numpy(model.wav2vec2.state_dict()))
+    assert source.pretrain_head_config == _head_values(model.config)
+
+
+def _head_values(config) -> dict:
+    return {
+        "num_codevector_groups": config.num_codevector_groups,
+        "num_codevectors_per_group": config.num_codevectors_per_group,
+        "codevector_dim": config.codevector_dim,
+        "proj_codevector_dim": config.proj_codevector_dim,
+        "contrastive_logits_temperature": config.contrastive_logits_temperature,
+    }
 
 
 # ------------------------------------------------------------------- the tables' Flax names
