@@ -47,8 +47,8 @@ AUDEERING_KEYS = (
     "classifier.out_proj.bias",
 )
 AUDEERING_RULES: tuple[Rule, ...] = (
-    *dense("classifier.dense", "classifier/dense"),
-    *dense("classifier.out_proj", "classifier/out_proj"),
+    *dense("classifier.dense", "dense"),
+    *dense("classifier.out_proj", "out_proj"),
 )
 
 MSP_ENCODER_PREFIX = "ssl_model."

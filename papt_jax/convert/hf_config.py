@@ -92,6 +92,9 @@ def read_hf_config(
         values[field] = hf.get(hf_key, defaults.get(hf_key))
     values.update(fixed)
     notes = []
+    for key in ("input_shift", "input_scale"):  # Written by papt_jax's own export.
+        if preprocessor is not None and key in preprocessor:
+            values[key] = float(preprocessor[key])
     if preprocessor is not None and "do_normalize" in preprocessor:
         values["normalize_waveform"] = bool(preprocessor["do_normalize"])
     elif naming.family == "hubert":
@@ -120,25 +123,25 @@ def hf_config_dict(naming: FamilyNaming, values: Mapping[str, Any]) -> dict[str,
 
 
 def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> HubertConfig:
-    """Translates a HuBERT `config.json` dict into a `HubertConfig`.
+    """Translates a HF `config.json` dict of any family into a `HubertConfig`.
 
     Raises:
-      CheckpointFormatError: another family, settings this port does not implement
+      CheckpointFormatError: an unknown family, settings this port does not implement
         (naming each offending key), or an inconsistent config.
     """
     naming, values, _ = read_hf_config(hf)
-    if naming.family != "hubert":
-        raise CheckpointFormatError(f"config.json describes {naming.family}, not HuBERT")
-    values.update(overrides)
+    values.update(family=naming.family, **overrides)
     try:
         return HubertConfig.from_dict(values)
     except (TypeError, ValueError) as err:
-        raise CheckpointFormatError(f"config.json does not describe a valid HuBERT: {err}") from err
+        raise CheckpointFormatError(
+            f"config.json does not describe a valid encoder: {err}"
+        ) from err
 
 
 def to_hf_config(config: HubertConfig) -> dict[str, Any]:
     """The Hugging Face `config.json` dict for the encoder part of `config`."""
-    return hf_config_dict(families.FAMILIES["hubert"], config.to_dict())
+    return hf_config_dict(families.FAMILIES[config.family], config.to_dict())
 
 
 def saves_mask_embedding(hf: Mapping[str, Any]) -> bool:

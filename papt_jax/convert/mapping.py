@@ -11,10 +11,10 @@ Conversion is checked against the shapes the Flax model expects (from
 `jax.eval_shape(model.init, ...)`): every missing, unexpected or mis-shaped key is
 collected and reported in one `ConversionError`.
 
-The table names Transformer layers one by one (`encoder/layers_{i}`), as PyTorch does. A
+The tables name Transformer layers one by one (`encoder/layers_{i}`), as PyTorch does. A
 scanned model keeps them stacked (`encoder/layers`, leading layer axis): `convert.api`
-converts through the per-layer layout with `models.stack.to_layout`, so this table never
-changes with the layout.
+converts through the per-layer layout with `models.stack.to_layout`, so no table changes
+with the layout.
 """
 
 from __future__ import annotations
@@ -282,3 +282,18 @@ def check_params(
     ]
     if missing or unexpected or mismatched:
         raise ConversionError(missing, unexpected, mismatched, context)
+
+
+def to_tree(flat: Mapping[str, np.ndarray]) -> dict:
+    """Flat 'a/b/kernel' -> array to a nested parameter tree of JAX arrays."""
+    import jax.numpy as jnp
+    from flax.traverse_util import unflatten_dict
+
+    return unflatten_dict({path: jnp.asarray(value) for path, value in flat.items()}, sep="/")
+
+
+def to_flat_numpy(params: Mapping) -> dict[str, np.ndarray]:
+    """A nested parameter tree to flat 'a/b/kernel' -> NumPy array."""
+    from flax.traverse_util import flatten_dict
+
+    return {path: np.asarray(value) for path, value in flatten_dict(params, sep="/").items()}

@@ -306,21 +306,29 @@ def infer_config(
     state_dict: Mapping[str, np.ndarray],
     preset: str | None,
     overrides: Mapping[str, Any],
+    family: str = "hubert",
 ) -> HubertConfig:
     """Builds a config from a canonical HF-named state dict's shapes, a preset and overrides.
 
     Shapes fix the widths, depth, conv kernels, conv bias, extractor norm and the
-    positional conv; heads, strides, layer-norm placement and waveform
-    normalisation must come from `preset` or `overrides` (overrides win, then
-    shapes, then the preset).
+    positional conv (and WavLM's bucket count); heads, strides, layer-norm placement
+    and waveform normalisation must come from `preset` or `overrides` (overrides win,
+    then shapes, then the preset). The preset must be of the weights' `family`.
 
     Raises:
-      ConfigInferenceError: naming the fields neither source provides.
+      ConfigInferenceError: naming the fields neither source provides, or a preset of
+        another family.
     """
-    inferred = _shape_facts(state_dict)
-    values: dict[str, Any] = {}
+    inferred = _shape_facts(state_dict, family)
+    values: dict[str, Any] = {"family": family}
     if preset is not None:
-        values.update(get_preset(preset).to_dict())
+        preset_config = get_preset(preset)
+        if preset_config.family != family:
+            raise ConfigInferenceError(
+                f"preset {preset!r} is a {preset_config.family} encoder, but the weights are "
+                f"{family}'s: pass a {family} preset"
+            )
+        values.update(preset_config.to_dict())
         changed = {k: (values[k], v) for k, v in inferred.items() if values.get(k) != v}
         if changed:
             logger.info("shapes override preset %r on (preset, checkpoint): %s", preset, changed)
@@ -329,13 +337,14 @@ def infer_config(
     lacking = [field for field in _UNDETERMINED if field not in values]
     if lacking:
         raise ConfigInferenceError(
-            "this checkpoint has no config, and its shapes do not determine "
-            f"{lacking}: pass preset='base' or 'large' (CLI --preset) or these as overrides"
+            f"this {family} checkpoint has no config, and its shapes do not determine "
+            f"{lacking}: pass a preset (CLI --preset, e.g. 'base', 'large', "
+            "'wavlm-large') or these as overrides"
         )
     return HubertConfig.from_dict(values)
 
 
-def _shape_facts(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _shape_facts(state_dict: Mapping[str, np.ndarray], family: str) -> dict[str, Any]:
     def shape(key: str) -> tuple[int, ...]:
         if key not in state_dict:
             raise ConfigInferenceError(f"cannot infer the architecture: no {key!r} in checkpoint")
@@ -346,7 +355,22 @@ def _shape_facts(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
     conv = "feature_extractor.conv_layers"
     conv_shapes = [shape(f"{conv}.{i}.conv.weight") for i in range(num_convs)]
     hidden = shape("feature_projection.projection.weight")[0]
-    weight_v = shape("encoder.pos_conv_embed.conv.parametrizations.weight.original1")
+    if family == "data2vec_audio":
+        # A stack of plain convs; its extractor always has a LayerNorm per conv.
+        pos = shape("encoder.pos_conv_embed.layers.0.conv.weight")
+        pos_facts = {
+            "num_conv_pos_layers": _count_indices(state_dict, "encoder.pos_conv_embed.layers."),
+            "num_conv_pos_embeddings": pos[2],
+            "num_conv_pos_embedding_groups": hidden // pos[1],
+        }
+    else:
+        weight_v = shape("encoder.pos_conv_embed.conv.parametrizations.weight.original1")
+        pos_facts = {
+            "num_conv_pos_embeddings": weight_v[2],
+            "num_conv_pos_embedding_groups": hidden // weight_v[1],
+        }
+    if family == "wavlm":
+        pos_facts["num_buckets"] = shape("encoder.layers.0.attention.rel_attn_embed.weight")[0]
     facts: dict[str, Any] = {
         "hidden_size": hidden,
         "num_hidden_layers": num_layers,
@@ -355,8 +379,7 @@ def _shape_facts(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
         "conv_kernel": [s[2] for s in conv_shapes],
         "conv_bias": f"{conv}.0.conv.bias" in state_dict,
         "feat_extract_norm": ("layer" if f"{conv}.1.layer_norm.weight" in state_dict else "group"),
-        "num_conv_pos_embeddings": weight_v[2],
-        "num_conv_pos_embedding_groups": hidden // weight_v[1],
+        **pos_facts,
     }
     if "speaker_embedding.weight" in state_dict:
         facts["num_speakers"] = int(state_dict["speaker_embedding.weight"].shape[0])

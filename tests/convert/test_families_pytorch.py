@@ -10,6 +10,7 @@ dropped, the config values read, the mapping tables' Flax names, and every refus
 
 import re
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -29,7 +30,7 @@ from papt_jax.convert import CheckpointFormatError, load_pytorch_checkpoint, map
 from papt_jax.convert.hf_config import hf_config_dict, read_hf_config
 from papt_jax.convert.sources import classify
 from papt_jax.convert.torch_io import read_checkpoint
-from papt_jax.errors import UserError
+from papt_jax.models import HubertModel
 
 FAMILY_OF = {"wav2vec2": "wav2vec2", "wavlm": "wavlm", "data2vec-audio": "data2vec_audio"}
 PREFIX = {"wav2vec2": "wav2vec2.", "wavlm": "wavlm.", "data2vec-audio": "data2vec_audio."}
@@ -255,14 +256,23 @@ def test_configs_this_port_does_not_implement_are_refused_by_name(changes, needl
     assert "\n" not in err.value.message
 
 
-def test_stable_layer_norm_wav2vec2_is_never_converted_as_hubert(tmp_path):
-    """The issue's case: such a folder used to convert silently, off by up to 2.7."""
+def test_stable_layer_norm_wav2vec2_is_converted_as_wav2vec2_and_equals_it(tmp_path):
+    """The issue's case: such a folder used to convert silently as HuBERT, off by up to 2.7
+    (its waveform was normalised inside the model although transformers' model does not)."""
     model = hf_model("wav2vec2", layout="stable")
     model.save_pretrained(tmp_path / "hf")
     assert _source(tmp_path / "hf").naming.family == "wav2vec2"
-    with pytest.raises(CheckpointFormatError, match="holds a wav2vec2 encoder") as err:
-        load_pytorch_checkpoint(tmp_path / "hf")
-    assert isinstance(err.value, UserError)
+    ckpt = load_pytorch_checkpoint(tmp_path / "hf")
+    assert ckpt.config.family == "wav2vec2" and not ckpt.config.normalize_waveform
+    assert any("preprocessor_config.json" in note for note in ckpt.notes)
+    audio = np.random.default_rng(0).normal(0, 0.1, (1, 4000)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(audio), output_hidden_states=True)
+    out = HubertModel(ckpt.config).apply(
+        {"params": ckpt.params}, jnp.asarray(audio), output_hidden_states=True
+    )
+    for ours, theirs in zip(out.hidden_states, ref.hidden_states, strict=True):
+        np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=1e-5)
 
 
 # -------------------------------------------------------------------- fairseq and release
