@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from papt_jax import storage as file_storage
 from papt_jax.convert import mapping, shapes
 from papt_jax.convert.conversion_errors import (
     CheckpointNotFoundError,
@@ -136,23 +136,22 @@ def save_converted(ckpt: ConvertedCheckpoint, out_dir: str | Path, *, overwrite:
 
     out = Path(out_dir).absolute()
     check_output_dir(out, overwrite=overwrite)
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(out / _PARAMS_DIR, to_layout(ckpt.params, scan_layers=False))
-    for stem, folder, _ in _HEADS:
-        params = getattr(ckpt, f"{stem}_params")
-        if params is not None:
-            checkpointer.save(out / folder, params)
-    checkpointer.wait_until_finished()
-    (out / _CONFIG_JSON).write_text(ckpt.config.to_json())
-    for stem, _, name in _HEADS:
-        config = getattr(ckpt, f"{stem}_config")
-        if config is not None:
-            (out / name).write_text(_config_json(config))
-    conversion = {"source_format": ckpt.source_format, "notes": list(ckpt.notes)}
-    (out / _CONVERSION_JSON).write_text(json.dumps(conversion, indent=2))
+    # Written under <out>.partial: an earlier checkpoint at `out` stays until this one is whole.
+    with file_storage.staged_dir(out) as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / _PARAMS_DIR, to_layout(ckpt.params, scan_layers=False))
+        for stem, folder, _ in _HEADS:
+            params = getattr(ckpt, f"{stem}_params")
+            if params is not None:
+                checkpointer.save(tmp / folder, params)
+        checkpointer.wait_until_finished()
+        (tmp / _CONFIG_JSON).write_text(ckpt.config.to_json())
+        for stem, _, name in _HEADS:
+            config = getattr(ckpt, f"{stem}_config")
+            if config is not None:
+                (tmp / name).write_text(_config_json(config))
+        conversion = {"source_format": ckpt.source_format, "notes": list(ckpt.notes)}
+        (tmp / _CONVERSION_JSON).write_text(json.dumps(conversion, indent=2))
     return out
 
 

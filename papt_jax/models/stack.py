@@ -137,11 +137,35 @@ def run_layers(
 # --- layouts ----------------------------------------------------------------------------------
 
 
+# The module that owns the Transformer layer stack. Other modules may number their own
+# children `layers_{j}` (data2vec-audio's positional conv stack): those are not layer stacks.
+STACK_OWNER = "encoder"
+
+
 def is_layer_container(node: Any) -> bool:
     """Whether `node` is a dict holding a layer stack (`layers` or `layers_0`, ...)."""
     return isinstance(node, Mapping) and (
         STACKED in node or any(_PER_LAYER.match(str(k)) for k in node)
     )
+
+
+def _owner_name(path: tuple) -> str | None:
+    if not path:
+        return None
+    last = path[-1]
+    return str(getattr(last, "key", getattr(last, "name", "")))
+
+
+def _map_stacks(fn: Callable[[Mapping], Any], tree: Any) -> Any:
+    """Applies `fn` to every Transformer layer stack of `tree` (a dict under `encoder`, or
+    the tree itself when it is one); everything else is returned unchanged."""
+
+    def visit(path, node):
+        if is_layer_container(node) and (not path or _owner_name(path) == STACK_OWNER):
+            return fn(node)
+        return node
+
+    return jax.tree_util.tree_map_with_path(visit, tree, is_leaf=is_layer_container)
 
 
 def _layer_keys(container: Mapping) -> list[str]:
@@ -225,12 +249,7 @@ def to_layout(tree: Any, scan_layers: bool) -> Any:
     their optimiser moments, `jax.ShapeDtypeStruct` trees (shardings follow the layer
     axis). Arrays keep their kind: NumPy stays NumPy.
     """
-    convert = stack_layers if scan_layers else unstack_layers
-    return jax.tree.map(
-        lambda node: convert(node) if is_layer_container(node) else node,
-        tree,
-        is_leaf=is_layer_container,
-    )
+    return _map_stacks(stack_layers if scan_layers else unstack_layers, tree)
 
 
 def layout_of(tree: Any) -> bool | None:
@@ -242,11 +261,10 @@ def layout_of(tree: Any) -> bool | None:
     found = set()
 
     def visit(node):
-        if is_layer_container(node):
-            found.add(STACKED in node)
+        found.add(STACKED in node)
         return node
 
-    jax.tree.map(visit, tree, is_leaf=is_layer_container)
+    _map_stacks(visit, tree)
     if len(found) > 1:
         raise ValueError("the tree holds stacked and per-layer layer stacks at once")
     return found.pop() if found else None
@@ -266,13 +284,11 @@ def first_layers(config: Any, params: Any, num_layers: int) -> tuple[Any, Any]:
         raise ValueError(f"num_layers must be in 1..{config.num_hidden_layers}, got {num_layers}")
 
     def cut(node):
-        if not is_layer_container(node):
-            return node
         if STACKED in node:
             kept = jax.tree.map(lambda leaf: leaf[:num_layers], node[STACKED])
             return {**{k: v for k, v in node.items() if k != STACKED}, STACKED: kept}
         dropped = {f"{STACKED}_{i}" for i in range(num_layers, config.num_hidden_layers)}
         return {k: v for k, v in node.items() if k not in dropped}
 
-    params = jax.tree.map(cut, params, is_leaf=is_layer_container)
+    params = _map_stacks(cut, params)
     return config.replace(num_hidden_layers=num_layers), params

@@ -237,8 +237,28 @@ def test_layouts_that_cannot_be_read_are_named():
     with pytest.raises(ValueError, match="not layers_0..layers_1"):
         to_layout({"encoder": {"layers_0": leaf, "layers_2": leaf}}, True)
     with pytest.raises(ValueError, match="stacked and per-layer"):
-        layout_of({"a": {"layers": leaf}, "b": {"layers_0": leaf}})
+        layout_of({"a": {"encoder": {"layers": leaf}}, "b": {"encoder": {"layers_0": leaf}}})
     assert layout_of({"head": {"kernel": leaf}}) is None
+
+
+def test_only_the_encoders_layer_stack_changes_layout():
+    # Other modules may number their children `layers_{j}` (data2vec-audio's positional
+    # conv stack): stacking those would rename parameters the model looks up per conv.
+    leaf = np.arange(3.0)
+    tree = {
+        "encoder": {
+            "layers_0": {"k": leaf},
+            "layers_1": {"k": leaf + 1},
+            "pos_conv_embed": {"layers_0": {"k": leaf}, "layers_1": {"k": leaf}},
+        }
+    }
+    stacked = to_layout(tree, True)
+    assert set(stacked["encoder"]) == {"layers", "pos_conv_embed"}
+    assert set(stacked["encoder"]["pos_conv_embed"]) == {"layers_0", "layers_1"}
+    assert layout_of(stacked) is True
+    cut = first_layers(config(scan_layers=True), stacked, 1)[1]
+    assert cut["encoder"]["layers"]["k"].shape == (1, 3)
+    assert set(cut["encoder"]["pos_conv_embed"]) == {"layers_0", "layers_1"}
 
 
 @pytest.mark.parametrize("scan", [True, False])
