@@ -37,6 +37,7 @@ from papt_jax import features as features_lib
 from papt_jax import kmeans
 from papt_jax.data import audio as audio_lib
 from papt_jax.models.hubert import HubertModel
+from papt_jax.models.stack import first_layers
 from papt_jax.pseudo_label_files import (
     CENTROIDS_FILE,
     INFO_FILE,
@@ -150,7 +151,9 @@ def mfcc_feature_fn() -> tuple[FeatureFn, int]:
 def teacher_feature_fn(model: HubertModel, params, layer: int) -> tuple[FeatureFn, int]:
     """Output of Transformer layer `layer` (1-based, as `hidden_states[layer]`) at 50 Hz.
 
-    Layers past `layer` are not computed: the jitted functions never use their output.
+    Layers past `layer` are not computed: the teacher is cut after `layer` layers
+    (`models.stack.first_layers`), which a scanned stack needs (XLA does not remove loop
+    iterations whose results go unused).
     """
     if not 1 <= layer <= model.config.num_hidden_layers:
         raise ValueError(
@@ -158,12 +161,16 @@ def teacher_feature_fn(model: HubertModel, params, layer: int) -> tuple[FeatureF
         )
     if model.config.speaker_fusion != "none":
         raise ValueError("the pseudo-label teacher must not use speaker embeddings")
+    config, params = first_layers(model.config, params, layer)
+    model = HubertModel(config)
 
     def frames(params, audio, audio_mask):
         out = model.apply(
             {"params": params}, audio, audio_mask=audio_mask, output_hidden_states=True
         )
-        return out.hidden_states[layer], out.frame_mask
+        # The cut encoder's last hidden state: layer `layer`'s output (before a pre-LN
+        # model's final LayerNorm, as `hidden_states[layer]` of the whole encoder).
+        return out.hidden_states[-1], out.frame_mask
 
     fn = FeatureFn(frames, params, 50)
     return fn, fn.rate

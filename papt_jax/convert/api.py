@@ -30,6 +30,7 @@ from papt_jax.convert import fairseq, mapping, torch_io
 from papt_jax.convert.conversion_errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
+    ConversionError,
     OutputExistsError,
 )
 from papt_jax.convert.hf_config import hf_config, saves_mask_embedding, to_hf_config
@@ -37,6 +38,7 @@ from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHead, PretrainHeadConfig
 from papt_jax.models.hubert import HubertModel
+from papt_jax.models.stack import to_layout
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,11 @@ def count_params(params: Params) -> int:
 
 
 def abstract_params(config: HubertConfig) -> dict[str, jax.ShapeDtypeStruct]:
-    """Flat path -> shape/dtype of every `HubertModel(config)` parameter, without allocating."""
+    """Flat path -> shape/dtype of every `HubertModel(config)` parameter, without allocating.
+
+    The paths follow the config's layout: `encoder/layers/...` with a leading layer axis
+    when `config.scan_layers`, else `encoder/layers_{i}/...`.
+    """
     model = HubertModel(config)
     audio = jnp.zeros((1, config.receptive_field), jnp.float32)
     speaker = jnp.zeros((1,), jnp.int32) if config.num_speakers > 0 else None
@@ -268,7 +274,9 @@ def load_pytorch_checkpoint(
     if mask_note is not None:
         logger.info("%s: %s", context, mask_note)
         notes.append(mask_note)
-    expected = abstract_params(config)
+    # The mapping table names layers one by one, as PyTorch does; a scanned model gets
+    # them stacked afterwards.
+    expected = abstract_params(config.replace(scan_layers=False))
     _add_fresh_speaker_table(state_dict, expected)
     flat = mapping.torch_to_flax(state_dict, expected, mapping.HF_RULES, context)
     head_config, head_params, head_notes = _convert_head(
@@ -278,7 +286,7 @@ def load_pytorch_checkpoint(
         logger.warning("%s: %s", context, note)
     return ConvertedCheckpoint(
         config=config,
-        params=_to_tree(flat),
+        params=to_layout(_to_tree(flat), config.scan_layers),
         head_config=head_config,
         head_params=head_params,
         source_format=raw.source_format,
@@ -313,14 +321,15 @@ def params_to_torch(
 
     Args:
       config: the architecture `params` must fit (checked).
-      params: `HubertModel` parameters.
+      params: `HubertModel` parameters, layers stacked or not.
       weight_norm_style: 'parametrizations' (`...parametrizations.weight.original0/1`,
         what current transformers writes) or 'legacy' (`...weight_g/weight_v`).
     """
     if weight_norm_style not in WEIGHT_NORM_STYLES:
         raise ValueError(f"weight_norm_style must be one of {WEIGHT_NORM_STYLES}")
-    flat = _to_flat_numpy(params)
-    mapping.check_params(flat, abstract_params(config), "Flax params vs config")
+    flat = _to_flat_numpy(to_layout(params, scan_layers=False))
+    per_layer = abstract_params(config.replace(scan_layers=False))
+    mapping.check_params(flat, per_layer, "Flax params vs config")
     state_dict = mapping.flax_to_torch(flat, mapping.HF_RULES)
     if weight_norm_style == "legacy":
         state_dict = mapping.rename_keys(
@@ -424,7 +433,9 @@ def save_converted(ckpt: ConvertedCheckpoint, out_dir: str | Path, *, overwrite:
 
     Layout: `params/` (Orbax), `head/` (Orbax, if any), `config.json`
     (`HubertConfig.to_json`), `head_config.json` (if any), `conversion.json`
-    (source format and the conversion notes).
+    (source format and the conversion notes). The parameters are stored one layer
+    at a time (`encoder/layers_{i}`, as PyTorch names them and as every folder written
+    before the layers were scanned), whatever the layout in memory.
 
     Raises:
       OutputExistsError: `out_dir` is not empty and `overwrite` is False, or it does
@@ -438,7 +449,7 @@ def save_converted(ckpt: ConvertedCheckpoint, out_dir: str | Path, *, overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(out / _PARAMS_DIR, ckpt.params)
+    checkpointer.save(out / _PARAMS_DIR, to_layout(ckpt.params, scan_layers=False))
     if ckpt.head_params is not None:
         checkpointer.save(out / _HEAD_DIR, ckpt.head_params)
     checkpointer.wait_until_finished()
@@ -453,6 +464,9 @@ def save_converted(ckpt: ConvertedCheckpoint, out_dir: str | Path, *, overwrite:
 
 def load_converted(out_dir: str | Path) -> ConvertedCheckpoint:
     """Reads what `save_converted` wrote, checking the params against the config.
+
+    The params come in the stored config's layout (stacked layers when it scans them),
+    whichever layout the folder holds.
 
     Raises:
       CheckpointNotFoundError: not a converted checkpoint directory.
@@ -469,7 +483,12 @@ def load_converted(out_dir: str | Path) -> ConvertedCheckpoint:
         )
     config = HubertConfig.from_dict(json.loads((out / _CONFIG_JSON).read_text()))
     checkpointer = ocp.StandardCheckpointer()
-    flat = _to_flat_numpy(checkpointer.restore(out / _PARAMS_DIR))
+    restored = checkpointer.restore(out / _PARAMS_DIR)
+    try:
+        restored = to_layout(restored, config.scan_layers)
+    except ValueError as err:  # e.g. layers_0, layers_2 without layers_1
+        raise ConversionError(unexpected=[str(err)], context=str(out / _PARAMS_DIR)) from err
+    flat = _to_flat_numpy(restored)
     mapping.check_params(flat, abstract_params(config), str(out / _PARAMS_DIR))
     head_config = head_params = None
     if (out / _HEAD_CONFIG_JSON).is_file():

@@ -15,6 +15,11 @@ one (and back). Every other naming is a rename layer onto the HF naming:
 Conversion is checked against the shapes the Flax model expects (from
 `jax.eval_shape(model.init, ...)`): every missing, unexpected or mis-shaped key is
 collected and reported in one `ConversionError`.
+
+The table names Transformer layers one by one (`encoder/layers_{i}`), as PyTorch does. A
+scanned model keeps them stacked (`encoder/layers`, leading layer axis): `convert.api`
+converts through the per-layer layout with `models.stack.to_layout`, so this table never
+changes with the layout.
 """
 
 from __future__ import annotations

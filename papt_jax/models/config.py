@@ -15,6 +15,27 @@ from typing import Any
 
 SPEAKER_FUSIONS = ("none", "last", "first", "prefix")
 FEATURE_EXTRACTOR_NORMS = ("group", "layer")
+# `remat` choices: 'none', 'full' (recompute the whole layer in the backward pass) and the
+# argument-free policies of `jax.checkpoint_policies` by their JAX names ('nothing_saveable'
+# is 'full'; 'checkpoint_dots*' are JAX's older names of 'dots*_saveable').
+REMAT_POLICIES = (
+    "none",
+    "full",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "nothing_saveable",
+    "everything_saveable",
+    "checkpoint_dots",
+    "checkpoint_dots_with_no_batch_dims",
+)
+
+
+def remat_name(value: Any) -> str:
+    """A `remat` value as a policy name; booleans from configs written before policies
+    existed mean True -> 'full' (what per-layer remat did) and False -> 'none'."""
+    if isinstance(value, bool):
+        return "full" if value else "none"
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +70,13 @@ class HubertConfig:
         the Transformer output, the paper's PAPT), 'first' (added to the input of
         the first layer) or 'prefix' (one extra token, dropped from the output).
       dtype: Compute dtype ('float32' or 'bfloat16'); parameters stay float32.
-      remat: Rematerialise each Transformer layer in the backward pass.
+      remat: Which activations of each Transformer layer the backward pass recomputes
+        instead of keeping: one of `REMAT_POLICIES` ('none', 'full', 'dots_saveable',
+        ...). The booleans of older configs still read (True: 'full', False: 'none').
+      scan_layers: Run the Transformer layers as one `nn.scan` with their parameters
+        stacked under `encoder/layers` (compiles one layer instead of L); False unrolls
+        them as `encoder/layers_{i}` (for debugging). Same function either way;
+        `models.stack.to_layout` converts parameters between the two layouts.
     """
 
     hidden_size: int = 768
@@ -73,7 +100,8 @@ class HubertConfig:
     num_speakers: int = 0
     speaker_fusion: str = "none"
     dtype: str = "float32"
-    remat: bool = False
+    remat: str = "none"
+    scan_layers: bool = True
 
     def __post_init__(self):
         # Lists arrive from JSON and ml_collections; tuples keep the config hashable.
@@ -107,6 +135,11 @@ class HubertConfig:
             )
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        object.__setattr__(self, "remat", remat_name(self.remat))
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        if not isinstance(self.scan_layers, bool):
+            raise ValueError(f"scan_layers must be True or False, got {self.scan_layers!r}")
 
     @property
     def frame_hop(self) -> int:
@@ -143,6 +176,18 @@ class HubertConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def identity_json(self) -> str:
+        """`to_json()` of what decides the encoder's outputs, for model ids.
+
+        `remat` and `scan_layers` change how the encoder is computed, not what: the text
+        leaves out `scan_layers` and records `remat` as false, as every config did before
+        remat policies existed, so models saved before then keep their ids.
+        """
+        values = self.to_dict()
+        values.pop("scan_layers")
+        values["remat"] = False
+        return json.dumps(values, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> HubertConfig:

@@ -7,7 +7,7 @@ in `benchmarks/encoder.py --profile` (see BENCHMARKS.md). The forward pass and t
 input gradient are ordinary convolutions and stay as they are; only the kernel gradient
 is rewritten here, as an einsum over shifted copies of the input, a few taps at a time.
 The result is the same sum of products, so values match the plain convolution's
-gradient to float rounding (tested in `tests/test_hubert.py`). `models/hubert.py` uses it
+gradient to float rounding (tested in `tests/test_hubert.py`). `models/layers.py` uses it
 on the CPU only; on GPUs and TPUs XLA's own gradient has fast kernels.
 """
 

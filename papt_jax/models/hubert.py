@@ -12,12 +12,12 @@ output does not depend on what it is batched with:
     pass an attention mask to base models);
   * the optional in-model waveform normalisation uses valid samples only.
 On unpadded input both are exactly the PyTorch computation.
+
+The building blocks live in `models.layers` and the layer stack (scanned or unrolled,
+with a remat policy) in `models.stack`; this module puts them together.
 """
 
 from __future__ import annotations
-
-import math
-from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -25,15 +25,26 @@ import jax.numpy as jnp
 from flax import struct
 
 from papt_jax.models.config import HubertConfig
-from papt_jax.models.grouped_conv import grouped_conv1d, plain_grouped_conv1d
+from papt_jax.models.layers import (
+    EncoderLayer,
+    FeatureExtractor,
+    FeatureProjection,
+    PositionalConvEmbedding,
+    conv_output_lengths,
+    lengths_to_mask,
+    normalize_waveform,
+)
+from papt_jax.models.stack import run_layers
 
-# PyTorch's GELU is the exact erf form; `jax.nn.gelu` defaults to the tanh approximation.
-_gelu = jax.nn.gelu
-_dense_init = nn.initializers.normal(stddev=0.02)
-
-
-def exact_gelu(x: jax.Array) -> jax.Array:
-    return _gelu(x, approximate=False)
+__all__ = [
+    "Encoder",
+    "HubertModel",
+    "HubertOutput",
+    "conv_output_lengths",
+    "lengths_to_mask",
+    "masked_mean",
+    "normalize_waveform",
+]
 
 
 @struct.dataclass
@@ -61,271 +72,8 @@ class HubertOutput:
     extract_features: jax.Array
 
 
-def conv_output_lengths(lengths: jax.Array, kernels: Sequence[int], strides: Sequence[int]):
-    """Valid output lengths of a stack of VALID convs; (batch,) int -> (batch,) int."""
-    for kernel, stride in zip(kernels, strides, strict=True):
-        lengths = jnp.maximum((lengths - kernel) // stride + 1, 0)
-    return lengths
-
-
-def lengths_to_mask(lengths: jax.Array, max_len: int) -> jax.Array:
-    """(batch,) lengths -> (batch, max_len) bool mask of the leading valid positions."""
-    return jnp.arange(max_len)[None, :] < lengths[:, None]
-
-
-def normalize_waveform(audio: jax.Array, mask: jax.Array, eps: float = 1e-7) -> jax.Array:
-    """Zero mean, unit variance per utterance over valid samples; padding stays zero.
-
-    Matches the Hugging Face feature extractor (`(x - mean) / sqrt(var + 1e-7)`,
-    population variance) on the valid part.
-    """
-    maskf = mask.astype(audio.dtype)
-    count = jnp.maximum(maskf.sum(-1, keepdims=True), 1.0)
-    mean = (audio * maskf).sum(-1, keepdims=True) / count
-    var = (((audio - mean) * maskf) ** 2).sum(-1, keepdims=True) / count
-    return (audio - mean) / jnp.sqrt(var + eps) * maskf
-
-
-class MaskedGroupNorm(nn.Module):
-    """GroupNorm with one group per channel, statistics over valid frames only.
-
-    PyTorch's `GroupNorm(C, C)` on (batch, C, time) normalises each channel of each
-    utterance over time. Here the time average skips padded frames.
-    """
-
-    eps: float
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """x: (batch, time, channels); mask: (batch, time) bool."""
-        channels = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (channels,))
-        bias = self.param("bias", nn.initializers.zeros, (channels,))
-        xf = x.astype(jnp.float32)
-        maskf = mask[..., None].astype(jnp.float32)
-        count = jnp.maximum(maskf.sum(1, keepdims=True), 1.0)
-        mean = (xf * maskf).sum(1, keepdims=True) / count
-        var = (((xf - mean) * maskf) ** 2).sum(1, keepdims=True) / count
-        y = (xf - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
-        return y.astype(self.dtype)
-
-
-class ConvLayer(nn.Module):
-    """One conv of the feature extractor: conv -> [norm] -> GELU."""
-
-    features: int
-    kernel: int
-    stride: int
-    use_bias: bool
-    norm: str  # 'group', 'layer' or 'none'
-    eps: float
-    dtype: jnp.dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        """x: (batch, time, channels_in) -> (batch, time_out, features)."""
-        x = nn.Conv(
-            self.features,
-            kernel_size=(self.kernel,),
-            strides=(self.stride,),
-            padding="VALID",
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            kernel_init=nn.initializers.kaiming_normal(),
-            name="conv",
-        )(x)
-        if self.norm == "group":
-            x = MaskedGroupNorm(self.eps, self.dtype, name="layer_norm")(x, mask)
-        elif self.norm == "layer":
-            x = nn.LayerNorm(epsilon=self.eps, dtype=self.dtype, name="layer_norm")(x)
-        return exact_gelu(x)
-
-
-class FeatureExtractor(nn.Module):
-    """The 7-conv waveform encoder: (batch, samples) -> (batch, frames, conv_dim[-1])."""
-
-    config: HubertConfig
-
-    @nn.compact
-    def __call__(self, audio: jax.Array, lengths: jax.Array) -> jax.Array:
-        cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        x = audio[..., None].astype(dtype)
-        for i, (dim, kernel, stride) in enumerate(
-            zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride, strict=True)
-        ):
-            lengths = conv_output_lengths(lengths, (kernel,), (stride,))
-            if cfg.feat_extract_norm == "layer":
-                norm = "layer"
-            else:
-                norm = "group" if i == 0 else "none"
-            mask = lengths_to_mask(lengths, (x.shape[1] - kernel) // stride + 1)
-            x = ConvLayer(
-                dim,
-                kernel,
-                stride,
-                cfg.conv_bias,
-                norm,
-                cfg.layer_norm_eps,
-                dtype,
-                name=f"conv_layers_{i}",
-            )(x, mask)
-        return x
-
-
-class FeatureProjection(nn.Module):
-    """LayerNorm over CNN features, then a linear map to the Transformer width."""
-
-    config: HubertConfig
-
-    @nn.compact
-    def __call__(self, features: jax.Array, deterministic: bool) -> jax.Array:
-        cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name="layer_norm")(features)
-        x = nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=_dense_init, name="projection")(x)
-        return nn.Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic)
-
-
-class WeightNormConv1D(nn.Module):
-    """Grouped 1-D conv with weight normalisation over the kernel axis.
-
-    PyTorch `weight_norm(conv, dim=2)` keeps one gain per kernel position:
-    `w[:, :, k] = g[k] * v[:, :, k] / ||v[:, :, k]||`. Parameters are stored
-    explicitly as `weight_g` (kernel,) and `weight_v` (kernel, in/groups, out), so
-    they convert one-to-one and train exactly as in PyTorch.
-    """
-
-    features: int
-    kernel: int
-    groups: int
-    dtype: jnp.dtype
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: (batch, time, channels) -> (batch, time + 1 - kernel % 2, features)."""
-        in_per_group = x.shape[-1] // self.groups
-        # fairseq/HF initialise the positional conv with std sqrt(4 / (kernel * channels)).
-        std = math.sqrt(4.0 / (self.kernel * x.shape[-1]))
-        weight_v = self.param(
-            "weight_v",
-            nn.initializers.normal(stddev=std),
-            (self.kernel, in_per_group, self.features),
-        )
-        weight_g = self.param(
-            "weight_g",
-            lambda _, v: jnp.sqrt((v**2).sum(axis=(1, 2))),
-            weight_v,
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        norm = jnp.sqrt((weight_v**2).sum(axis=(1, 2), keepdims=True))
-        kernel = weight_g[:, None, None] * weight_v / norm
-        # On the CPU the kernel gradient is computed as matrix products, which XLA's CPU
-        # backend runs far faster than its own lowering (see grouped_conv.py); GPUs and
-        # TPUs keep XLA's gradient (cuDNN and the TPU compiler have kernels for it).
-        conv = grouped_conv1d if jax.default_backend() == "cpu" else plain_grouped_conv1d
-        y = conv(x.astype(self.dtype), kernel.astype(self.dtype), self.groups, self.kernel // 2)
-        return y + bias.astype(self.dtype)
-
-
-class PositionalConvEmbedding(nn.Module):
-    """Relative positional information from a wide grouped conv (SamePad + GELU)."""
-
-    config: HubertConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        cfg = self.config
-        y = WeightNormConv1D(
-            cfg.hidden_size,
-            cfg.num_conv_pos_embeddings,
-            cfg.num_conv_pos_embedding_groups,
-            jnp.dtype(cfg.dtype),
-            name="conv",
-        )(x)
-        if cfg.num_conv_pos_embeddings % 2 == 0:
-            # An even kernel with symmetric padding yields one frame too many: drop it.
-            y = y[:, :-1]
-        return exact_gelu(y)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with a key-padding mask."""
-
-    config: HubertConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
-        """x: (batch, time, dim); mask: (batch, time) bool key mask."""
-        cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        batch, time, dim = x.shape
-        heads = cfg.num_attention_heads
-        head_dim = dim // heads
-
-        def project(name):
-            y = nn.Dense(dim, dtype=dtype, kernel_init=_dense_init, name=name)(x)
-            return y.reshape(batch, time, heads, head_dim)
-
-        q, k, v = project("q_proj"), project("k_proj"), project("v_proj")
-        key_mask = mask[:, None, None, :]  # (batch, heads, q, k)
-        if deterministic or cfg.attention_dropout == 0.0:
-            # Fused attention (cuDNN flash attention on GPU when the shapes allow).
-            out = jax.nn.dot_product_attention(q, k, v, mask=key_mask)
-        else:
-            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
-            logits = jnp.where(key_mask, logits, jnp.finfo(logits.dtype).min)
-            probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-            probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
-            out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        out = out.reshape(batch, time, dim)
-        return nn.Dense(dim, dtype=dtype, kernel_init=_dense_init, name="out_proj")(out)
-
-
-class FeedForward(nn.Module):
-    config: HubertConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
-        cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        x = nn.Dense(
-            cfg.intermediate_size, dtype=dtype, kernel_init=_dense_init, name="intermediate_dense"
-        )(x)
-        x = exact_gelu(x)
-        x = nn.Dropout(cfg.activation_dropout)(x, deterministic=deterministic)
-        x = nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=_dense_init, name="output_dense")(x)
-        return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
-
-
-class EncoderLayer(nn.Module):
-    """One Transformer layer, post-LN (base) or pre-LN (large, 'stable')."""
-
-    config: HubertConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool) -> jax.Array:
-        cfg = self.config
-        dtype = jnp.dtype(cfg.dtype)
-        attention = SelfAttention(cfg, name="attention")
-        layer_norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name="layer_norm")
-        feed_forward = FeedForward(cfg, name="feed_forward")
-        final_layer_norm = nn.LayerNorm(
-            epsilon=cfg.layer_norm_eps, dtype=dtype, name="final_layer_norm"
-        )
-        dropout = nn.Dropout(cfg.hidden_dropout)
-        if cfg.do_stable_layer_norm:
-            h = attention(layer_norm(x), mask, deterministic)
-            x = x + dropout(h, deterministic=deterministic)
-            return x + feed_forward(final_layer_norm(x), deterministic)
-        h = attention(x, mask, deterministic)
-        x = layer_norm(x + dropout(h, deterministic=deterministic))
-        return final_layer_norm(x + feed_forward(x, deterministic))
-
-
 class Encoder(nn.Module):
-    """Positional conv, encoder LayerNorm and the Transformer stack."""
+    """Positional conv, encoder LayerNorm and the Transformer stack (`models.stack`)."""
 
     config: HubertConfig
 
@@ -337,7 +85,9 @@ class Encoder(nn.Module):
         deterministic: bool,
         first_layer_offset: jax.Array | None = None,
         prefix: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        output_hidden_states: bool = False,
+        attention_bias: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, ...] | None]:
         """Runs the encoder.
 
         Args:
@@ -346,10 +96,13 @@ class Encoder(nn.Module):
           deterministic: disables dropout.
           first_layer_offset: optional (batch, dim) added to the first layer's input.
           prefix: optional (batch, dim) token prepended before the first layer.
+          output_hidden_states: also return the L+1 hidden states.
+          attention_bias: optional (batch, heads, q, k) added to every layer's attention
+            logits (with a prefix token, q and k count it).
 
         Returns:
-          The encoder output and the L+1 hidden states, both (batch, frames, dim)
-          (a prefix token is removed from all of them).
+          The encoder output (batch, frames, dim) and None or the L+1 hidden states,
+          each (batch, frames, dim) (a prefix token is removed from all of them).
         """
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
@@ -366,21 +119,25 @@ class Encoder(nn.Module):
             x = jnp.concatenate([prefix[:, None, :].astype(dtype), x], axis=1)
             mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
         n_prefix = 0 if prefix is None else 1
-
-        layer_cls = EncoderLayer
-        if cfg.remat:
-            layer_cls = nn.remat(EncoderLayer, static_argnums=(3,))
-        hidden_states = []
-        for i in range(cfg.num_hidden_layers):
-            hidden_states.append(x[:, n_prefix:])
-            x = layer_cls(cfg, name=f"layers_{i}")(x, mask, deterministic)
+        x, hidden_states = run_layers(
+            EncoderLayer,
+            cfg,
+            x,
+            mask,
+            deterministic=deterministic,
+            dropout_rng=None if deterministic else self.make_rng("dropout"),
+            attention_bias=attention_bias,
+            output_hidden_states=output_hidden_states,
+            drop_prefix=n_prefix,
+        )
         x = x[:, n_prefix:]
-        # As transformers>=5 records them: the last entry is the output of the last
-        # layer, before the pre-LN model's final LayerNorm.
-        hidden_states.append(x)
+        if hidden_states is not None:
+            # As transformers>=5 records them: the last entry is the output of the last
+            # layer, before the pre-LN model's final LayerNorm.
+            hidden_states = (*hidden_states, x)
         if cfg.do_stable_layer_norm:
             x = layer_norm(x)
-        return x, tuple(hidden_states)
+        return x, hidden_states
 
 
 class HubertModel(nn.Module):
@@ -473,12 +230,13 @@ class HubertModel(nn.Module):
             deterministic,
             first_layer_offset=speaker_vec if cfg.speaker_fusion == "first" else None,
             prefix=speaker_vec if cfg.speaker_fusion == "prefix" else None,
+            output_hidden_states=output_hidden_states,
         )
         if cfg.speaker_fusion == "last":
             x = x + speaker_vec[:, None, :].astype(x.dtype)
         return HubertOutput(
             last_hidden_state=x,
-            hidden_states=hidden_states if output_hidden_states else None,
+            hidden_states=hidden_states,
             frame_mask=frame_mask,
             features_pen=features_pen,
             extract_features=features,

@@ -132,7 +132,7 @@ class RunAssets:
         h = hashlib.sha256()
         h.update(json.dumps([self.speakers, self.pldc_k]).encode())
         for dim, reg in self.regressors.items():
-            h.update(f"{dim}/{reg.label_scaling}/{reg.encoder_config.to_json()}".encode())
+            h.update(f"{dim}/{reg.label_scaling}/{reg.encoder_config.identity_json()}".encode())
             ref = self.references[dim]
             for a in (ref.speaker_index, ref.vectors, ref.label_mean, ref.label_std):
                 h.update(np.ascontiguousarray(a).tobytes())
@@ -267,6 +267,7 @@ def from_export(directory: str | Path) -> RunAssets:
     Raises:
       RunNotReadyError: not an export, or one of another format version.
     """
+    from papt_jax.models.stack import to_layout
     from papt_jax.train.checkpoint import restore_tree
 
     directory = Path(directory).absolute()
@@ -277,7 +278,8 @@ def from_export(directory: str | Path) -> RunAssets:
     for dim in manifest["dimensions"]:
         folder = directory / BUNDLE_REGRESSORS / dim
         cfg = HubertConfig.from_dict(json.loads((folder / ENCODER_CONFIG).read_text()))
-        variables = restore_tree(folder / VARIABLES)
+        # Exports made before the layers were scanned hold them one by one.
+        variables = to_layout(restore_tree(folder / VARIABLES), cfg.scan_layers)
         regressors[dim] = Regressor(dim, cfg, variables, manifest["label_scaling"][dim])
         references[dim] = _reference(arrays, dim, labels=True)
     summary_path = directory / BUNDLE_SUMMARY

@@ -38,6 +38,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from papt_jax.errors import UserError
+from papt_jax.models.stack import layout_of, to_layout
 
 log = logging.getLogger(__name__)
 
@@ -199,13 +200,44 @@ def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _layout_target(item_dir: Path, target):
+    """The Orbax target for a saved pytree, and how to turn what it restores into `target`.
+
+    Trees saved before the Transformer layers were scanned hold them one by one
+    (`layers_{i}`); a scanned model's target stacks them (`models.stack`). The saved
+    layout is read from Orbax's metadata, the tree restored as saved, then laid out as the
+    target asks and placed on the target's shardings.
+
+    Returns:
+      (abstract target for Orbax, function from the restored tree to the target's layout).
+    """
+    abstract = _abstract(target)
+    wanted = layout_of(abstract)
+    if wanted is None:
+        return abstract, lambda tree: tree
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+        saved = layout_of(checkpointer.metadata(item_dir).item_metadata.tree)
+    if saved is None or saved == wanted:
+        return abstract, lambda tree: tree
+
+    def finish(tree):
+        tree = to_layout(tree, wanted)
+        return jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), tree, abstract)
+
+    how = {True: "stacked", False: "one by one"}
+    log.info("%s holds the layers %s; restored %s", item_dir, how[saved], how[wanted])
+    return to_layout(abstract, saved), finish
+
+
 def _restore_composite(path: Path, target_state):
     items = {"meta": ocp.args.JsonRestore()}
+    finish = None
     if target_state is not None:
-        items["state"] = ocp.args.StandardRestore(_abstract(target_state))
+        target, finish = _layout_target(path / "state", target_state)
+        items["state"] = ocp.args.StandardRestore(target)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(path, args=ocp.args.Composite(**items))
-    state = restored.state if target_state is not None else None
+    state = finish(restored.state) if target_state is not None else None
     return state, dict(restored.meta)
 
 
@@ -246,7 +278,8 @@ def restore_tree(path: str | os.PathLike, target=None):
     Args:
       path: The folder given to `save_tree`.
       target: Optional pytree of arrays or `jax.ShapeDtypeStruct`s giving the shapes,
-        dtypes and shardings to restore onto; None restores as saved.
+        dtypes and shardings to restore onto (Transformer layers stacked or one by one
+        as the target has them, whichever way they were saved); None restores as saved.
 
     Returns:
       The pytree.
@@ -261,10 +294,13 @@ def restore_tree(path: str | os.PathLike, target=None):
             f"the saved arrays in {path} cannot be used: {problem}",
             hint="rerun the step that writes this folder (delete the folder first)",
         )
-    args = ocp.args.StandardRestore(None if target is None else _abstract(target))
     try:
+        if target is None:
+            abstract, finish = None, lambda tree: tree
+        else:
+            abstract, finish = _layout_target(path, target)
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-            return checkpointer.restore(path, args=args)
+            return finish(checkpointer.restore(path, args=ocp.args.StandardRestore(abstract)))
     except Exception as e:  # noqa: BLE001 - Orbax raises many types; the path is what matters
         raise CheckpointError(
             f"the saved arrays in {path} verify but cannot be restored: {type(e).__name__}: {e}",

@@ -323,9 +323,9 @@ def test_fairseq_namespace_args_load_through_the_allow_list(base_hf, tmp_path):
     assert ckpt.config.normalize_waveform is True
     assert ckpt.head_config.num_label_rows == 504
     _, reference = load_pytorch(path)
-    np.testing.assert_array_equal(
-        _flat(ckpt.params)["encoder/layers_1/feed_forward/output_dense/kernel"],
-        _flat(reference)["encoder/layers_1/feed_forward/output_dense/kernel"],
+    np.testing.assert_array_equal(  # every layer's, stacked (the model scans its layers)
+        _flat(ckpt.params)["encoder/layers/feed_forward/output_dense/kernel"],
+        _flat(reference)["encoder/layers/feed_forward/output_dense/kernel"],
     )
 
 
