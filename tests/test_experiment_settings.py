@@ -23,6 +23,16 @@ def test_the_shipped_configs_are_valid():
     assert settings.validate(apply_embedded_corpus(base_config(), "demo")) == settings.STAGES
 
 
+@pytest.mark.parametrize("family", ["hubert", "wav2vec2", "wavlm", "data2vec_audio"])
+@pytest.mark.parametrize("variant", ["smoke", "demo"])
+def test_every_family_runs_the_embedded_corpus_with_its_own_encoder(family, variant):
+    from papt_jax.models.config import get_preset
+
+    config = apply_embedded_corpus(base_config(), variant, family=family)
+    assert settings.validate(config) == settings.STAGES
+    assert get_preset(config.bootstrap.preset).family == family
+
+
 def test_every_config_key_has_a_rule_and_every_rule_a_key():
     keys = set(settings.flatten(base_config()))
     assert keys == set(settings.FIELDS)

@@ -1,10 +1,13 @@
-"""PyTorch (Hugging Face, fairseq) <-> Flax conversion of HuBERT checkpoints.
+"""PyTorch (Hugging Face, fairseq, releases) <-> Flax conversion of encoder checkpoints.
 
-The mapping lives in `papt_jax.convert.mapping` (one table plus rename layers), safe
-pickle reading in `papt_jax.convert.safe_unpickle`, file formats in
-`papt_jax.convert.torch_io`, fairseq's checkpoint layout and config in
-`papt_jax.convert.fairseq`, Hugging Face configs in `papt_jax.convert.hf_config`, and
-the entry points below in `papt_jax.convert.api`. CLI: `python -m papt_jax.convert --help`.
+Families: HuBERT, wav2vec2, WavLM, data2vec-audio, and the published emotion models built
+on them. The mapping machinery lives in `mapping`, one naming table per family in
+`families/`, safe pickle reading in `safe_unpickle`, file formats in `torch_io`, fairseq's
+layout in `fairseq` and its configs in `fairseq_config`, the WavLM release in
+`wavlm_release`, the emotion models in `emotion_models`, Hugging Face configs in
+`hf_config`; `sources` tells what a file is, `heads` converts its heads, `shapes` gives
+the shapes they are checked against, `storage` writes and reads converted folders, and
+`api` holds the entry points below. CLI: `python -m papt_jax.convert --help`.
 """
 
 from papt_jax.convert.api import (

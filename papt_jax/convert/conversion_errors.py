@@ -69,6 +69,6 @@ class ConversionError(UserError, ValueError):
                     lines.append(f"    ... and {len(items) - _MAX_LISTED} more")
         super().__init__(
             "\n".join(lines),
-            hint="check that the checkpoint is a HuBERT encoder and that --preset (or the "
-            "checkpoint's own config) describes its architecture",
+            hint="check that the checkpoint holds an encoder of the family its config names "
+            "and that --preset (or the checkpoint's own config) describes its architecture",
         )

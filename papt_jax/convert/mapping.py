@@ -1,39 +1,31 @@
-"""The PyTorch <-> Flax parameter mapping for HuBERT: one table, transform hooks, checks.
+"""The PyTorch <-> Flax parameter mapping machinery: tables of rules, transforms, checks.
 
-`HF_RULES` is the single source of truth: each row pairs a Hugging Face
-`state_dict` key pattern with a Flax parameter path pattern (`{i}` stands for a
-layer index) and names the transform that turns the PyTorch array into the Flax
-one (and back). Every other naming is a rename layer onto the HF naming:
-
-* `LEGACY_WEIGHT_NORM_RENAMES`: `torch.nn.utils.weight_norm` keys (`weight_g`,
-  `weight_v`, older HF checkpoints) -> the `parametrizations.weight.original{0,1}`
-  keys that current `transformers` writes.
-* `FAIRSEQ_RENAMES`: fairseq HuBERT (`fairseq/models/hubert/hubert.py`, modules from
-  `fairseq/models/wav2vec/wav2vec2.py`) -> HF. The pre-training head of fairseq
-  checkpoints has its own table, `HEAD_RULES`, onto `PretrainHead`'s parameters.
+A mapping table is a tuple of `Rule`s: each pairs a Hugging Face `state_dict` key
+pattern with a Flax parameter path pattern (`{i}`-style fields stand for indices) and
+names the `Transform` that turns the PyTorch array into the Flax one (and back). The
+tables themselves live with the naming they describe (`papt_jax.convert.families`);
+every other naming (fairseq, the WavLM release, legacy weight norm) is a rename layer
+(`rename_keys`) onto the HF names.
 
 Conversion is checked against the shapes the Flax model expects (from
 `jax.eval_shape(model.init, ...)`): every missing, unexpected or mis-shaped key is
 collected and reported in one `ConversionError`.
 
-The table names Transformer layers one by one (`encoder/layers_{i}`), as PyTorch does. A
+The tables name Transformer layers one by one (`encoder/layers_{i}`), as PyTorch does. A
 scanned model keeps them stacked (`encoder/layers`, leading layer axis): `convert.api`
-converts through the per-layer layout with `models.stack.to_layout`, so this table never
-changes with the layout.
+converts through the per-layer layout with `models.stack.to_layout`, so no table changes
+with the layout.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from papt_jax.convert.conversion_errors import ConversionError
-
-logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +55,14 @@ TRANSPOSE_CONV = Transform(
 )
 # weight_norm(dim=2) stores the gain as (1, 1, kernel); the Flax module keeps (kernel,).
 SQUEEZE_G = Transform("squeeze_g", 3, lambda a: a.reshape(-1), lambda a: a.reshape(1, 1, -1))
+# WavLM's per-head gate constant is (1, heads, 1, 1) in PyTorch, (heads,) in Flax.
+SQUEEZE_HEADS = Transform(
+    "squeeze_heads", 4, lambda a: a.reshape(-1), lambda a: a.reshape(1, -1, 1, 1)
+)
+# wav2vec2's codebook is (1, groups * vars, dim / groups) in PyTorch; Flax drops the 1.
+SQUEEZE_LEADING = Transform(
+    "squeeze_leading", 3, lambda a: a.reshape(a.shape[1:]), lambda a: a.reshape(1, *a.shape)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,125 +74,20 @@ class Rule:
     transform: Transform
 
 
-def _dense(torch_prefix: str, flax_prefix: str) -> tuple[Rule, ...]:
+def dense(torch_prefix: str, flax_prefix: str) -> tuple[Rule, ...]:
+    """The two rows of an `nn.Linear` <-> `nn.Dense`."""
     return (
         Rule(f"{torch_prefix}.weight", f"{flax_prefix}/kernel", TRANSPOSE_DENSE),
         Rule(f"{torch_prefix}.bias", f"{flax_prefix}/bias", IDENTITY_1D),
     )
 
 
-def _norm(torch_prefix: str, flax_prefix: str) -> tuple[Rule, ...]:
+def norm(torch_prefix: str, flax_prefix: str) -> tuple[Rule, ...]:
+    """The two rows of an `nn.LayerNorm`/`nn.GroupNorm` <-> a Flax norm (scale, bias)."""
     return (
         Rule(f"{torch_prefix}.weight", f"{flax_prefix}/scale", IDENTITY_1D),
         Rule(f"{torch_prefix}.bias", f"{flax_prefix}/bias", IDENTITY_1D),
     )
-
-
-_CONV = "feature_extractor.conv_layers.{i}"
-_FCONV = "feature_extractor/conv_layers_{i}"
-_LAYER = "encoder.layers.{i}"
-_FLAYER = "encoder/layers_{i}"
-_POS = "encoder.pos_conv_embed.conv"
-_FPOS = "encoder/pos_conv_embed/conv"
-
-# Hugging Face `HubertModel` naming <-> `papt_jax.models.HubertModel` parameters.
-HF_RULES: tuple[Rule, ...] = (
-    Rule("masked_spec_embed", "masked_spec_embed", IDENTITY_1D),
-    Rule(f"{_CONV}.conv.weight", f"{_FCONV}/conv/kernel", TRANSPOSE_CONV),
-    Rule(f"{_CONV}.conv.bias", f"{_FCONV}/conv/bias", IDENTITY_1D),
-    # GroupNorm (conv 0, 'group') or LayerNorm (every conv, 'layer'): same names.
-    *_norm(f"{_CONV}.layer_norm", f"{_FCONV}/layer_norm"),
-    *_norm("feature_projection.layer_norm", "feature_projection/layer_norm"),
-    *_dense("feature_projection.projection", "feature_projection/projection"),
-    # Weight norm over the kernel axis: gain g and direction v, kept apart in both models.
-    Rule(f"{_POS}.parametrizations.weight.original0", f"{_FPOS}/weight_g", SQUEEZE_G),
-    Rule(f"{_POS}.parametrizations.weight.original1", f"{_FPOS}/weight_v", TRANSPOSE_CONV),
-    Rule(f"{_POS}.bias", f"{_FPOS}/bias", IDENTITY_1D),
-    *_norm("encoder.layer_norm", "encoder/layer_norm"),
-    *_dense(f"{_LAYER}.attention.q_proj", f"{_FLAYER}/attention/q_proj"),
-    *_dense(f"{_LAYER}.attention.k_proj", f"{_FLAYER}/attention/k_proj"),
-    *_dense(f"{_LAYER}.attention.v_proj", f"{_FLAYER}/attention/v_proj"),
-    *_dense(f"{_LAYER}.attention.out_proj", f"{_FLAYER}/attention/out_proj"),
-    *_norm(f"{_LAYER}.layer_norm", f"{_FLAYER}/layer_norm"),
-    *_dense(
-        f"{_LAYER}.feed_forward.intermediate_dense", f"{_FLAYER}/feed_forward/intermediate_dense"
-    ),
-    *_dense(f"{_LAYER}.feed_forward.output_dense", f"{_FLAYER}/feed_forward/output_dense"),
-    *_norm(f"{_LAYER}.final_layer_norm", f"{_FLAYER}/final_layer_norm"),
-    # Not part of HF HuBERT: the PAPT speaker table, stored beside an exported HF model.
-    Rule("speaker_embedding.weight", "speaker_embedding/embedding", IDENTITY_2D),
-)
-
-# fairseq HuBERT's pre-training head <-> `papt_jax.models.heads.PretrainHead` parameters.
-HEAD_RULES: tuple[Rule, ...] = (
-    *_dense("final_proj", "final_proj"),
-    Rule("label_embs_concat", "label_embs_concat", IDENTITY_2D),
-)
-
-# Renames are (source pattern, HF pattern) pairs applied before `HF_RULES`.
-LEGACY_WEIGHT_NORM_RENAMES: tuple[tuple[str, str], ...] = (
-    (f"{_POS}.weight_g", f"{_POS}.parametrizations.weight.original0"),
-    (f"{_POS}.weight_v", f"{_POS}.parametrizations.weight.original1"),
-)
-
-# fairseq names, checked against fairseq's source: ConvFeatureExtractionModel blocks are
-# Sequential(conv, dropout, norm, gelu) with the LayerNorm itself wrapped as
-# Sequential(TransposeLast, Fp32LayerNorm, TransposeLast); the positional conv is
-# Sequential(weight-normed conv, SamePad, GELU); `layer_norm` normalises the CNN features.
-# One way only (fairseq -> HF): a reverse rename could not tell the two norm modes apart.
-FAIRSEQ_RENAMES: tuple[tuple[str, str], ...] = (
-    ("mask_emb", "masked_spec_embed"),
-    (f"{_CONV}.0.weight", f"{_CONV}.conv.weight"),
-    (f"{_CONV}.0.bias", f"{_CONV}.conv.bias"),
-    # extractor_mode='default': Fp32GroupNorm at index 2 of conv 0 only.
-    *(
-        (
-            f"feature_extractor.conv_layers.0.2.{kind}",
-            f"feature_extractor.conv_layers.0.layer_norm.{kind}",
-        )
-        for kind in ("weight", "bias")
-    ),
-    # extractor_mode='layer_norm': the LayerNorm is item 1 of the block's item 2.
-    (f"{_CONV}.2.1.weight", f"{_CONV}.layer_norm.weight"),
-    (f"{_CONV}.2.1.bias", f"{_CONV}.layer_norm.bias"),
-    ("layer_norm.weight", "feature_projection.layer_norm.weight"),
-    ("layer_norm.bias", "feature_projection.layer_norm.bias"),
-    ("post_extract_proj.weight", "feature_projection.projection.weight"),
-    ("post_extract_proj.bias", "feature_projection.projection.bias"),
-    ("encoder.pos_conv.0.weight_g", f"{_POS}.parametrizations.weight.original0"),
-    ("encoder.pos_conv.0.weight_v", f"{_POS}.parametrizations.weight.original1"),
-    # The same conv saved by a torch that writes weight-norm parametrizations.
-    *(
-        (f"encoder.pos_conv.0.parametrizations.weight.{p}", f"{_POS}.parametrizations.weight.{p}")
-        for p in ("original0", "original1")
-    ),
-    ("encoder.pos_conv.0.bias", f"{_POS}.bias"),
-    ("encoder.layer_norm.weight", "encoder.layer_norm.weight"),
-    ("encoder.layer_norm.bias", "encoder.layer_norm.bias"),
-    *(
-        (f"{_LAYER}.self_attn.{proj}.{kind}", f"{_LAYER}.attention.{proj}.{kind}")
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj")
-        for kind in ("weight", "bias")
-    ),
-    *(
-        (f"{_LAYER}.{src}.{kind}", f"{_LAYER}.{dst}.{kind}")
-        for src, dst in (
-            ("self_attn_layer_norm", "layer_norm"),
-            ("fc1", "feed_forward.intermediate_dense"),
-            ("fc2", "feed_forward.output_dense"),
-            ("final_layer_norm", "final_layer_norm"),
-        )
-        for kind in ("weight", "bias")
-    ),
-)
-
-# fairseq pre-training head keys: kept apart from the encoder and converted with HEAD_RULES.
-FAIRSEQ_HEAD_KEYS = ("final_proj.weight", "final_proj.bias", "label_embs_concat")
-
-# Downstream heads of HF task models (HubertForCTC, HubertForSequenceClassification):
-# not part of the encoder, dropped with a log line that counts them.
-HF_DOWNSTREAM_PREFIXES = ("lm_head.", "projector.", "classifier.", "layer_weights")
-HF_ENCODER_PREFIX = "hubert."
 
 
 class _Pattern:
@@ -279,37 +174,6 @@ def rename_keys(
     return out
 
 
-def normalize_hf_keys(
-    state_dict: Mapping[str, np.ndarray], notes: list[str] | None = None
-) -> dict[str, np.ndarray]:
-    """Brings any HF-style HuBERT state dict onto the canonical `HF_RULES` names.
-
-    Strips the `hubert.` prefix of HF task models, drops their downstream heads
-    (logged with a count, and described in `notes` when given) and renames legacy
-    weight-norm keys.
-    """
-    if any(k.startswith(HF_ENCODER_PREFIX) for k in state_dict):
-        stripped = {}
-        for key, value in state_dict.items():
-            if key.startswith(HF_ENCODER_PREFIX):
-                stripped[key[len(HF_ENCODER_PREFIX) :]] = value
-            else:
-                stripped[key] = value
-        state_dict = stripped
-    dropped = sorted(k for k in state_dict if k.startswith(HF_DOWNSTREAM_PREFIXES))
-    if dropped:
-        logger.warning(
-            "dropping %d parameters of a downstream task head (not part of the encoder): %s",
-            len(dropped),
-            dropped,
-        )
-        if notes is not None:
-            listed = ", ".join(f"{k} {_shape_of(state_dict[k])}" for k in dropped)
-            notes.append(f"dropped the downstream task head (not part of the encoder): {listed}")
-        state_dict = {k: v for k, v in state_dict.items() if k not in set(dropped)}
-    return rename_keys(state_dict, LEGACY_WEIGHT_NORM_RENAMES)
-
-
 def _shape_of(value) -> tuple[int, ...]:
     return tuple(int(d) for d in value.shape)
 
@@ -317,13 +181,13 @@ def _shape_of(value) -> tuple[int, ...]:
 def torch_to_flax(
     state_dict: Mapping[str, np.ndarray],
     expected: Mapping[str, object],
-    rules: Sequence[Rule] = HF_RULES,
+    rules: Sequence[Rule],
     context: str = "",
 ) -> dict[str, np.ndarray]:
     """Converts PyTorch-named arrays into flat Flax parameters, checked against `expected`.
 
     Args:
-      state_dict: canonical-named NumPy arrays (see `normalize_hf_keys`).
+      state_dict: NumPy arrays under the table's PyTorch names.
       expected: flat Flax path ('a/b/kernel') -> anything with `.shape` and `.dtype`
         (the leaves of `jax.eval_shape(model.init, ...)`).
       rules: the mapping table.
@@ -377,7 +241,7 @@ def torch_to_flax(
 
 def flax_to_torch(
     flat_params: Mapping[str, np.ndarray],
-    rules: Sequence[Rule] = HF_RULES,
+    rules: Sequence[Rule],
     context: str = "",
 ) -> dict[str, np.ndarray]:
     """Converts flat Flax parameters back to PyTorch-named arrays (canonical HF names).
@@ -418,3 +282,18 @@ def check_params(
     ]
     if missing or unexpected or mismatched:
         raise ConversionError(missing, unexpected, mismatched, context)
+
+
+def to_tree(flat: Mapping[str, np.ndarray]) -> dict:
+    """Flat 'a/b/kernel' -> array to a nested parameter tree of JAX arrays."""
+    import jax.numpy as jnp
+    from flax.traverse_util import unflatten_dict
+
+    return unflatten_dict({path: jnp.asarray(value) for path, value in flat.items()}, sep="/")
+
+
+def to_flat_numpy(params: Mapping) -> dict[str, np.ndarray]:
+    """A nested parameter tree to flat 'a/b/kernel' -> NumPy array."""
+    from flax.traverse_util import flatten_dict
+
+    return {path: np.asarray(value) for path, value in flatten_dict(params, sep="/").items()}

@@ -353,6 +353,39 @@ def load_pickle(path: str | Path, *, allow_unsafe_pickle: bool = False) -> Any:
     return _full_load(path)
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain pickles (not torch files) with the stand-ins only, nothing else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        known = KNOWN_GLOBALS.get(_python3_name(f"{module}.{name}"))
+        if known is None:
+            raise UnsafePickleError(
+                f"{self.path} refers to {_python3_name(f'{module}.{name}')}, outside the list "
+                "of harmless classes; refused without running it",
+                hint=UNSAFE_HINT,
+            )
+        return known
+
+    def __init__(self, file, path: Path):
+        super().__init__(file)
+        self.path = path
+
+
+def load_plain_pickle(path: str | Path) -> Any:
+    """Loads a plain `pickle.dump` file (numbers, NumPy scalars, containers) safely.
+
+    Raises:
+      UnsafePickleError: the file names any other global.
+      CheckpointFormatError: not a readable pickle.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return _PlainUnpickler(f, path).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+        raise CheckpointFormatError(f"{path} is not a readable pickle: {err}") from err
+
+
 # --------------------------------------------------------------------------- plain data
 
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")

@@ -1,4 +1,4 @@
-"""Reading PyTorch HuBERT checkpoints safely, and inferring a config from their shapes.
+"""Reading PyTorch checkpoints safely, and inferring a HuBERT config from their shapes.
 
 Formats, detected from the path:
 
@@ -6,9 +6,13 @@ Formats, detected from the path:
   `pytorch_model.bin`, either possibly sharded (`model.safetensors.index.json`,
   `pytorch_model.bin.index.json`), optionally `preprocessor_config.json` (waveform
   normalisation) and `speaker_embedding.safetensors` (written by `export_hf`);
+* the MSP-Podcast challenge's release folder (`final_ssl.pt`, `final_pool.pt`,
+  `final_ser.pt`, `train_norm_stat.pkl`; see `papt_jax.convert.emotion_models`);
 * a `.safetensors` file or a pickled PyTorch state dict (`.bin`, `.pt`, `.pth`);
-* a fairseq HuBERT checkpoint (`.pt` with `model` plus `cfg` or `args`), pre-training
-  or fine-tuned (see `papt_jax.convert.fairseq`).
+* a WavLM release file (`.pt` with a flat `cfg` and `model`; see
+  `papt_jax.convert.wavlm_release`);
+* a fairseq HuBERT or wav2vec2 checkpoint (`.pt` with `model` plus `cfg` or `args`),
+  pre-training or fine-tuned (see `papt_jax.convert.fairseq`).
 
 Pickles are read by `papt_jax.convert.safe_unpickle`: tensors and the harmless classes
 fairseq files hold, nothing else, unless `allow_unsafe_pickle=True`.
@@ -25,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from papt_jax.convert import fairseq
+from papt_jax.convert import emotion_models, fairseq, wavlm_release
 from papt_jax.convert.conversion_errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
@@ -51,14 +55,19 @@ class RawCheckpoint:
 
     Attributes:
       state_dict: key -> float32 (or integer) NumPy array, in the source's naming
-        (fairseq: the HuBERT model's keys, a fine-tuned model's prefix stripped).
+        (fairseq: the model's keys, a fine-tuned model's prefix stripped; the
+        challenge's release folder: its files' keys under the HF package's prefixes).
       source_format: 'hf_safetensors', 'hf_bin', 'safetensors', 'state_dict',
-        'fairseq' or 'fairseq_finetuned'.
+        'fairseq', 'fairseq_finetuned', 'wavlm_release' or 'msp_release'.
       hf_config: the HF `config.json` dict, if any.
       preprocessor: the HF `preprocessor_config.json` dict, if any.
-      fairseq_model_cfg: fairseq model config as a dict (fairseq only).
-      fairseq_task_cfg: fairseq task config as a dict (fairseq only).
-      fairseq_head: what the fairseq config says about the pre-training head.
+      family: the encoder family, when the file's own layout says it (fairseq, the
+        WavLM release); HF folders say it in `hf_config`.
+      config_values: the encoder config values translated from the file's own
+        fairseq-style config (fairseq, the WavLM release), if it carries one.
+      fairseq_head: what the fairseq config says about HuBERT's pre-training head.
+      fairseq_model_cfg: fairseq's model options (fairseq only), for the head.
+      norm_stat: the challenge release's (wav_mean, wav_std).
       speaker_fusion: from the metadata of `speaker_embedding.safetensors`, if any.
       notes: what reading dropped or assumed, for the log and `conversion.json`.
     """
@@ -67,9 +76,11 @@ class RawCheckpoint:
     source_format: str
     hf_config: dict[str, Any] | None = None
     preprocessor: dict[str, Any] | None = None
-    fairseq_model_cfg: dict[str, Any] | None = None
-    fairseq_task_cfg: dict[str, Any] | None = None
+    family: str | None = None
+    config_values: dict[str, Any] | None = None
     fairseq_head: fairseq.HeadFacts | None = None
+    fairseq_model_cfg: dict[str, Any] | None = None
+    norm_stat: tuple[float, float] | None = None
     speaker_fusion: str | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -105,13 +116,53 @@ def _read_fairseq(obj: Mapping[str, Any], path: Path) -> RawCheckpoint:
     parts = fairseq.split_checkpoint(obj, state_dict, str(path))
     for note in parts.notes:
         logger.info("%s: %s", path, note)
+    values = None
+    if parts.model_cfg is not None:
+        values = fairseq.encoder_config_values(parts, str(path))
     return RawCheckpoint(
         state_dict=parts.state_dict,
         source_format="fairseq_finetuned" if parts.finetuned else "fairseq",
-        fairseq_model_cfg=parts.model_cfg,
-        fairseq_task_cfg=parts.task_cfg,
+        family=parts.family,
+        config_values=values,
         fairseq_head=parts.head,
+        fairseq_model_cfg=parts.model_cfg,
         notes=list(parts.notes),
+    )
+
+
+def _read_wavlm_release(obj: Mapping[str, Any], cfg: dict[str, Any], path: Path):
+    state_dict = _state_dict_to_numpy(obj["model"], f"{path} ('model')")
+    return RawCheckpoint(
+        state_dict=state_dict,
+        source_format="wavlm_release",
+        family="wavlm",
+        config_values=wavlm_release.config_values(cfg, str(path)),
+    )
+
+
+def _read_msp_release(directory: Path, allow_unsafe_pickle: bool) -> RawCheckpoint:
+    """The challenge's release folder, its files' keys put under the HF package's prefixes."""
+    state_dict: dict[str, np.ndarray] = {}
+    for name, prefix in emotion_models.MSP_RELEASE_FILES.items():
+        if not (directory / name).is_file():
+            raise CheckpointFormatError(
+                f"{directory} holds final_ssl.pt but no {name}: an incomplete release of "
+                "the MSP-Podcast challenge model"
+            )
+        tensors = _read_weights_file(directory / name, allow_unsafe_pickle)
+        state_dict.update({prefix + key: value for key, value in tensors.items()})
+    stat_file = directory / emotion_models.MSP_NORM_STAT_FILE
+    if not stat_file.is_file():
+        raise CheckpointFormatError(
+            f"{directory} has no {emotion_models.MSP_NORM_STAT_FILE}: the model's input "
+            "normalisation (the training audio's mean and std) is unknown",
+            hint="copy the file from the release folder the .pt files came from",
+        )
+    return RawCheckpoint(
+        state_dict=state_dict,
+        source_format="msp_release",
+        family="wavlm",
+        norm_stat=emotion_models.read_norm_stat(stat_file),
     )
 
 
@@ -220,12 +271,17 @@ def read_checkpoint(path: str | Path, *, allow_unsafe_pickle: bool = False) -> R
         path = path.parent  # Read the config beside it too.
     if path.is_file() and path.name.endswith(INDEX_SUFFIX):
         path = path.parent
+    if path.is_dir() and (path / "final_ssl.pt").is_file():
+        return _read_msp_release(path, allow_unsafe_pickle)
     if path.is_dir():
         return _read_hf_dir(path, allow_unsafe_pickle)
     if path.suffix == ".safetensors":
         state_dict, _ = _read_safetensors(path)
         return RawCheckpoint(state_dict=state_dict, source_format="safetensors")
     obj = load_pickle(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    release_cfg = wavlm_release.release_cfg(obj)
+    if release_cfg is not None:
+        return _read_wavlm_release(obj, release_cfg, path)
     if fairseq.is_fairseq(obj):
         return _read_fairseq(obj, path)
     torch = import_torch()
@@ -250,21 +306,29 @@ def infer_config(
     state_dict: Mapping[str, np.ndarray],
     preset: str | None,
     overrides: Mapping[str, Any],
+    family: str = "hubert",
 ) -> HubertConfig:
     """Builds a config from a canonical HF-named state dict's shapes, a preset and overrides.
 
     Shapes fix the widths, depth, conv kernels, conv bias, extractor norm and the
-    positional conv; heads, strides, layer-norm placement and waveform
-    normalisation must come from `preset` or `overrides` (overrides win, then
-    shapes, then the preset).
+    positional conv (and WavLM's bucket count); heads, strides, layer-norm placement
+    and waveform normalisation must come from `preset` or `overrides` (overrides win,
+    then shapes, then the preset). The preset must be of the weights' `family`.
 
     Raises:
-      ConfigInferenceError: naming the fields neither source provides.
+      ConfigInferenceError: naming the fields neither source provides, or a preset of
+        another family.
     """
-    inferred = _shape_facts(state_dict)
-    values: dict[str, Any] = {}
+    inferred = _shape_facts(state_dict, family)
+    values: dict[str, Any] = {"family": family}
     if preset is not None:
-        values.update(get_preset(preset).to_dict())
+        preset_config = get_preset(preset)
+        if preset_config.family != family:
+            raise ConfigInferenceError(
+                f"preset {preset!r} is a {preset_config.family} encoder, but the weights are "
+                f"{family}'s: pass a {family} preset"
+            )
+        values.update(preset_config.to_dict())
         changed = {k: (values[k], v) for k, v in inferred.items() if values.get(k) != v}
         if changed:
             logger.info("shapes override preset %r on (preset, checkpoint): %s", preset, changed)
@@ -273,13 +337,14 @@ def infer_config(
     lacking = [field for field in _UNDETERMINED if field not in values]
     if lacking:
         raise ConfigInferenceError(
-            "this checkpoint has no config, and its shapes do not determine "
-            f"{lacking}: pass preset='base' or 'large' (CLI --preset) or these as overrides"
+            f"this {family} checkpoint has no config, and its shapes do not determine "
+            f"{lacking}: pass a preset (CLI --preset, e.g. 'base', 'large', "
+            "'wavlm-large') or these as overrides"
         )
     return HubertConfig.from_dict(values)
 
 
-def _shape_facts(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _shape_facts(state_dict: Mapping[str, np.ndarray], family: str) -> dict[str, Any]:
     def shape(key: str) -> tuple[int, ...]:
         if key not in state_dict:
             raise ConfigInferenceError(f"cannot infer the architecture: no {key!r} in checkpoint")
@@ -290,7 +355,22 @@ def _shape_facts(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
     conv = "feature_extractor.conv_layers"
     conv_shapes = [shape(f"{conv}.{i}.conv.weight") for i in range(num_convs)]
     hidden = shape("feature_projection.projection.weight")[0]
-    weight_v = shape("encoder.pos_conv_embed.conv.parametrizations.weight.original1")
+    if family == "data2vec_audio":
+        # A stack of plain convs; its extractor always has a LayerNorm per conv.
+        pos = shape("encoder.pos_conv_embed.layers.0.conv.weight")
+        pos_facts = {
+            "num_conv_pos_layers": _count_indices(state_dict, "encoder.pos_conv_embed.layers."),
+            "num_conv_pos_embeddings": pos[2],
+            "num_conv_pos_embedding_groups": hidden // pos[1],
+        }
+    else:
+        weight_v = shape("encoder.pos_conv_embed.conv.parametrizations.weight.original1")
+        pos_facts = {
+            "num_conv_pos_embeddings": weight_v[2],
+            "num_conv_pos_embedding_groups": hidden // weight_v[1],
+        }
+    if family == "wavlm":
+        pos_facts["num_buckets"] = shape("encoder.layers.0.attention.rel_attn_embed.weight")[0]
     facts: dict[str, Any] = {
         "hidden_size": hidden,
         "num_hidden_layers": num_layers,
@@ -299,8 +379,7 @@ def _shape_facts(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
         "conv_kernel": [s[2] for s in conv_shapes],
         "conv_bias": f"{conv}.0.conv.bias" in state_dict,
         "feat_extract_norm": ("layer" if f"{conv}.1.layer_norm.weight" in state_dict else "group"),
-        "num_conv_pos_embeddings": weight_v[2],
-        "num_conv_pos_embedding_groups": hidden // weight_v[1],
+        **pos_facts,
     }
     if "speaker_embedding.weight" in state_dict:
         facts["num_speakers"] = int(state_dict["speaker_embedding.weight"].shape[0])

@@ -143,12 +143,15 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def apply_embedded_corpus(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+def apply_embedded_corpus(
+    c: ml_collections.ConfigDict, preset: str, family: str = "hubert"
+) -> ml_collections.ConfigDict:
     """Switches `c` to the embedded synthetic corpus ('demo' or 'smoke') and a small model.
 
-    No pretrained weights can be downloaded, so the run first pre-trains a small
-    HuBERT from scratch on MFCC labels (`bootstrap`), then adapts it with labels from
-    one of its layers: the HuBERT recipe in miniature.
+    No pretrained weights can be downloaded, so the run first pre-trains a small encoder
+    of `family` ('hubert', 'wav2vec2', 'wavlm', 'data2vec_audio') from scratch on MFCC
+    labels (`bootstrap`), then adapts it with labels from one of its layers: the HuBERT
+    recipe in miniature, whatever the encoder's family.
     """
     if preset not in CORPUS_PRESETS:
         raise ConfigError(
@@ -164,7 +167,8 @@ def apply_embedded_corpus(c: ml_collections.ConfigDict, preset: str) -> ml_colle
     c.data.batch_size = 8
     c.data.eval_batch_size = 8
     c.model.init = "bootstrap"
-    c.bootstrap.preset = "tiny" if smoke else "small"
+    size = "tiny" if smoke else "small"
+    c.bootstrap.preset = size if family == "hubert" else f"{family.replace('_', '-')}-{size}"
     c.bootstrap.num_clusters = 16 if smoke else 50
     # The demo's budget is 15 minutes on 2 CPU cores (cold compilation cache): 2 bootstrap
     # and 4 fine-tuning epochs. launch/reproduce_tables.sh trains 3 and 6 (TABLE_EPOCHS).

@@ -38,7 +38,28 @@ STAGES = (
 )
 # models.config.MODEL_PRESETS' names (kept here so validating needs no JAX import; a test
 # checks that the two agree).
-MODEL_PRESET_NAMES = ("base", "large", "small", "tiny")
+MODEL_PRESET_NAMES = (
+    "base",
+    "large",
+    "small",
+    "tiny",
+    "hubert-base",
+    "hubert-large",
+    "wav2vec2-base",
+    "wav2vec2-large",
+    "wav2vec2-large-lv60",
+    "wavlm-base",
+    "wavlm-base-plus",
+    "wavlm-large",
+    "data2vec-audio-base",
+    "data2vec-audio-large",
+    "wav2vec2-small",
+    "wav2vec2-tiny",
+    "wavlm-small",
+    "wavlm-tiny",
+    "data2vec-audio-small",
+    "data2vec-audio-tiny",
+)
 # Stage outputs that can stand in for an encoder spec.
 WORKDIR_ENCODERS = ("bootstrap", "pretrain")
 

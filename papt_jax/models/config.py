@@ -1,19 +1,33 @@
-"""Hyper-parameters of the Flax HuBERT encoder.
+"""Hyper-parameters of the Flax encoder, of any family (HuBERT, wav2vec2, WavLM, data2vec-audio).
 
 `HubertConfig` is a frozen dataclass so it can be hashed, closed over by jitted
 functions and written to JSON next to converted weights. Field names follow
-`transformers.HubertConfig` where a field exists there, which keeps conversion a
-matter of copying values.
+`transformers.HubertConfig` (and its siblings' configs) where a field exists there, which
+keeps conversion a matter of copying values. `family` picks the family's pieces
+(`models.families`); configs written before families existed have no such field and
+read as HuBERT.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 SPEAKER_FUSIONS = ("none", "last", "first", "prefix")
+# Encoder families: what differs between them is a few named pieces (`models.families`).
+FAMILIES = ("hubert", "wav2vec2", "wavlm", "data2vec_audio")
+# Fields that only some families use, with the defaults that leave a model's id unchanged.
+FAMILY_FIELDS = {
+    "family": "hubert",
+    "num_buckets": 320,
+    "max_bucket_distance": 800,
+    "num_conv_pos_layers": 5,
+    "input_shift": 0.0,
+    "input_scale": 1.0,
+}
 FEATURE_EXTRACTOR_NORMS = ("group", "layer")
 # `remat` choices: 'none', 'full' (recompute the whole layer in the backward pass) and the
 # argument-free policies of `jax.checkpoint_policies` by their JAX names ('nothing_saveable'
@@ -77,6 +91,15 @@ class HubertConfig:
         stacked under `encoder/layers` (compiles one layer instead of L); False unrolls
         them as `encoder/layers_{i}` (for debugging). Same function either way;
         `models.stack.to_layout` converts parameters between the two layouts.
+      family: 'hubert', 'wav2vec2', 'wavlm' or 'data2vec_audio' (`models.families`).
+      num_buckets: WavLM: relative-position buckets (both directions together).
+      max_bucket_distance: WavLM: distance in frames beyond which positions share the
+        last bucket.
+      num_conv_pos_layers: data2vec-audio: convs in its positional-conv stack (each of
+        kernel `num_conv_pos_embeddings`).
+      input_shift, input_scale: the waveform is mapped to (x - shift) * scale before
+        anything else (the MSP-Podcast challenge model's fixed normalisation with its
+        training audio's statistics); 0 and 1 leave it alone.
     """
 
     hidden_size: int = 768
@@ -102,6 +125,12 @@ class HubertConfig:
     dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True
+    family: str = "hubert"
+    num_buckets: int = 320
+    max_bucket_distance: int = 800
+    num_conv_pos_layers: int = 5
+    input_shift: float = 0.0
+    input_scale: float = 1.0
 
     def __post_init__(self):
         # Lists arrive from JSON and ml_collections; tuples keep the config hashable.
@@ -138,6 +167,23 @@ class HubertConfig:
         object.__setattr__(self, "remat", remat_name(self.remat))
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.num_conv_pos_layers < 1:
+            raise ValueError(f"num_conv_pos_layers must be >= 1, got {self.num_conv_pos_layers}")
+        # Bucketing splits the buckets in two directions, then in exact and log-spaced halves.
+        if self.num_buckets < 4 or self.max_bucket_distance <= self.num_buckets // 4:
+            raise ValueError(
+                f"num_buckets {self.num_buckets} must be >= 4 and max_bucket_distance "
+                f"{self.max_bucket_distance} above num_buckets / 4"
+            )
+        if not (self.input_scale > 0 and math.isfinite(self.input_scale)) or not math.isfinite(
+            self.input_shift
+        ):
+            raise ValueError(
+                f"input_scale must be positive and finite and input_shift finite, got "
+                f"{self.input_scale} and {self.input_shift}"
+            )
         if not isinstance(self.scan_layers, bool):
             raise ValueError(f"scan_layers must be True or False, got {self.scan_layers!r}")
 
@@ -186,6 +232,9 @@ class HubertConfig:
         """
         values = self.to_dict()
         values.pop("scan_layers")
+        for key, default in FAMILY_FIELDS.items():
+            if values[key] == default:
+                values.pop(key)
         values["remat"] = False
         return json.dumps(values, indent=2, sort_keys=True)
 
@@ -244,8 +293,64 @@ MODEL_PRESETS: dict[str, HubertConfig] = {
 }
 
 
+_BASE_SIZE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12)
+_LARGE_SIZE = dict(
+    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+)
+_STABLE = dict(feat_extract_norm="layer", do_stable_layer_norm=True)
+# The published architectures of the other families (their HF config.json); dropout rates
+# are transformers' defaults. Waveform normalisation as the pre-training recipes had it
+# (fairseq's and the WavLM release's `normalize`); a converted folder takes it from its
+# own preprocessor_config.json instead.
+MODEL_PRESETS.update(
+    {
+        "hubert-base": MODEL_PRESETS["base"],
+        "hubert-large": MODEL_PRESETS["large"],
+        # facebook/wav2vec2-base, facebook/wav2vec2-large (LS-960): group norm, post-LN.
+        "wav2vec2-base": HubertConfig(family="wav2vec2", **_BASE_SIZE),
+        "wav2vec2-large": HubertConfig(family="wav2vec2", **_LARGE_SIZE),
+        # facebook/wav2vec2-large-lv60, -large-robust, -xls-r-300m: stable layer norm.
+        "wav2vec2-large-lv60": HubertConfig(
+            family="wav2vec2", conv_bias=True, normalize_waveform=True, **_LARGE_SIZE, **_STABLE
+        ),
+        # microsoft/wavlm-base, -base-plus (one architecture), -large (no conv bias).
+        "wavlm-base": HubertConfig(family="wavlm", **_BASE_SIZE),
+        "wavlm-base-plus": HubertConfig(family="wavlm", **_BASE_SIZE),
+        "wavlm-large": HubertConfig(
+            family="wavlm", normalize_waveform=True, **_LARGE_SIZE, **_STABLE
+        ),
+        # facebook/data2vec-audio-base, -large: LayerNorm extractor, post-LN, 5 pos convs.
+        "data2vec-audio-base": HubertConfig(
+            family="data2vec_audio",
+            feat_extract_norm="layer",
+            num_conv_pos_embeddings=19,
+            num_conv_pos_layers=5,
+            normalize_waveform=True,
+            **_BASE_SIZE,
+        ),
+        "data2vec-audio-large": HubertConfig(
+            family="data2vec_audio",
+            feat_extract_norm="layer",
+            num_conv_pos_embeddings=19,
+            num_conv_pos_layers=5,
+            normalize_waveform=True,
+            **_LARGE_SIZE,
+        ),
+    }
+)
+# The embedded corpus's small and test sizes of every family.
+for _family, _extra in (
+    ("wav2vec2", {}),
+    ("wavlm", {}),
+    ("data2vec_audio", dict(feat_extract_norm="layer", num_conv_pos_layers=2)),
+):
+    for _size in ("small", "tiny"):
+        _name = f"{_family.replace('_', '-')}-{_size}"
+        MODEL_PRESETS[_name] = MODEL_PRESETS[_size].replace(family=_family, **_extra)
+
+
 def get_preset(name: str, **overrides: Any) -> HubertConfig:
-    """Returns preset `name` ('base', 'large', 'small', 'tiny') with `overrides`."""
+    """Returns preset `name` ('base', 'large', 'wavlm-large', ...) with `overrides`."""
     if name not in MODEL_PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
     return MODEL_PRESETS[name].replace(**overrides)

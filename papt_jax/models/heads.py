@@ -138,3 +138,72 @@ class RegressionHead(nn.Module):
             )
             x = nn.Dropout(self.dropout)(x, deterministic=not train)
         return nn.Dense(1, name="output")(x)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerHeadConfig:
+    """wav2vec2's pre-training head (`Wav2Vec2ForPreTraining`), in transformers' terms.
+
+    Attributes:
+      num_codevector_groups: G codebooks, concatenated.
+      num_codevectors_per_group: V entries per codebook.
+      codevector_dim: width of a quantized vector (G codevectors of codevector_dim / G).
+      proj_codevector_dim: width of the contrastive space (`project_q`, `project_hid`).
+      contrastive_logits_temperature: cosine logits are divided by this.
+    """
+
+    num_codevector_groups: int = 2
+    num_codevectors_per_group: int = 320
+    codevector_dim: int = 256
+    proj_codevector_dim: int = 256
+    contrastive_logits_temperature: float = 0.1
+
+    def __post_init__(self):
+        if self.codevector_dim % self.num_codevector_groups:
+            raise ValueError(
+                f"codevector_dim {self.codevector_dim} is not divisible by "
+                f"num_codevector_groups {self.num_codevector_groups}"
+            )
+
+
+class Quantizer(nn.Module):
+    """The Gumbel product quantizer's parameters: `codevectors`, `weight_proj`.
+
+    Only the deterministic parts are here (the codebook and the group logits); sampling
+    and the contrastive loss are the pre-training objective's.
+    """
+
+    config: QuantizerHeadConfig
+
+    @nn.compact
+    def __call__(self, features: jax.Array) -> jax.Array:
+        """(batch, frames, conv_dim) normalised CNN features -> (batch, frames, G * V) logits."""
+        cfg = self.config
+        entries = cfg.num_codevector_groups * cfg.num_codevectors_per_group
+        self.param(
+            "codevectors",
+            nn.initializers.uniform(scale=1.0),
+            (entries, cfg.codevector_dim // cfg.num_codevector_groups),
+        )
+        return nn.Dense(entries, name="weight_proj")(features.astype(jnp.float32))
+
+
+class QuantizerHead(nn.Module):
+    """wav2vec2's pre-training head: the quantizer and the two contrastive projections."""
+
+    config: QuantizerHeadConfig
+
+    @nn.compact
+    def __call__(self, features: jax.Array, hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Group logits of the normalised CNN features (batch, frames, G * V), and the
+        Transformer output projected to the contrastive space (batch, frames, proj)."""
+        cfg = self.config
+        quantizer = Quantizer(cfg, name="quantizer")
+        logits = quantizer(features)
+        project_q = nn.Dense(cfg.proj_codevector_dim, name="project_q")
+        if self.is_initializing():
+            project_q(jnp.zeros((1, cfg.codevector_dim), jnp.float32))
+        projected = nn.Dense(cfg.proj_codevector_dim, name="project_hid")(
+            hidden.astype(jnp.float32)
+        )
+        return logits, projected

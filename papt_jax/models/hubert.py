@@ -25,11 +25,10 @@ import jax.numpy as jnp
 from flax import struct
 
 from papt_jax.models.config import HubertConfig
+from papt_jax.models.families import PIECES
 from papt_jax.models.layers import (
-    EncoderLayer,
     FeatureExtractor,
     FeatureProjection,
-    PositionalConvEmbedding,
     conv_output_lengths,
     lengths_to_mask,
     normalize_waveform,
@@ -63,6 +62,8 @@ class HubertOutput:
       features_pen: () mean square of the CNN features over valid frames (HuBERT's
         feature penalty).
       extract_features: (batch, frames, conv_dim[-1]) CNN features before projection.
+      normalized_features: (batch, frames, conv_dim[-1]) the same after the feature
+        projection's LayerNorm: wav2vec2's quantizer input.
     """
 
     last_hidden_state: jax.Array
@@ -70,6 +71,7 @@ class HubertOutput:
     frame_mask: jax.Array
     features_pen: jax.Array
     extract_features: jax.Array
+    normalized_features: jax.Array
 
 
 class Encoder(nn.Module):
@@ -105,10 +107,11 @@ class Encoder(nn.Module):
           each (batch, frames, dim) (a prefix token is removed from all of them).
         """
         cfg = self.config
+        pieces = PIECES[cfg.family]
         dtype = jnp.dtype(cfg.dtype)
         # Padded frames must not leak into real ones through the positional conv.
         x = jnp.where(mask[..., None], x, 0).astype(dtype)
-        x = x + PositionalConvEmbedding(cfg, name="pos_conv_embed")(x)
+        x = x + pieces.positional(cfg, name="pos_conv_embed")(x, mask)
         layer_norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name="layer_norm")
         if not cfg.do_stable_layer_norm:
             x = layer_norm(x)
@@ -119,8 +122,11 @@ class Encoder(nn.Module):
             x = jnp.concatenate([prefix[:, None, :].astype(dtype), x], axis=1)
             mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
         n_prefix = 0 if prefix is None else 1
+        if pieces.attention_bias is not None:
+            bias = pieces.attention_bias(cfg, name="rel_attn_embed")(x.shape[1])
+            attention_bias = bias if attention_bias is None else attention_bias + bias
         x, hidden_states = run_layers(
-            EncoderLayer,
+            pieces.layer,
             cfg,
             x,
             mask,
@@ -201,6 +207,8 @@ class HubertModel(nn.Module):
         audio_mask = audio_mask.astype(bool)
         if cfg.speaker_fusion != "none" and speaker is None:
             raise ValueError(f"speaker_fusion={cfg.speaker_fusion!r} needs `speaker` ids")
+        if cfg.input_shift != 0.0 or cfg.input_scale != 1.0:
+            audio = (audio.astype(jnp.float32) - cfg.input_shift) * cfg.input_scale
         if cfg.normalize_waveform:
             audio = normalize_waveform(audio.astype(jnp.float32), audio_mask)
         else:
@@ -217,7 +225,7 @@ class HubertModel(nn.Module):
         n_values = jnp.maximum(frame_maskf.sum() * features.shape[-1], 1.0)
         features_pen = (features.astype(jnp.float32) ** 2 * frame_maskf).sum() / n_values
 
-        x = self.feature_projection(features, deterministic)
+        x, normalized_features = self.feature_projection(features, deterministic)
         if mask_time_indices is not None:
             x = jnp.where(mask_time_indices[..., None], self.masked_spec_embed.astype(x.dtype), x)
 
@@ -240,6 +248,7 @@ class HubertModel(nn.Module):
             frame_mask=frame_mask,
             features_pen=features_pen,
             extract_features=features,
+            normalized_features=normalized_features,
         )
 
 

@@ -158,12 +158,16 @@ class FeatureProjection(nn.Module):
     config: HubertConfig
 
     @nn.compact
-    def __call__(self, features: jax.Array, deterministic: bool) -> jax.Array:
+    def __call__(self, features: jax.Array, deterministic: bool) -> tuple[jax.Array, jax.Array]:
+        """(batch, frames, conv_dim) -> projected (batch, frames, dim) and the normalised
+        features (batch, frames, conv_dim), wav2vec2's quantizer input."""
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
-        x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name="layer_norm")(features)
-        x = nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=_dense_init, name="projection")(x)
-        return nn.Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic)
+        normed = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name="layer_norm")(features)
+        x = nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=_dense_init, name="projection")(
+            normed
+        )
+        return nn.Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic), normed
 
 
 class WeightNormConv1D(nn.Module):
@@ -213,7 +217,11 @@ class PositionalConvEmbedding(nn.Module):
     config: HubertConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """x: (batch, time, dim) with padded frames zeroed -> (batch, time, dim).
+
+        `mask` is not needed: one conv only sees the zeros the encoder left in padding.
+        """
         cfg = self.config
         y = WeightNormConv1D(
             cfg.hidden_size,
@@ -271,7 +279,8 @@ class SelfAttention(nn.Module):
 
         q, k, v = project("q_proj"), project("k_proj"), project("v_proj")
         key_mask = mask[:, None, None, :]  # (batch, heads, q, k)
-        bias = None if attention_bias is None else attention_bias.astype(dtype)
+        bias = self.layer_bias(x, attention_bias)
+        bias = None if bias is None else bias.astype(dtype)
         if self.deterministic or cfg.attention_dropout == 0.0:
             # Fused attention (cuDNN flash attention on GPU when the shapes allow).
             out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=key_mask)
@@ -285,6 +294,14 @@ class SelfAttention(nn.Module):
             out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
         out = out.reshape(batch, time, dim)
         return nn.Dense(dim, dtype=dtype, kernel_init=_dense_init, name="out_proj")(out)
+
+    def layer_bias(self, x: jax.Array, attention_bias: jax.Array | None) -> jax.Array | None:
+        """This layer's additive attention bias from the stack's shared one: itself here.
+
+        A family whose layers shape the shared bias (WavLM's gate) overrides this; it runs
+        inside `__call__`, so it may declare parameters.
+        """
+        return attention_bias
 
 
 class FeedForward(nn.Module):
@@ -347,7 +364,7 @@ class EncoderLayer(nn.Module):
             if dropout_rng is None:
                 raise ValueError("EncoderLayer needs a dropout_rng when not deterministic")
             keys = tuple(jax.random.split(dropout_rng, 4))
-        attention = SelfAttention(cfg, self.deterministic, name="attention")
+        attention = self.attention_module()
         layer_norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name="layer_norm")
         feed_forward = FeedForward(cfg, self.deterministic, name="feed_forward")
         final_layer_norm = nn.LayerNorm(
@@ -363,3 +380,7 @@ class EncoderLayer(nn.Module):
             return x + feed_forward(final_layer_norm(x), keys[2:])
         x = layer_norm(x + attend(x))
         return final_layer_norm(x + feed_forward(x, keys[2:]))
+
+    def attention_module(self) -> SelfAttention:
+        """The layer's attention; a family with its own attention overrides this."""
+        return SelfAttention(self.config, self.deterministic, name="attention")

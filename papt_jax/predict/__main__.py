@@ -4,6 +4,18 @@
   python -m papt_jax.predict --export=MODEL --audio=... --out=... --speaker=1234
   python -m papt_jax.predict --export=MODEL --enroll=alice/ --save_profile=alice.json
   python -m papt_jax.predict --export=MODEL --profile=alice.json --audio=new/ --out=alice.csv
+  python -m papt_jax.predict --converted=CKPT --audio=a.wav,recordings/ --out=predictions.csv
+
+  python -m papt_jax.predict --converted=CKPT --reference=RUN --enroll=alice/ \
+      --save_profile=alice.json --audio=new/ --out=alice.csv
+
+`--converted` is a published emotion model converted with `python -m papt_jax.convert`
+(audEERING's w2v2-L-robust-12, the MSP-Podcast challenge's WavLM baseline): its own head
+predicts arousal, dominance and valence directly, on its own scale (0..1 for both; the
+CSV's `scale` column and stderr say so). PLDC then needs training speakers with labels:
+`--reference=RUN` takes them from a run whose dataset is prepared (its training split,
+encoded by the emotion model; `papt_jax/predict/emotion_reference.py`), for `--enroll`;
+a saved `--profile` needs no reference. Dominance has no labels in the data: uncalibrated.
 
 `--audio` takes files and folders (searched recursively), comma-separated. The CSV has one
 row per predicted file: file, duration_s, speaker (the speaker or profile used, or "none
@@ -33,6 +45,12 @@ from papt_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir.")
 _EXPORT = flags.DEFINE_string("export", None, "A folder written by python -m papt_jax.export.")
+_CONVERTED = flags.DEFINE_string(
+    "converted", None, "A converted emotion model (python -m papt_jax.convert), used directly."
+)
+_REFERENCE = flags.DEFINE_string(
+    "reference", None, "With --converted and --enroll: a run whose training speakers PLDC uses."
+)
 _AUDIO = flags.DEFINE_string("audio", None, "Comma-separated audio files and/or folders.")
 _OUT = flags.DEFINE_string("out", None, "CSV file to write the predictions to.")
 _SPEAKER = flags.DEFINE_string("speaker", None, "A training speaker's id (speakers.json).")
@@ -48,8 +66,24 @@ PLAIN_NOTE = "none (plain model output)"
 
 
 def _check_flags() -> None:
-    if (_WORKDIR.value is None) == (_EXPORT.value is None):
-        raise UserError("give exactly one of --workdir (a finished run) and --export (a model)")
+    given = [v for v in (_WORKDIR.value, _EXPORT.value, _CONVERTED.value) if v is not None]
+    if len(given) != 1:
+        raise UserError(
+            "give exactly one of --workdir (a finished run), --export (an exported model) "
+            "and --converted (a converted emotion model)"
+        )
+    if _CONVERTED.value and _SPEAKER.value:
+        raise UserError(
+            "--speaker needs a run's speaker table; the emotion model has none",
+            hint="enroll the speaker instead (--enroll with --reference=RUN)",
+        )
+    if _CONVERTED.value and _ENROLL.value and not _REFERENCE.value:
+        raise UserError(
+            "--enroll with --converted needs --reference=RUN: the training speakers PLDC "
+            "retrieves from"
+        )
+    if _REFERENCE.value and not _CONVERTED.value:
+        raise UserError("--reference goes with --converted (a run predicts with its own)")
     if _PROFILE.value and (_SPEAKER.value or _ENROLL.value):
         raise UserError("--profile cannot be combined with --speaker or --enroll")
     if _AUDIO.value and not _OUT.value:
@@ -180,6 +214,95 @@ def _predict_files(predictor, profile, found, out: Path) -> int:
     return 0
 
 
+def _emotion_profile(predictor, enroll):
+    from papt_jax.predict import emotion_reference
+    from papt_jax.predict import files as files_lib
+    from papt_jax.predict.profiles import SpeakerProfile
+
+    if _PROFILE.value:
+        return SpeakerProfile.load(_PROFILE.value)
+    if not _ENROLL.value:
+        return None
+    reference = emotion_reference.reference_from_run(predictor, _REFERENCE.value)
+    waves, problems = _read_all(enroll.files)
+    _report_problems(problems)
+    name = Path(files_lib.split_paths(_ENROLL.value)[0]).name or "enrolled"
+    profile = emotion_reference.enroll(predictor, reference, waves, name)
+    print(
+        f"enrolled {profile.name}: {profile.recordings} recordings, {profile.seconds:.1f} s; "
+        f"nearest training speaker {profile.speaker_id}",
+        file=sys.stderr,
+    )
+    if _SAVE_PROFILE.value:
+        profile.save(_SAVE_PROFILE.value)
+        print(f"saved profile to {_SAVE_PROFILE.value}", file=sys.stderr)
+    return profile
+
+
+def _predict_emotion_model(found, enroll, out: Path | None) -> int:
+    from papt_jax.pldc import MODES
+    from papt_jax.predict import emotion_reference
+    from papt_jax.predict import files as files_lib
+    from papt_jax.predict.emotion import EmotionPredictor
+
+    predictor = EmotionPredictor.from_converted(
+        _CONVERTED.value,
+        window_seconds=_WINDOW.value,
+        batch_seconds=_BATCH.value,
+        num_buckets=_BUCKETS.value,
+        num_devices=_DEVICES.value,
+    )
+    profile = _emotion_profile(predictor, enroll)
+    if found is None:
+        return 0
+    paths, durations, problems, parts = [], [], [], []
+    total = sum(files_lib.probe_seconds(f) for f in found.files)
+    bar, progress = _progress_bar(total, "predicting")
+    with bar:
+        for chunk_paths, waves, bad in files_lib.read_chunks(found.files):
+            problems += bad
+            if waves:
+                parts.append(predictor.forward(waves, progress)[0])
+                paths += chunk_paths
+                durations += [len(w) / SAMPLE_RATE for w in waves]
+    _report_problems(problems)
+    rejected = _write_rejected(out, problems)
+    if not paths:
+        raise UserError(
+            f"no file could be predicted: all {len(problems)} were refused (listed in {rejected})"
+        )
+    import numpy as np
+
+    preds = np.concatenate(parts)
+    low, high = predictor.label_range
+    dims = predictor.dimensions
+    calibrated = [] if profile is None else [d for d in dims if d in profile.dimensions]
+    results = (
+        {d: {"prediction": preds[:, j]} for j, d in enumerate(dims)}
+        if profile is None
+        else emotion_reference.calibrate(predictor, preds, profile)
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        header = ["file", "duration_s", "speaker", *dims]
+        header += [f"{d}_{mode}" for d in calibrated for mode in MODES]
+        writer.writerow([*header, "scale"])
+        note = PLAIN_NOTE if profile is None else profile.describe()
+        for i, (path, seconds) in enumerate(zip(paths, durations, strict=True)):
+            row = [str(path), f"{seconds:.3f}", note]
+            row += [f"{results[d]['prediction'][i]:.6g}" for d in dims]
+            row += [f"{results[d][mode][i]:.6g}" for d in calibrated for mode in MODES]
+            writer.writerow([*row, f"{low:g}..{high:g}"])
+    print(f"outputs: {predictor.describe_scale()}", file=sys.stderr)
+    print(
+        f"wrote {len(paths)} prediction(s) to {out}"
+        + (f"; {len(problems)} file(s) refused, listed in {rejected}" if problems else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def rejected_path(out: Path) -> Path:
     """Where the refused files of `out` are listed: `<stem>.rejected.csv` beside it."""
     return out.with_name(out.stem + ".rejected.csv")
@@ -235,6 +358,8 @@ def main(argv: list[str]) -> int:
     if _ENROLL.value:
         enroll = files_lib.find_audio(files_lib.split_paths(_ENROLL.value), "--enroll")
 
+    if _CONVERTED.value:
+        return _predict_emotion_model(audio, enroll, Path(_OUT.value) if _OUT.value else None)
     source = (
         assets_lib.from_workdir(_WORKDIR.value)
         if _WORKDIR.value

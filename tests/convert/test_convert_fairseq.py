@@ -169,9 +169,9 @@ def files(models, tmp_path_factory):
             model_state=pretrain["base"],
             cfg=_cfg(_model_cfg("base", extractor_mode="conv_only"), _task_cfg("base")),
         ),
-        "wav2vec2": dict(
+        "data2vec": dict(
             model_state=pretrain["base"],
-            cfg=_cfg(_model_cfg("base", _name="wav2vec2"), _task_cfg("base")),
+            cfg=_cfg(_model_cfg("base", _name="data2vec_audio"), _task_cfg("base")),
         ),
         "base_legacy_format": dict(
             model_state=pretrain["base"],
@@ -380,7 +380,7 @@ def test_finetuned_conversion_is_stored_with_its_notes(files, tmp_path):
         ("two_label_sets", r"pre-trained on 2 label sets \(\['km', 'phn'\]\)"),
         ("untied_two_projections", r"final_proj has 32 outputs, 2 x final_dim 16"),
         ("unknown_extractor", r"extractor_mode='conv_only' \(supported: 'default', 'layer_norm'"),
-        ("wav2vec2", r"is a fairseq 'wav2vec2' checkpoint, not HuBERT"),
+        ("data2vec", r"is a fairseq 'data2vec_audio' checkpoint: only HuBERT and wav2vec2"),
     ],
 )
 def test_unsupported_variants_fail_with_one_line(files, name, needle):
@@ -455,7 +455,7 @@ def test_cli_user_errors_are_one_line_and_exit_2(files, tmp_path):
             ["--source", str(files["evil_os.system_extra_state"]), "--out", out],
             "refers to posix.system",
         ),
-        "unsupported": (["--source", str(files["wav2vec2"]), "--out", out], "not HuBERT"),
+        "unsupported": (["--source", str(files["data2vec"]), "--out", out], "'data2vec_audio'"),
     }
     for case, (args, needle) in cases.items():
         result = _cli(*args)
