@@ -3,7 +3,8 @@
 A port of fairseq's `GumbelVectorQuantizer` (as `transformers.Wav2Vec2GumbelVectorQuantizer`
 holds it) and of the two projections of `Wav2Vec2ForPreTraining`. Parameter names follow the
 transformers `state_dict` (`quantizer.codevectors`, `quantizer.weight_proj`, `project_q`,
-`project_hid`), so a converted `ForPreTraining` checkpoint keeps its quantizer.
+`project_hid`), so a converted `ForPreTraining` checkpoint keeps its quantizer; the
+codebook is stored without transformers' leading axis of 1, (G * V, codevector_dim / G).
 
 The losses built on these outputs (negatives, contrastive logits, diversity) live in
 `papt_jax.contrastive`; this module is architecture only.
@@ -20,8 +21,10 @@ from flax import struct
 
 
 @dataclasses.dataclass(frozen=True)
-class ContrastiveHeadConfig:
+class QuantizerHeadConfig:
     """wav2vec 2.0's pre-training head (transformers' `Wav2Vec2Config` field names).
+
+    Stored beside a converted encoder as `quantizer_config.json`.
 
     Attributes:
       num_codevector_groups: G, codebooks concatenated into one quantized vector (2).
@@ -30,15 +33,15 @@ class ContrastiveHeadConfig:
         large); each group's entries have `codevector_dim / G` values.
       proj_codevector_dim: Width both sides are projected to before the cosine
         similarity (256 base, 768 large; fairseq's `final_dim`).
-      feat_quantizer_dropout: Dropout on the quantizer's input (fairseq's
-        `dropout_features`; 0.1 in its base recipe, 0 in large and in transformers).
+      contrastive_logits_temperature: Cosine logits are divided by this (fairseq's
+        `logit_temp`, 0.1).
     """
 
     num_codevector_groups: int = 2
     num_codevectors_per_group: int = 320
     codevector_dim: int = 256
     proj_codevector_dim: int = 256
-    feat_quantizer_dropout: float = 0.0
+    contrastive_logits_temperature: float = 0.1
 
     def __post_init__(self):
         if self.codevector_dim % self.num_codevector_groups:
@@ -106,7 +109,7 @@ class GumbelVectorQuantizer(nn.Module):
     concatenated.
     """
 
-    config: ContrastiveHeadConfig
+    config: QuantizerHeadConfig
 
     @nn.compact
     def __call__(
@@ -140,7 +143,7 @@ class GumbelVectorQuantizer(nn.Module):
         codevectors = self.param(
             "codevectors",
             nn.initializers.uniform(scale=1.0),
-            (1, groups * num_vars, cfg.codevector_dim // groups),
+            (groups * num_vars, cfg.codevector_dim // groups),
         )
         logits = nn.Dense(
             groups * num_vars,
@@ -180,11 +183,18 @@ class GumbelVectorQuantizer(nn.Module):
         )
 
 
-class ContrastiveHead(nn.Module):
+class QuantizerHead(nn.Module):
     """`project_hid` on the Transformer output, the quantizer and `project_q` on the CNN
-    features: the two sides of wav2vec 2.0's contrastive loss."""
+    features: the two sides of wav2vec 2.0's contrastive loss.
 
-    config: ContrastiveHeadConfig
+    Attributes:
+      config: The head's shape (stored with a converted checkpoint).
+      feature_dropout: Dropout on the quantizer's input in training (fairseq's
+        `dropout_features`: 0.1 in its base recipe, 0 in large and in transformers).
+    """
+
+    config: QuantizerHeadConfig
+    feature_dropout: float = 0.0
 
     @nn.compact
     def __call__(
@@ -216,7 +226,7 @@ class ContrastiveHead(nn.Module):
         projected = nn.Dense(cfg.proj_codevector_dim, kernel_init=dense_init, name="project_hid")(
             hidden_states.astype(jnp.float32)
         )
-        features = nn.Dropout(cfg.feat_quantizer_dropout)(
+        features = nn.Dropout(self.feature_dropout)(
             extract_features.astype(jnp.float32), deterministic=deterministic
         )
         quantizer_out = GumbelVectorQuantizer(cfg, name="quantizer")(
