@@ -22,7 +22,9 @@ from papt_jax.contrastive import (
     sample_negative_indices,
     wav2vec2_loss,
 )
+from papt_jax.convert import load_pytorch_checkpoint, params_to_torch
 from papt_jax.models.quantizer import QuantizerHead, QuantizerHeadConfig
+from papt_jax.models.tasks import EncoderForContrastive
 
 TEMPERATURE = 1.7  # Not transformers' default (2), so a temperature left unused would show.
 
@@ -314,3 +316,73 @@ def test_straight_through_gradient_reaches_the_logits():
     evaluation = jax.grad(quantized_sum)(params, True)["quantizer"]["weight_proj"]["kernel"]
     assert float(jnp.abs(train).max()) > 0  # through the soft probabilities
     assert float(jnp.abs(evaluation).max()) == 0  # the argmax has no gradient
+
+
+def test_whole_converted_model_loss_and_gradients_equal_transformers(tmp_path):
+    # The whole model this time: a transformers `Wav2Vec2ForPreTraining` saved, converted
+    # with the public API (quantizer kept) and run as the pre-training step runs it, on
+    # unpadded audio (padding is where the encoders differ on purpose, README).
+    config = ref.hf_config("tiny")
+    model = ref.hf_model(config, seed=0)
+    model.save_pretrained(tmp_path)
+    converted = load_pytorch_checkpoint(tmp_path)
+    lengths = (4000, 4000, 4000)
+    audio = np.random.default_rng(0).standard_normal((3, 4000)).astype(np.float32)
+    attention_mask, _, mask, negatives = ref.masks_and_negatives(model, lengths, 4000, 0.5, 4, 1)
+    theirs = ref.run(model, audio, attention_mask, mask, negatives, TEMPERATURE, head_only=False)
+    batch, frames = mask.shape
+    row_negatives = jnp.asarray(negatives - (np.arange(batch) * frames)[:, None, None])
+    noise = jnp.asarray(ref.gumbel_noise(config, batch, frames))
+    ours = EncoderForContrastive(converted.config, converted.quantizer_config)
+
+    def loss_fn(params):
+        projected, projected_q, quantizer_out, out = ours.apply(
+            {"params": params},
+            jnp.asarray(audio),
+            jnp.ones(audio.shape, bool),
+            None,
+            jnp.asarray(mask),
+            deterministic=False,
+            temperature=TEMPERATURE,
+            gumbel_noise=noise,
+            rngs={"dropout": jax.random.key(0)},
+        )
+        parts = wav2vec2_loss(
+            projected,
+            projected_q,
+            quantizer_out.prob_perplexity,
+            jnp.asarray(mask),
+            row_negatives,
+            num_codevectors=converted.quantizer_config.num_codevectors,
+            logit_temperature=converted.quantizer_config.contrastive_logits_temperature,
+            diversity_weight=config.diversity_loss_weight,
+        )
+        return parts["loss_sum"], parts
+
+    params = {"hubert": converted.params, "head": converted.quantizer_params}
+    (loss_sum, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    assert _rel(loss_sum, theirs.loss) <= 1e-4
+    assert _rel(parts["contrastive_sum"], theirs.contrastive_loss) <= 1e-4
+    assert _rel(parts["diversity"] * mask.sum(), theirs.diversity_loss) <= 1e-4
+    # Every parameter's gradient, the encoder's named back to transformers' keys.
+    encoder_grads = params_to_torch(converted.config, jax.device_get(grads["hubert"]))
+    compared = 0
+    for name, expected in theirs.grads.items():
+        if name.startswith("wav2vec2."):
+            ours_grad = encoder_grads[name.removeprefix("wav2vec2.")]
+        else:
+            path = next(p for p, (n, _) in ref.HEAD_GRADS.items() if n == name)
+            ours_grad = grads["head"]
+            for key in path:
+                ours_grad = ours_grad[key]
+            ours_grad = np.asarray(ours_grad)
+            ours_grad = ours_grad.T if ours_grad.ndim == 2 and "kernel" in path else ours_grad
+        ours_grad = np.asarray(ours_grad).reshape(expected.shape)
+        if name.endswith("k_proj.bias"):
+            # A key bias shifts every logit of a query alike, which softmax ignores: its
+            # gradient is 0 up to rounding on both sides.
+            assert max(np.abs(ours_grad).max(), np.abs(expected).max()) < 1e-4, name
+        else:
+            assert _rel(ours_grad, expected) <= 1e-3, (name, _rel(ours_grad, expected))
+        compared += 1
+    assert compared == len(dict(model.named_parameters()))

@@ -1,8 +1,9 @@
-"""Masked-prediction pre-training steps (HuBERT, TAPT and PAPT).
+"""Pre-training steps and run (HuBERT, TAPT and PAPT; every family's own objective).
 
 `train_step(state, batch, rng) -> (state, metrics)` is a pure function, jitted once
-per batch shape with the state donated. Masks are drawn inside the step from
-`fold_in(rng, step)`, so a resumed run draws the same masks as an uninterrupted one.
+per batch shape with the state donated. Masks, negatives, Gumbel noise and utterance
+mixing are drawn inside the step from `fold_in(rng, step)`, so a resumed run draws the
+same as an uninterrupted one. The objectives themselves are in `pretrain_objectives`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from papt_jax.data.audio import SAMPLE_RATE
-from papt_jax.losses import masked_prediction_loss
-from papt_jax.masking import compute_mask_indices_jax
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHeadConfig
-from papt_jax.models.hubert import conv_output_lengths, lengths_to_mask
-from papt_jax.models.tasks import HubertForPretraining
+from papt_jax.models.quantizer import QuantizerHeadConfig
+from papt_jax.models.tasks import EncoderForContrastive, HubertForPretraining
 from papt_jax.train.loop import LoopConfig, train_in_workdir
+from papt_jax.train.pretrain_objectives import (
+    FORWARD,
+    LOGGED,
+    CodebookWatch,
+    ContrastiveSettings,
+    PretrainLossConfig,
+    frame_mask_of,
+    mixed_batch,
+)
 from papt_jax.train.sharding import (
     data_sharded,
     jit_train_step,
@@ -32,81 +40,47 @@ from papt_jax.train.sharding import (
 )
 from papt_jax.train.state import TrainState, guarded_update, make_optimizer, make_schedule
 
+__all__ = [
+    "ContrastiveSettings",
+    "PretrainLossConfig",
+    "PretrainModelConfig",
+    "PretrainSettings",
+    "build_model",
+    "choose_head",
+    "choose_quantizer",
+    "frame_mask_of",
+    "make_eval_step",
+    "make_train_step",
+    "run_pretraining",
+]
+
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class PretrainLossConfig:
-    """Masking and loss weights (the config's `pretrain.*` values; fairseq's HuBERT base
-    and large recipes both use mask_prob 0.8, span 10 and a feature penalty weight of 10).
+def make_train_step(model, loss_cfg: PretrainLossConfig, mesh: Mesh):
+    """Returns the jitted, state-donating pre-training step of `loss_cfg.objective`.
 
-    Attributes:
-      mask_prob: Share of frames chosen as span starts times span length.
-      mask_length: Frames per masked span.
-      features_pen_weight: Weight of the CNN-feature penalty.
-      min_masks: Fewest spans per utterance (fairseq: 2).
-      nomask_weight: Weight of the loss on unmasked frames (HuBERT: 0).
+    Args:
+      model: `HubertForPretraining` (masked prediction) or `EncoderForContrastive`.
+      loss_cfg: The objective and its settings.
+      mesh: Device mesh.
     """
-
-    mask_prob: float
-    mask_length: int
-    features_pen_weight: float
-    min_masks: int = 2
-    nomask_weight: float = 0.0
-
-
-def frame_mask_of(model: HubertForPretraining, batch) -> jax.Array:
-    """(batch, frames) valid-frame mask of a batch, before running the model."""
-    cfg = model.config
-    lengths = batch["audio_mask"].sum(-1).astype(jnp.int32)
-    frames = cfg.num_frames(batch["audio_mask"].shape[1])
-    mask = lengths_to_mask(conv_output_lengths(lengths, cfg.conv_kernel, cfg.conv_stride), frames)
-    return mask & batch["example_mask"][:, None]
-
-
-def _forward(model, loss_cfg, params, batch, mask_key, dropout_key, deterministic):
-    frame_mask = frame_mask_of(model, batch)
-    mask_indices = compute_mask_indices_jax(
-        mask_key, frame_mask, loss_cfg.mask_prob, loss_cfg.mask_length, loss_cfg.min_masks
-    )
-    speaker = batch["speaker"] if model.config.speaker_fusion != "none" else None
-    logits, out = model.apply(
-        {"params": params},
-        batch["audio"],
-        batch["audio_mask"],
-        speaker,
-        mask_indices,
-        deterministic=deterministic,
-        rngs=None if deterministic else {"dropout": dropout_key},
-    )
-    ce, stats = masked_prediction_loss(
-        logits,
-        batch["targets"],
-        mask_indices,
-        frame_mask,
-        label_offset=model.head_config.label_offset,
-        nomask_weight=loss_cfg.nomask_weight,
-    )
-    loss = ce + loss_cfg.features_pen_weight * out.features_pen
-    stats["features_pen"] = out.features_pen
-    return loss, stats
-
-
-def make_train_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, mesh: Mesh):
-    """Returns the jitted, state-donating pre-training step."""
+    forward = FORWARD[loss_cfg.objective]
+    logged = LOGGED[loss_cfg.objective]
 
     def train_step(state: TrainState, batch, rng):
         mask_key, dropout_key = jax.random.split(jax.random.fold_in(rng, state.step))
+        batch = mixed_batch(batch, loss_cfg, rng, state.step)
 
         def loss_fn(params):
-            return _forward(model, loss_cfg, params, batch, mask_key, dropout_key, False)
+            return forward(model, loss_cfg, params, batch, mask_key, dropout_key, state.step, False)
 
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new_state, grad_norm, finite = guarded_update(state, grads, loss)
         metrics = {
             "loss": loss,
             "accuracy": stats["correct"] / jnp.maximum(stats["count"], 1.0),
-            "features_pen": stats["features_pen"],
+            **{k: stats[k] for k in logged},
             "grad_norm": grad_norm,
             "finite": finite,
         }
@@ -115,11 +89,13 @@ def make_train_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, m
     return jit_train_step(train_step, mesh)
 
 
-def make_eval_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, mesh: Mesh):
-    """Returns a jitted `(params, batch, key) -> sums` for validation loss and accuracy."""
+def make_eval_step(model, loss_cfg: PretrainLossConfig, mesh: Mesh):
+    """Returns a jitted `(params, batch, key) -> sums` for validation loss and accuracy
+    (no mixing, no dropout; the contrastive objective takes the argmax codes)."""
+    forward = FORWARD[loss_cfg.objective]
 
     def eval_step(params, batch, key):
-        _, stats = _forward(model, loss_cfg, params, batch, key, key, True)
+        _, stats = forward(model, loss_cfg, params, batch, key, key, jnp.int32(0), True)
         return {k: stats[k] for k in ("loss_sum", "correct", "count")}
 
     return jax.jit(
@@ -130,7 +106,7 @@ def make_eval_step(model: HubertForPretraining, loss_cfg: PretrainLossConfig, me
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _init_params(model: HubertForPretraining, rng, audio, mask):
+def _init_params(model, rng, audio, mask):
     speaker = jnp.zeros(audio.shape[:1], jnp.int32)
     frames = model.config.num_frames(audio.shape[1])
     return model.init(rng, audio, mask, speaker, jnp.zeros((audio.shape[0], frames), bool))[
@@ -138,7 +114,7 @@ def _init_params(model: HubertForPretraining, rng, audio, mask):
     ]
 
 
-def init_params(model: HubertForPretraining, rng: jax.Array, num_samples: int = SAMPLE_RATE):
+def init_params(model, rng: jax.Array, num_samples: int = SAMPLE_RATE):
     """Randomly initialised parameters of encoder + head."""
     audio = jnp.zeros((1, num_samples), jnp.float32)
     return _init_params(model, rng, audio, jnp.ones_like(audio, bool))
@@ -172,6 +148,27 @@ def choose_head(
     else:
         log.info("the initial checkpoint has no pre-training head: creating one")
     return PretrainHeadConfig(final_dim=final_dim, num_label_rows=num_clusters), None
+
+
+def choose_quantizer(
+    head_config: QuantizerHeadConfig | None, head_params, fresh: QuantizerHeadConfig
+) -> tuple[QuantizerHeadConfig, dict | None]:
+    """The checkpoint's wav2vec 2.0 head when it has one (continued pre-training starts
+    from its quantizer), else `fresh` with None params (randomly initialised)."""
+    if head_config is not None and head_params is not None:
+        log.info(
+            "continuing from the checkpoint's quantizer (%d x %d codevectors, projected to %d)",
+            head_config.num_codevector_groups,
+            head_config.num_codevectors_per_group,
+            head_config.proj_codevector_dim,
+        )
+        return head_config, head_params
+    log.info(
+        "the initial checkpoint has no quantizer: creating one (%d x %d codevectors)",
+        fresh.num_codevector_groups,
+        fresh.num_codevectors_per_group,
+    )
+    return fresh, None
 
 
 def evaluate_loss(eval_step, params, batches, mesh, seed: int = 0) -> dict[str, float]:
@@ -210,13 +207,29 @@ class PretrainModelConfig:
 
     Attributes:
       encoder_config: Architecture of the encoder, speaker fusion included.
-      head_config: The masked-prediction head (`choose_head`).
-      loss: Masking and loss weights.
+      head_config: The objective's head: masked prediction's `PretrainHeadConfig`
+        (`choose_head`) or wav2vec 2.0's `QuantizerHeadConfig` (`choose_quantizer`).
+      loss: The objective, masking and loss weights.
     """
 
     encoder_config: HubertConfig
-    head_config: PretrainHeadConfig
+    head_config: PretrainHeadConfig | QuantizerHeadConfig
     loss: PretrainLossConfig
+
+    def __post_init__(self):
+        wanted = {"masked_prediction": PretrainHeadConfig, "contrastive": QuantizerHeadConfig}
+        if not isinstance(self.head_config, wanted[self.loss.objective]):
+            raise ValueError(
+                f"the {self.loss.objective} objective needs a {wanted[self.loss.objective]} "
+                f"head, got {type(self.head_config).__name__}"
+            )
+
+
+def build_model(model_config: PretrainModelConfig):
+    """The Flax module of the configured objective (params under `hubert` and `head`)."""
+    if model_config.loss.objective == "contrastive":
+        return EncoderForContrastive(model_config.encoder_config, model_config.head_config)
+    return HubertForPretraining(model_config.encoder_config, model_config.head_config)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -273,7 +286,7 @@ def run_pretraining(
     workdir: str,
     description: str = "pretrain",
 ):
-    """Trains encoder + head with masked prediction; resumes from `workdir` if possible.
+    """Trains encoder + head with the configured objective; resumes from `workdir`.
 
     Args:
       model_config: The model to train.
@@ -291,7 +304,7 @@ def run_pretraining(
       (LoopResult, best params {'hubert', 'head'}) — None params when stopped early by
       `stop_after_steps`.
     """
-    model = HubertForPretraining(model_config.encoder_config, model_config.head_config)
+    model = build_model(model_config)
     rng = jax.random.PRNGKey(run.seed)
     params = init_params(model, rng)
     params = dict(params)
@@ -323,5 +336,10 @@ def run_pretraining(
         config=loop_cfg,
         description=description,
         learning_rate=make_schedule(run.peak_lr, total_steps, run.warmup_fraction, "linear"),
+        on_metrics=(
+            CodebookWatch(model_config.head_config.num_codevector_groups, description)
+            if model_config.loss.objective == "contrastive"
+            else None
+        ),
     )
     return result, None if best is None else best.params
