@@ -2,6 +2,7 @@
 
 Run:
   /work/venv/bin/python benchmarks/encoder.py --quick                 # base, B=2, 2 s
+  /work/venv/bin/python benchmarks/encoder.py --quick --family all --parts forward,finetune
   /work/venv/bin/python benchmarks/encoder.py --model base --batch 4 --seconds 4
   /work/venv/bin/python benchmarks/encoder.py --quick --dtype bfloat16
   /work/venv/bin/python benchmarks/encoder.py --quick --profile /tmp/prof --parts finetune
@@ -20,6 +21,11 @@ Three workloads, each on both sides with the same shapes:
   `papt_jax.train.pretrain.make_train_step` (feature penalty weight 0 on both sides, as
   in fairseq's base recipe); it draws the span masks on the device inside the step,
   while the PyTorch side gets a mask drawn with NumPy outside the timed region.
+
+`--family` (comma-separated, or `all`) runs the same workloads for each encoder family in
+one process: ours is the family's preset of `--model`'s size (`wavlm-base`, ...; wav2vec2's
+`large` is its stable-layer-norm `wav2vec2-large-lv60`), theirs transformers' `Wav2Vec2Model`,
+`WavLMModel`, `Data2VecAudioModel` or `HubertModel` of the same config.
 
 The two sides run interleaved (JAX step, PyTorch step, JAX step, ...) so that load from
 other jobs on a shared machine hits both alike; the ratio PyTorch/JAX from one run is
@@ -193,7 +199,28 @@ def jax_pretrain(cfg: HubertConfig, batch, mesh):
 # ----------------------------------------------------------------------------- PyTorch side
 
 
-def torch_encoder(cfg: HubertConfig, masked: bool = False) -> transformers.HubertModel:
+# transformers' encoder class of each family.
+TORCH_MODELS = {
+    "hubert": "HubertModel",
+    "wav2vec2": "Wav2Vec2Model",
+    "wavlm": "WavLMModel",
+    "data2vec_audio": "Data2VecAudioModel",
+}
+FAMILIES = tuple(TORCH_MODELS)
+# Our preset of each family for --model where it is not `{family}-{size}`.
+FAMILY_PRESETS = {
+    "wav2vec2": {"large": "wav2vec2-large-lv60"},
+}
+
+
+def preset_name(family: str, size: str) -> str:
+    """The preset benchmarked for `family` at `size` ('base', 'large', 'small')."""
+    if family == "hubert":
+        return size
+    return FAMILY_PRESETS.get(family, {}).get(size, f"{family.replace('_', '-')}-{size}")
+
+
+def torch_encoder(cfg: HubertConfig, masked: bool = False) -> torch.nn.Module:
     """The HF encoder; `masked` creates `masked_spec_embed` for explicit frame masks.
 
     HF only creates the mask embedding when `mask_time_prob > 0`; with explicit
@@ -203,13 +230,14 @@ def torch_encoder(cfg: HubertConfig, masked: bool = False) -> transformers.Huber
     values.update(
         apply_spec_augment=masked, mask_time_prob=0.05 if masked else 0.0, mask_feature_prob=0.0
     )
-    encoder = transformers.HubertModel(transformers.HubertConfig(**values))
+    model_cls = getattr(transformers, TORCH_MODELS[cfg.family])
+    encoder = model_cls(model_cls.config_class(**values))
     if cfg.remat:  # the counterpart of our per-layer remat
         encoder.gradient_checkpointing_enable()
     return encoder
 
 
-def frame_mask_torch(encoder: transformers.HubertModel, audio_mask: torch.Tensor, frames: int):
+def frame_mask_torch(encoder: torch.nn.Module, audio_mask: torch.Tensor, frames: int):
     # A private helper of transformers, but it is what the encoder itself uses.
     return encoder._get_feature_vector_attention_mask(frames, audio_mask.long()).bool()
 
@@ -391,6 +419,9 @@ WORKLOADS = {
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=("base", "large", "small"), default="base")
+    parser.add_argument(
+        "--family", default="hubert", help=f"comma-separated of {FAMILIES}, or 'all'"
+    )
     parser.add_argument("--batch", type=int, default=4, help="utterances per batch")
     parser.add_argument("--seconds", type=float, default=4.0, help="audio length per utterance")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per side")
@@ -419,6 +450,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.batch < 1 or args.seconds <= 0 or args.steps < 1:
         parser.error("--batch, --seconds and --steps must be positive")
     args.parts = parts
+    families = FAMILIES if args.family == "all" else tuple(f for f in args.family.split(",") if f)
+    unknown = set(families) - set(FAMILIES)
+    if unknown or not families:
+        parser.error(f"unknown --family {sorted(unknown)}; choose from {FAMILIES} or 'all'")
+    args.families = families
     try:
         device = torch.device(args.torch_device)
     except RuntimeError as err:
@@ -434,19 +470,33 @@ def main(argv=None) -> list[dict]:
     TORCH_DEVICE = torch.device(args.torch_device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = get_preset(args.model, dtype=args.dtype, remat=args.remat)
     samples = int(args.seconds * SAMPLE_RATE)
-    batch = make_batch(cfg, args.batch, samples)
     mesh = sharding.make_mesh(1)
-    print(
-        f"model={args.model} batch={args.batch} seconds={args.seconds} "
-        f"frames={cfg.num_frames(samples)} jax_dtype={args.dtype} torch=float32 "
-        f"torch_threads={torch.get_num_threads()} torch_device={TORCH_DEVICE} "
-        f"cpus={os.cpu_count()} "
-        f"jax={jax.__version__} torch={torch.__version__} transformers={transformers.__version__} "
-        f"device={jax.devices()[0].device_kind}",
-        flush=True,
-    )
+    rows = []
+    for family in args.families:
+        name = preset_name(family, args.model)
+        cfg = get_preset(name, dtype=args.dtype, remat=args.remat)
+        batch = make_batch(cfg, args.batch, samples)
+        print(
+            f"family={family} model={name} batch={args.batch} seconds={args.seconds} "
+            f"frames={cfg.num_frames(samples)} jax_dtype={args.dtype} torch=float32 "
+            f"torch_threads={torch.get_num_threads()} torch_device={TORCH_DEVICE} "
+            f"cpus={os.cpu_count()} "
+            f"jax={jax.__version__} torch={torch.__version__} "
+            f"transformers={transformers.__version__} device={jax.devices()[0].device_kind}",
+            flush=True,
+        )
+        rows += _run_family(family, cfg, batch, mesh, args)
+    print_table(rows)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+    return rows
+
+
+def _run_family(family: str, cfg: HubertConfig, batch, mesh, args) -> list[dict]:
+    """Every workload of one family, each side interleaved with the other."""
     rows = []
     for part in args.parts:
         make_jax, make_torch = WORKLOADS[part]
@@ -455,6 +505,7 @@ def main(argv=None) -> list[dict]:
         jax_t, torch_t = run_interleaved(jax_fn, torch_fn, args.warmup, args.steps)
         jax_t = dataclasses.replace(jax_t, first=jax_t.first + getattr(jax_fn, "compile_s", 0.0))
         row = {
+            "family": family,
             "part": part,
             "jax_first_s": jax_t.first,
             "jax_ms": jax_t.median_ms,
@@ -467,24 +518,19 @@ def main(argv=None) -> list[dict]:
         }
         rows.append(row)
         print(
-            f"  {part}: jax {row['jax_ms']:.0f} ms (first {jax_t.first:.1f} s), "
+            f"  {family} {part}: jax {row['jax_ms']:.0f} ms (first {jax_t.first:.1f} s), "
             f"torch {row['torch_ms']:.0f} ms (first {torch_t.first:.1f} s)",
             flush=True,
         )
         if args.profile and part == args.parts[-1]:
-            profile_dir = os.path.join(args.profile, part)
+            profile_dir = os.path.join(args.profile, family, part)
             trace = capture_profile(jax_fn, profile_dir)
-            print(f"profile of {part} written under {profile_dir}")
+            print(f"profile of {family} {part} written under {profile_dir}")
             if trace is not None:
                 print("top events of the trace (total ms over 3 steps, share):")
                 for name, ms, share in top_ops(trace):
                     print(f"  {ms:10.1f} ms  {100 * share:5.1f}%  {name[:90]}")
         del jax_fn, torch_fn
-    print_table(rows)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
     return rows
 
 
@@ -509,15 +555,16 @@ def _utilisation(cost, ms_per_step: float, dtype: str) -> dict:
 def print_table(rows: list[dict]) -> None:
     print()
     print(
-        "| workload | JAX compile+first (s) | JAX ms/step | PyTorch first (s) | PyTorch ms/step "
-        "| PyTorch/JAX | JAX GFLOP/step | JAX MFU |"
+        "| family | workload | JAX compile+first (s) | JAX ms/step | PyTorch first (s) "
+        "| PyTorch ms/step | PyTorch/JAX | JAX GFLOP/step | JAX MFU |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         flops = "-" if r.get("flops_per_step") is None else f"{r['flops_per_step'] / 1e9:.0f}"
         util = "-" if r.get("mfu") is None else f"{100 * r['mfu']:.1f} %"
         print(
-            f"| {r['part']} | {r['jax_first_s']:.1f} | {r['jax_ms']:.0f} | "
+            f"| {r.get('family', 'hubert')} | {r['part']} | {r['jax_first_s']:.1f} | "
+            f"{r['jax_ms']:.0f} | "
             f"{r['torch_first_s']:.2f} | {r['torch_ms']:.0f} | {r['torch_over_jax']:.2f}x "
             f"| {flops} | {util} |"
         )

@@ -88,3 +88,76 @@ def test_published_sizes_equal_transformers(family, size):
     worst = _worst_difference(_published(family, size))
     print(f"{family} {size}: worst |difference| over every hidden state {worst:.2e}")
     assert worst <= TOLERANCE
+
+
+# ------------------------------------------------- masking and speaker fusion, per family
+# Tiny models: what sits above the family pieces (masked frames, speaker fusion) must work
+# the same for every family. wav2vec2's pieces are HuBERT's (tests/models/test_hubert.py
+# covers its fusion); WavLM is taken in both its layouts across the two tests.
+MASKED_FAMILIES = [("wav2vec2", "stable"), ("wavlm", "group"), ("data2vec-audio", "group")]
+FUSED_FAMILIES = [("wavlm", "stable"), ("data2vec-audio", "group")]
+
+
+def _tiny(family: str, layout: str):
+    from fixtures.family_files import hf_model, tiny_config
+
+    model = hf_model(family, config=tiny_config(family, layout, mask_time_prob=0.05))
+    return (model, *_convert(model))
+
+
+@pytest.mark.parametrize("family, layout", MASKED_FAMILIES)
+def test_masked_frames_equal_transformers(family, layout):
+    """`mask_time_indices` replaces the same frames by `masked_spec_embed` as transformers."""
+    model, config, params = _tiny(family, layout)
+    audio = np.random.default_rng(1).normal(0, 0.1, (1, 8000)).astype(np.float32)
+    frames = config.num_frames(audio.shape[1])
+    masked = np.zeros((1, frames), bool)
+    masked[0, 3:9] = masked[0, 15:18] = True
+    ours = HubertModel(config).apply(
+        {"params": params}, jnp.asarray(audio), mask_time_indices=jnp.asarray(masked)
+    )
+    plain = HubertModel(config).apply({"params": params}, jnp.asarray(audio))
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(audio), mask_time_indices=torch.from_numpy(masked))
+    np.testing.assert_allclose(
+        np.asarray(ours.last_hidden_state), theirs.last_hidden_state.numpy(), atol=1e-5
+    )
+    # The mask did something (so the agreement is not that of two unmasked runs).
+    assert not np.allclose(ours.last_hidden_state, plain.last_hidden_state, atol=1e-3)
+
+
+@pytest.mark.parametrize("family, layout", FUSED_FAMILIES)
+def test_speaker_fusion_works_for_every_family(family, layout):
+    """Each fusion on each family: a zero table changes nothing ('last'/'first'), 'last'
+    adds exactly the speaker's vector, 'prefix' changes every frame and returns the same
+    frames; the scanned and unrolled stacks agree with the prefix token (WavLM's bias then
+    covers one more position)."""
+    _, config, params = _tiny(family, layout)
+    rng = np.random.default_rng(2)
+    audio = jnp.asarray(rng.normal(0, 0.1, (2, 8000)).astype(np.float32))
+    mask = jnp.asarray(np.arange(8000)[None, :] < np.array([[8000], [5600]]))
+    speaker = jnp.asarray([2, 0])
+    table = jnp.asarray(rng.normal(0, 1, (3, config.hidden_size)).astype(np.float32))
+
+    def run(fusion, table, scan=config.scan_layers):
+        cfg = config.replace(speaker_fusion=fusion, num_speakers=3, scan_layers=scan)
+        p = to_layout({**params, "speaker_embedding": {"embedding": table}}, scan)
+        return HubertModel(cfg).apply({"params": p}, audio, mask, speaker)
+
+    plain = HubertModel(config).apply({"params": params}, audio, mask)
+    base, valid = plain.last_hidden_state, np.asarray(plain.frame_mask)[..., None]
+    zeros = jnp.zeros_like(table)
+    for fusion in ("last", "first"):
+        out = run(fusion, zeros).last_hidden_state
+        np.testing.assert_allclose(np.asarray(out), np.asarray(base), atol=1e-6)
+    added = np.asarray(run("last", table).last_hidden_state - base)
+    want = np.broadcast_to(np.asarray(table)[np.asarray(speaker)][:, None, :], added.shape)
+    np.testing.assert_allclose(added, want, atol=1e-5)
+    first = np.asarray(run("first", table).last_hidden_state)
+    assert not np.allclose(first * valid, np.asarray(base) * valid, atol=1e-3)
+    prefix = run("prefix", table, scan=True).last_hidden_state
+    assert prefix.shape == base.shape
+    assert np.isfinite(np.asarray(prefix)).all()
+    assert (np.abs(np.asarray(prefix - base)) * valid).max(axis=(1, 2)).min() > 1e-3
+    unrolled = run("prefix", table, scan=False).last_hidden_state
+    np.testing.assert_allclose(np.asarray(unrolled), np.asarray(prefix), atol=1e-5)
