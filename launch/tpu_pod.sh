@@ -7,6 +7,13 @@
 # The repository must already be on every worker at $REPO_DIR with papt_jax installed,
 # e.g. via `gcloud compute tpus tpu-vm scp --worker=all`, and the data and converted
 # checkpoints on storage every worker can read (GCS fuse or a persistent disk).
+#
+# Maintenance events and preemption: the worker VMs receive SIGTERM first. Every worker then
+# saves the same training step (JAX's preemption sync), and the command exits with code 75
+# (this script reports it). Once the slice is back (or re-created, e.g. from a queued
+# resource), run this script again with the same WORKDIR: the run resumes from that step.
+# A VM lost without the signal loses at most --config.train.checkpoint_every_minutes
+# (default 30) of training. Any other non-zero exit is a real failure.
 set -euo pipefail
 
 # Name of the TPU VM (pod slice) and its zone.
@@ -28,6 +35,10 @@ NEW_CORPUS="${NEW_CORPUS:-/mnt/shared/MSP-Podcast-1.10}"
 # Converted Flax checkpoints.
 CKPT="${CKPT:-/mnt/shared/ckpt}"
 
+# papt_jax's exit code for "stopped on SIGTERM/SIGINT after saving; rerun to resume".
+INTERRUPTED=75
+
+set +e
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --project="$PROJECT" --worker=all \
   --command "cd $REPO_DIR && $PYTHON -m papt_jax.main --distributed \
     --config=$CONFIG --workdir=$WORKDIR \
@@ -35,3 +46,9 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --project="$PROJECT" -
     --config.data.new_corpus_dir=$NEW_CORPUS \
     --config.model.init=converted:$CKPT/hubert_large \
     --config.pseudo_labels.teacher=converted:$CKPT/hubert_base"
+status=$?
+set -e
+if [[ "$status" -eq "$INTERRUPTED" ]]; then
+  echo "stopped at a saved step (maintenance or preemption): run this script again to resume" >&2
+fi
+exit "$status"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import warnings
 
 # XLA's C++ messages (e.g. a "Very slow compile?" banner on a loaded machine) are hidden
 # like the Python libraries' chatter unless --library_logs asks for them. Set before jax
@@ -21,7 +23,7 @@ if not any(a.replace("-", "_").startswith("--library_logs") for a in sys.argv[1:
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from papt_jax import cli  # noqa: E402
+from papt_jax import cli, interrupts, storage  # noqa: E402
 from papt_jax.experiment import describe, settings  # noqa: E402
 from papt_jax.experiment.run import run as run_experiment  # noqa: E402
 
@@ -87,16 +89,48 @@ def _config_file_problem() -> str | None:
     return None
 
 
-def enable_compilation_cache(folder: str) -> None:
-    """Turns on JAX's persistent compilation cache in `folder` (created if missing)."""
+def warn_once_about_the_cache() -> None:
+    """JAX warns at every compiled step it fails to store in the persistent cache (a full
+    disk): the first warning is shown, with a note that the rest are not."""
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if str(message).startswith("Error writing persistent compilation cache entry"):
+            if getattr(showwarning, "shown", False):
+                return
+            showwarning.shown = True
+            message = f"{message} (further cache write failures are not shown)"
+        show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = showwarning
+
+
+def enable_compilation_cache(folder: str) -> bool:
+    """Turns on JAX's persistent compilation cache in `folder` (created if missing).
+
+    A folder that cannot be written (read-only, no permission, a file) gives one warning
+    and the run goes on without the cache; JAX would warn again at every compilation.
+
+    Returns:
+      Whether the cache is on.
+    """
     import jax
 
     path = os.path.abspath(os.path.expanduser(folder))
-    os.makedirs(path, exist_ok=True)
+    problem = storage.writable_dir_problem(path)
+    if problem is not None:
+        logging.warning(
+            "--compilation_cache=%s %s: compiled steps are not cached in this run (choose "
+            "another folder, or '' to turn the cache off)",
+            path,
+            problem,
+        )
+        return False
     jax.config.update("jax_compilation_cache_dir", path)
     # Cache every compiled step, not only slow ones: a run compiles a few dozen programs.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return True
 
 
 def main(argv: list[str]) -> int:
@@ -108,9 +142,20 @@ def main(argv: list[str]) -> int:
     if not _LIBRARY_LOGS.value:
         for handler in logging.getLogger().handlers:
             handler.addFilter(QuietLibraryInfo())
+    cli.quiet_write_failure_noise()  # the handlers are new
+    warn_once_about_the_cache()
     problem = _config_file_problem()
     if problem:
         raise settings.ConfigError(problem, hint="configs/ holds papt.py, tapt.py, vanilla_ft.py")
+    # Overrides that could not be applied are listed with every other problem of the config.
+    problems = cli.override_problems()
+    if problems and _SHOW_CONFIG.value:
+        raise settings.ConfigError(
+            "cannot apply these overrides:\n  - " + "\n  - ".join(problems),
+            hint="--show_config without them lists every setting",
+        )
+    if problems:
+        settings.validate(_CONFIG.value, problems)
     if _SHOW_CONFIG.value:
         print(describe.describe(_CONFIG.value))
         return 0
@@ -122,8 +167,12 @@ def main(argv: list[str]) -> int:
         enable_compilation_cache(_COMPILATION_CACHE.value)
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
-    # A run stopped early on purpose (stop_after_steps) is a success: run again to resume.
-    run_experiment(_CONFIG.value, _WORKDIR.value, redo=tuple(_REDO.value))
+    # SIGTERM / SIGINT: a training stage saves its current step, then one line and exit
+    # code 75 (cli.py). Several hosts leave SIGTERM to JAX's preemption sync.
+    signals = (signal.SIGINT,) if jax.process_count() > 1 else interrupts.HANDLED_SIGNALS
+    with interrupts.handling(signals):
+        # A run stopped early on purpose (stop_after_steps) is a success: run again to resume.
+        run_experiment(_CONFIG.value, _WORKDIR.value, redo=tuple(_REDO.value))
     return 0
 
 

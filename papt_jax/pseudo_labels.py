@@ -31,10 +31,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from papt_jax import features as features_lib
-from papt_jax import kmeans
+from papt_jax import kmeans, progress
 from papt_jax.data import audio as audio_lib
 from papt_jax.models.hubert import HubertModel
 from papt_jax.models.stack import first_layers
@@ -208,9 +207,9 @@ def _to_encoder_rate(labels: np.ndarray, rate: int, num_samples: int) -> np.ndar
 
 
 class _AudioRate:
-    """Audio done in a pass and its rate, shown after a tqdm bar's own counts."""
+    """Audio done in a pass and its rate, shown after a progress bar's own counts."""
 
-    def __init__(self, bar: tqdm):
+    def __init__(self, bar):
         self.bar = bar
         self.seconds = 0.0
         self.start = time.perf_counter()
@@ -245,7 +244,7 @@ def _fetch_behind(dispatched: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, 
 
 
 def _fit_batches(
-    batches: Iterable[dict[str, np.ndarray]], chosen: Callable[[str], bool], bar: tqdm
+    batches: Iterable[dict[str, np.ndarray]], chosen: Callable[[str], bool], bar
 ) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
     """Batches of only the utterances chosen to fit k-means, in the input batches' shapes.
 
@@ -298,11 +297,12 @@ def _fit_features(
     feature_fn: FeatureFn,
     config: PseudoLabelConfig,
     total_batches: int | None,
+    name: str,
 ) -> np.ndarray:
     """(frames, D) float32 features of the chosen utterances, in pass order."""
     chosen = functools.partial(chosen_for_fit, fraction=config.fit_fraction, seed=config.seed)
     by_position: dict[int, np.ndarray] = {}
-    with tqdm(total=total_batches, desc="pseudo-labels: fit features", unit="batch") as bar:
+    with progress.bar(total=total_batches, desc=f"{name}: features to fit", unit="batches") as bar:
         rate = _AudioRate(bar)
         dispatched = (
             ((positions, batch), feature_fn.features(batch))
@@ -312,7 +312,7 @@ def _fit_features(
             rows = _split_rows(feats, mask, batch["example_mask"])
             by_position.update(zip(positions, rows, strict=True))
             rate.add(int(batch["audio_mask"].sum()))
-    log.info("pseudo-labels: fit features of %s", rate.describe())
+    log.info("%s: features to fit k-means from %s", name, rate.describe())
     if not by_position:
         raise ValueError("no utterance was chosen to fit k-means; raise fit_fraction")
     return np.concatenate([by_position[p] for p in sorted(by_position)])
@@ -325,6 +325,7 @@ def compute_pseudo_labels(
     config: PseudoLabelConfig,
     out_dir: str,
     total_batches: int | None = None,
+    name: str = "pseudo-labels",
 ) -> dict[str, np.ndarray]:
     """Fits (or loads) k-means and writes 50 Hz labels for every utterance.
 
@@ -337,6 +338,8 @@ def compute_pseudo_labels(
       config: k-means options.
       out_dir: Receives labels.npz, centroids.npy and info.json.
       total_batches: For the progress bar.
+      name: What the progress bars and log lines call this labelling (e.g. the bootstrap's
+        MFCC labels are not the pseudo-labels stage's).
 
     Returns:
       Utterance key -> (frames,) int16 labels at 50 Hz.
@@ -346,13 +349,15 @@ def compute_pseudo_labels(
         centroids = kmeans.load_centroids(config.centroids_path, k=config.num_clusters)
         fit_info = {"centroids_from": config.centroids_path}
     else:
-        x = _fit_features(batches(), feature_fn, config, total_batches)
+        x = _fit_features(batches(), feature_fn, config, total_batches, name)
         if x.shape[0] < config.num_clusters:
             raise ValueError(
                 f"only {x.shape[0]} frames to fit {config.num_clusters} clusters; "
                 "raise fit_fraction or lower num_clusters"
             )
-        log.info("fitting k-means: %d frames x %d dims, K=%d", *x.shape, config.num_clusters)
+        log.info(
+            "%s: fitting k-means: %d frames x %d dims, K=%d", name, *x.shape, config.num_clusters
+        )
         result = kmeans.fit_minibatch_kmeans(
             jax.random.PRNGKey(config.seed),
             x,
@@ -376,8 +381,8 @@ def compute_pseudo_labels(
     # int16 holds K <= 32767 (the paper's 500); a larger K needs int32 to not wrap around.
     label_dtype = np.int16 if centroids.shape[0] <= np.iinfo(np.int16).max else np.int32
     centroids_dev = jnp.asarray(centroids, jnp.float32)
-    with tqdm(total=total_batches, desc="pseudo-labels: labelling", unit="batch") as bar:
-        progress = _AudioRate(bar)
+    with progress.bar(total=total_batches, desc=f"{name}: labelling", unit="batches") as bar:
+        audio_rate = _AudioRate(bar)
         dispatched = (
             (
                 (_keys(batch), batch["audio_mask"].sum(-1), batch["example_mask"]),
@@ -390,9 +395,9 @@ def compute_pseudo_labels(
             rows = zip(keys, ids[real], counts[real], lengths[real], strict=True)
             for key, row_ids, count, n in rows:
                 labels[key] = _to_encoder_rate(row_ids[:count], rate, int(n))
-            progress.add(int(lengths[real].sum()))
+            audio_rate.add(int(lengths[real].sum()))
             bar.update()
-    log.info("pseudo-labels: labelled %s", progress.describe())
+    log.info("%s: labelled %s", name, audio_rate.describe())
     write_atomic(os.path.join(out_dir, LABELS_FILE), lambda f: np.savez(f, **labels))
     usage = np.bincount(np.concatenate(list(labels.values())), minlength=config.num_clusters)
     info = {
@@ -406,5 +411,5 @@ def compute_pseudo_labels(
     write_atomic(
         os.path.join(out_dir, INFO_FILE), lambda f: f.write(json.dumps(info, indent=1).encode())
     )
-    log.info("pseudo-labels: %s", info)
+    log.info("%s: %s", name, info)
     return labels

@@ -42,11 +42,19 @@ def fake_stages(monkeypatch):
 
         return run
 
+    def damaged(name):
+        def check(ws, facts):
+            out = ws.path(name, "out.txt")
+            return None if out.is_file() and out.read_text() == name else f"{out} is missing"
+
+        return check
+
     for name, stage in list(stages_lib.STAGES.items()):
         outputs = (lambda n: lambda ws: (ws.path(n),))(name)
-        monkeypatch.setitem(
-            stages_lib.STAGES, name, dataclasses.replace(stage, run=fake(name), outputs=outputs)
+        fake_stage = dataclasses.replace(
+            stage, run=fake(name), outputs=outputs, damaged=damaged(name), check_inputs=None
         )
+        monkeypatch.setitem(stages_lib.STAGES, name, fake_stage)
     return calls
 
 

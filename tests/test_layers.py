@@ -17,8 +17,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "papt_jax"
 # (papt_jax.data.audio is in "foundation", the rest of papt_jax.data in "data"). A package's
 # `__main__` (its command line) is part of that package's layer.
 #
-#   foundation   errors (UserError), cli (the absl runner every command line uses), and
-#                data.audio: the sample rate and the frame grid everything else is built on
+#   foundation   errors (UserError), cli (the absl runner every command line uses) with
+#                config_overrides (its --config.KEY=VALUE reader), progress (console
+#                progress bars), interrupts (SIGTERM / SIGINT), storage (safe writes, OS
+#                failures as one line), child_processes (workers that end with their
+#                parent), and data.audio: the sample rate and the frame grid everything
+#                else is built on
 #   models       the Flax encoder and heads; no data, training or conversion code
 #   data         MSP-Podcast reader, dataset builder, batch plan, Grain pipeline, synthetic
 #                corpus
@@ -36,7 +40,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "papt_jax"
 #                its __init__ re-exports the Predictor (imported on first attribute use, so
 #                importing any submodule stays light)
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("papt_jax.errors", "papt_jax.cli", "papt_jax.data.audio")),
+    (
+        "foundation",
+        (
+            "papt_jax.errors",
+            "papt_jax.cli",
+            "papt_jax.interrupts",
+            "papt_jax.storage",
+            "papt_jax.child_processes",
+            "papt_jax.config_overrides",
+            "papt_jax.progress",
+            "papt_jax.data.audio",
+        ),
+    ),
     ("models", ("papt_jax.models",)),
     ("data", ("papt_jax.data",)),
     (

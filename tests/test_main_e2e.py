@@ -22,9 +22,18 @@ pytestmark = pytest.mark.slow
 
 def test_smoke_pipeline_writes_every_output(smoke_run):
     workdir = smoke_run.workdir
-    # The results table and the report's path are printed at the end.
-    assert "| + (μ, σ) shift |" in smoke_run.stdout
-    assert f"report: {workdir / 'report' / 'results.md'}" in smoke_run.stdout
+    # The end of the console: stage times, each split's results table, the report's path
+    # last; the rest of the report (analyses and their explanations) stays in the file.
+    out = smoke_run.stdout.rstrip().splitlines()
+    assert out[-1] == f"report: {workdir / 'report' / 'results.md'}"
+    summary_start = out.index("stage            wall time")
+    assert [line.split()[0] for line in out[summary_start + 1 :][: len(STAGES)]] == list(STAGES)
+    tail = "\n".join(out[summary_start:])
+    for split in ("test-b", "test-c"):
+        assert f"\n{split}:\n|  | Arousal O-CCC | Arousal A-CCC (std) |" in tail
+    assert tail.count("| + (μ, σ) shift |") == 2
+    assert "How to read the analyses" not in smoke_run.stdout
+    assert "retrieval diagnostic" not in smoke_run.stdout
     for stage in STAGES:
         record = json.loads((workdir / "stages" / f"{stage}.json").read_text())
         assert record["wall_s"] >= 0 and record["fingerprint"], stage
@@ -52,6 +61,10 @@ def test_smoke_pipeline_writes_every_output(smoke_run):
 
 def test_logs_are_quiet_and_say_what_matters(smoke_run):
     log = smoke_run.stderr
+    # Piped (not a terminal): progress as plain lines, never carriage-return redraws, and
+    # the run is shorter than the 30 s between them, so the log holds log lines only.
+    assert "\r" not in log
+    assert all(line[:4].isdigit() for line in log.splitlines()), "a line that is no log line"
     assert "libtpu" not in log
     assert "Downloading" not in log and "downloaded and prepared" not in log
     # Orbax's INFO chatter (dozens of lines per checkpoint) is filtered out by default.
@@ -59,9 +72,52 @@ def test_logs_are_quiet_and_say_what_matters(smoke_run):
     # Pre-training batches are cropped to their shortest row (fairseq's pad_audio: false),
     # in the bootstrap and in PAPT, and the log says how much audio that costs.
     assert log.count("crop_to_shortest: ") >= 2
-    for stage in STAGES:
-        assert f"stage {stage}: starting" in log, stage
+    for number, stage in enumerate(STAGES, 1):
+        assert f"stage {stage}: starting ({number} of {len(STAGES)}: " in log, stage
         assert f"stage {stage}: done in" in log, stage
+    # One line about PAPT's head, not two that contradict each other (the bootstrap, a
+    # from-scratch encoder, has none to reuse).
+    assert log.count("the initial checkpoint has no pre-training head") == 1
+    assert log.count("pretrain: fresh pre-training head") == 1
+    # The bootstrap's MFCC labels are named as such, the pseudo-labels stage's as its own.
+    bootstrap = log[log.index("stage bootstrap: starting") : log.index("stage bootstrap: done")]
+    assert "bootstrap: MFCC labels: labelled" in bootstrap and "pseudo-labels" not in bootstrap
+    stage = log[log.index("stage pseudo_labels: starting") : log.index("stage pseudo_labels: done")]
+    assert "pseudo-labels: labelled" in stage
+
+
+def test_files_and_logs_name_speakers_by_id(smoke_run):
+    workdir = smoke_run.workdir
+    path = workdir / "data/papt_msp_podcast/1.0.0/speakers.json"
+    ids = json.loads(path.read_text())["speakers"]
+    with np.load(workdir / "evaluate" / "passes" / "arousal.npz") as z:
+        unseen, proxy_index = z["test_c/speaker_id"].astype(str), z["test_c/speaker"]
+    proxies = {u: ids[int(i)] for u, i in zip(unseen, proxy_index, strict=True)}
+    order = sorted(proxies, key=int)
+    shown = "{" + ", ".join(f"'{u}': '{proxies[u]}'" for u in order) + "}"
+    assert f"test-c: proxy training speaker of each unseen speaker: {shown}" in smoke_run.stderr
+    rows = (workdir / "report" / "test-c_arousal_per_speaker.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == order  # numeric ids by number
+
+
+def test_the_evaluation_fingerprint_covers_the_models_it_evaluated(smoke_run):
+    from papt_jax.experiment.evaluation import evaluation_fingerprint
+
+    stages = smoke_run.workdir / "stages"
+    records = {s: json.loads((stages / f"{s}.json").read_text()) for s in STAGES}
+    record = records["evaluate"]
+    shown = evaluation_fingerprint(record, records.get)
+    results_md = (smoke_run.workdir / "report" / "results.md").read_text()
+    assert f"evaluation fingerprint = {shown}" in results_md
+    assert shown != record["fingerprint"]  # not the evaluate stage's settings alone
+    # Evaluating models fine-tuned, or pre-trained (read through fine-tuning), with other
+    # settings is another evaluation; the evaluate record itself is unchanged.
+    for stage in ("finetune", "pretrain", "pseudo_labels", "prepare"):
+        other = {**records, stage: {**records[stage], "fingerprint": "other settings"}}
+        assert evaluation_fingerprint(record, other.get) != shown, stage
+    # Records with the same settings (a resumed run's new record ids) keep it.
+    renamed = {s: {**r, "id": "new"} for s, r in records.items()}
+    assert evaluation_fingerprint(record, renamed.get) == shown
 
 
 def copy_run(smoke_run, tmp_path):

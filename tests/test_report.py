@@ -281,6 +281,141 @@ def test_layout_checker_passes_a_clean_figure():
     assert layout.layout_problems(fig) == []
 
 
+def test_layout_checker_catches_a_legend_over_a_point_and_over_a_line():
+    fig = Figure(figsize=(4, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter([0.0, 1.0], [1.0, 0.0], s=30, label="points")
+    ax.legend(loc="upper left")  # on the point at (0, 1)
+    assert layout.layout_problems(fig) == ["axes 0 legend covers 1 point(s) of collection 0"]
+
+    fig = Figure(figsize=(4, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 10], [10, 0], label="falling")  # runs through the upper left corner
+    ax.plot([0, 10], [0, 5], label="rising")
+    ax.legend(loc="upper left")
+    assert layout.layout_problems(fig) == ["axes 0 legend covers line 0 ('falling')"]
+    ax.get_legend().remove()
+    fig.legend(loc="outside lower center", ncols=2)  # below the panel: nothing covered
+    assert layout.layout_problems(fig) == []
+
+
+def test_layout_checker_catches_fractional_ticks_on_a_count_axis():
+    fig = Figure(figsize=(4, 3), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([20, 35], [0.5, 0.6], marker="o")  # K = 20 and 35 speakers
+    assert layout.layout_problems(fig) == []  # the y axis and an undeclared x axis: any ticks
+    layout._COUNT_AXES.add(ax.xaxis)  # declared a count, default ticks kept
+    assert layout.layout_problems(fig) == [
+        "axes 0 x axis counts whole things but has ticks at 22.5, 27.5, 32.5"
+    ]
+    layout.count_axis(ax.xaxis)  # declared the supported way: whole-number ticks
+    assert layout.layout_problems(fig) == []
+    assert [float(t).is_integer() for t in ax.get_xticks()] == [True] * len(ax.get_xticks())
+
+
+def _retrieval_with_a_point_in_the_upper_left(result):
+    """PLDC's retrieved targets where the speaker with the lowest own label mean got the
+    highest retrieved one: its point sits in the upper left corner of the μ panel."""
+    from papt_jax import pldc
+    from papt_jax.eval.analysis import Retrieval
+
+    ids, dense = np.unique(result.speakers, return_inverse=True)
+    own = np.asarray([result.labels[dense == i].mean() for i in range(ids.size)])
+    mu_bar = own + np.linspace(-0.2, 0.2, ids.size)
+    mu_bar[np.argmin(own)] = own.max() + 0.5
+    sigma_bar = np.full(ids.size, 0.8)
+    train = np.random.default_rng(0).uniform(1, 7, 300)
+    every = (np.full(ids.size, 4.0), np.full(ids.size, 1.2))
+    return Retrieval(
+        speakers=ids,
+        mu_bar=mu_bar,
+        sigma_bar=sigma_bar,
+        diagnostic=pldc.retrieval_diagnostic(result.labels, dense, mu_bar, sigma_bar, train),
+        all_speakers=pldc.retrieval_diagnostic(result.labels, dense, *every, train),
+        all_mean=4.0,
+        all_std=1.2,
+        global_mean=float(train.mean()),
+        global_std=float(train.std()),
+    )
+
+
+def _gap_rows(ks):
+    from papt_jax.eval import gap
+
+    points = []
+    for i, k in enumerate(ks):
+        for dependent in (False, True):
+            point = {"k": k, "dependent": dependent}
+            keys = [f"{d}/{m}" for d in ("arousal", "valence") for m in gap.METRICS]
+            for j, key in enumerate(keys):
+                point[key] = 0.3 + 0.05 * i + 0.02 * j + 0.1 * dependent
+            points.append(point)
+    return gap.pair_points(points)
+
+
+def test_every_report_figure_renders_without_covered_data_or_fractional_counts(results):
+    """Every figure the project draws, with data that provoke the two faults: a point where
+    a legend used to sit, and K values whose default ticks fall between whole numbers."""
+    from papt_jax import shift_analysis
+    from papt_jax.eval import gap
+    from papt_jax.eval.analysis_figures import retrieval_figure, shift_figure
+
+    r = results[0]
+    rng = np.random.default_rng(5)
+    shift = shift_analysis.speaker_shift(
+        rng.normal(size=(300, 16)),
+        rng.uniform(1, 7, 300),
+        rng.normal(size=(r.keys.size, 16)) + 0.3,
+        r.labels,
+        r.predictions,
+        r.speakers,
+    )
+    built = {name: build(r, "PAPT-FT") for name, build in figures.FIGURES.items()}
+    built["shift"] = shift_figure(r, shift, "PAPT-FT")
+    built["retrieval"] = retrieval_figure(r, _retrieval_with_a_point_in_the_upper_left(r), 3)
+    for ks in [(20, 35), (5, 10, 20, 50), (50, 100, 250, 500, 987)]:
+        built[f"gap K={ks}"] = gap.gap_figure(_gap_rows(ks))
+    for name, fig in built.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert layout.layout_problems(fig) == [], name
+        if name.startswith("gap"):
+            k_axis = fig.axes[1].xaxis  # the lower row's shared K axis
+            assert all(float(t).is_integer() for t in k_axis.get_majorticklocs()), name
+
+
+def test_speaker_legends_and_tables_read_numeric_ids_by_number(tmp_path):
+    assert results_lib.speaker_order(["10", "2", "1", "2"]) == ["1", "2", "10"]
+    assert results_lib.speaker_order([10, 2, 1]) == [1, 2, 10]
+    assert results_lib.speaker_order(["b10", "b2", "a"]) == ["a", "b10", "b2"]  # not numbers
+    rng = np.random.default_rng(9)
+    r = demo_result(rng, "arousal", "test-b", 60, n_speakers=12, name="{}")
+    order = [str(37 * s) for s in range(12)]  # 0, 37, 74, ..., 407: numeric, not as text
+    assert list(figures.speaker_styles(r.speakers)) == order
+    fig = figures.predictions_figure(r, "PAPT-FT")
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == order
+    path = tables.write_per_speaker_csv(r, tmp_path / "per_speaker.csv")
+    assert [row["speaker"] for row in read_csv(path)] == order
+
+
+def test_csv_numbers_are_float32_values_without_noise(tmp_path):
+    prediction = float(np.float32(3.7579))
+    assert repr(prediction) == "3.7578999996185303"
+    assert tables.cell_text(prediction) == "3.7579"
+    assert tables.cell_text(np.float32(0.1)) == "0.1"
+    assert tables.cell_text(0.1) == "0.1"  # a float64 that is no float32 keeps float64 digits
+    assert tables.cell_text(1 / 3) == repr(1 / 3)
+    assert tables.cell_text(float("nan")) == "nan"
+    r = results_lib.EvalResult(
+        "arousal", "test-b", ["a", "b"], ["1", "1"],
+        np.float32([3.2, 4.6]), np.float32([3.7579, 4.1]), {"mu": np.float32([3.9, 4.3])},
+    )  # fmt: skip
+    path = tables.write_predictions_csv(r, tmp_path / "p.csv")
+    assert path.read_text().splitlines()[1:] == ["a,1,3.2,3.7579,3.9", "b,1,4.6,4.1,4.3"]
+    rows = read_csv(path)
+    np.testing.assert_array_equal(np.float32([row["prediction"] for row in rows]), r.predictions)
+
+
 def test_collapsed_constrained_layout_is_an_error_under_the_warnings_filter():
     # The filter the figure test relies on does turn matplotlib's layout warnings into errors.
     fig = Figure(figsize=(1, 1), layout="constrained")

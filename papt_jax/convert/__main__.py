@@ -18,7 +18,7 @@ import logging
 
 from absl import flags
 
-from papt_jax import cli
+from papt_jax import cli, storage
 from papt_jax.errors import UserError
 from papt_jax.models.config import MODEL_PRESETS
 
@@ -117,10 +117,13 @@ def main(argv: list[str]) -> int:
         api,  # Imports JAX: after the flags are known to be fine.
     )
 
+    # Before any work: --out may not be (or hold) the source, nor be unwritable.
+    storage.check_output_dir(_OUT.value, "--out", [_SOURCE.value])
     api.check_output_dir(_OUT.value, overwrite=_OVERWRITE.value, converted=not _TO_HF.value)
     if _TO_HF.value:
         ckpt = api.load_converted(_SOURCE.value)
-        api.export_hf(ckpt.config, ckpt.params, _OUT.value)
+        with storage.staged_dir(_OUT.value) as tmp:  # an earlier output stays until then
+            api.export_hf(ckpt.config, ckpt.params, tmp)
         for kind, params in (
             ("pre-training head", ckpt.head_params),
             ("quantizer", ckpt.quantizer_params),

@@ -305,6 +305,44 @@ def _full_load(path: Path):
         ) from err
 
 
+# torch.save writes a zip archive; before PyTorch 1.6 (or with
+# _use_new_zipfile_serialization=False) a pickle of protocol 2 or later, which opens with the
+# PROTO opcode. A file that starts with neither is no PyTorch checkpoint at all.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+
+
+def _what_it_looks_like(head: bytes) -> str:
+    """A short description of a file's first bytes, for the message that refuses it."""
+    if not head:
+        return "it is empty"
+    if len(head) > 8 and head[8:9] == b"{":
+        return "it looks like a safetensors file: give it the .safetensors extension"
+    # The 64 bytes read may end inside a multi-byte character: ignore a cut-off tail.
+    text = head.decode("utf-8", errors="replace").rstrip("\ufffd")
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        return f"it looks like a text file (it starts with {first[:40]!r})"
+    return f"it starts with the bytes {head[:4].hex(' ')}"
+
+
+def _check_container(path: Path) -> None:
+    """Raises `CheckpointFormatError` when `path` is neither a zip archive nor a pickle."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+    except OSError as err:
+        raise CheckpointFormatError(f"{path} cannot be read: {err}") from err
+    if head.startswith(_ZIP_MAGIC) or head[:1] == bytes([_PICKLE_PROTO]):
+        return
+    raise CheckpointFormatError(
+        f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (or, in the "
+        f"legacy format, a pickle) and this file is neither; {_what_it_looks_like(head)}",
+        hint="give a Hugging Face folder, a .safetensors file, or a .pt/.bin/.pth file "
+        "written by torch.save (e.g. fairseq's hubert_base_ls960.pt)",
+    )
+
+
 def load_pickle(path: str | Path, *, allow_unsafe_pickle: bool = False) -> Any:
     """Loads a pickled PyTorch object; only known-harmless globals unless told otherwise.
 
@@ -321,6 +359,7 @@ def load_pickle(path: str | Path, *, allow_unsafe_pickle: bool = False) -> Any:
       CheckpointFormatError: not a readable PyTorch file.
     """
     path = Path(path)
+    _check_container(path)
     try:
         return _safe_load(path)
     except pickle.UnpicklingError as err:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from papt_jax.models.emotion_heads import EmotionHeadConfig
 from papt_jax.models.heads import PretrainHeadConfig
 from papt_jax.models.quantizer import QuantizerHeadConfig
 from papt_jax.models.stack import to_layout
+from papt_jax.storage import staged_dir
 
 _PARAMS_DIR = "params"
 _CONFIG_JSON = "config.json"
@@ -137,23 +137,22 @@ def save_converted(ckpt: ConvertedCheckpoint, out_dir: str | Path, *, overwrite:
 
     out = Path(out_dir).absolute()
     check_output_dir(out, overwrite=overwrite)
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(out / _PARAMS_DIR, to_layout(ckpt.params, scan_layers=False))
-    for stem, folder, _ in _HEADS:
-        params = getattr(ckpt, f"{stem}_params")
-        if params is not None:
-            checkpointer.save(out / folder, params)
-    checkpointer.wait_until_finished()
-    (out / _CONFIG_JSON).write_text(ckpt.config.to_json())
-    for stem, _, name in _HEADS:
-        config = getattr(ckpt, f"{stem}_config")
-        if config is not None:
-            (out / name).write_text(_config_json(config))
-    conversion = {"source_format": ckpt.source_format, "notes": list(ckpt.notes)}
-    (out / _CONVERSION_JSON).write_text(json.dumps(conversion, indent=2))
+    # Written under <out>.partial: an earlier checkpoint at `out` stays until this one is whole.
+    with staged_dir(out) as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / _PARAMS_DIR, to_layout(ckpt.params, scan_layers=False))
+        for stem, folder, _ in _HEADS:
+            params = getattr(ckpt, f"{stem}_params")
+            if params is not None:
+                checkpointer.save(tmp / folder, params)
+        checkpointer.wait_until_finished()
+        (tmp / _CONFIG_JSON).write_text(ckpt.config.to_json())
+        for stem, _, name in _HEADS:
+            config = getattr(ckpt, f"{stem}_config")
+            if config is not None:
+                (tmp / name).write_text(_config_json(config))
+        conversion = {"source_format": ckpt.source_format, "notes": list(ckpt.notes)}
+        (tmp / _CONVERSION_JSON).write_text(json.dumps(conversion, indent=2))
     return out
 
 

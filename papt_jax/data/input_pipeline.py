@@ -31,13 +31,14 @@ import collections
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grain
 import numpy as np
 
+from papt_jax import child_processes
 from papt_jax.data.audio import FRAME_HOP, num_frames
 from papt_jax.data.batching import BatchPlanner, DatasetIndex, PipelineConfig
 from papt_jax.data.msp_podcast import DIMENSIONS
@@ -48,7 +49,9 @@ log = logging.getLogger(__name__)
 # Frame-label sequences may differ from the audio's frame count by this much (label
 # extractors round differently at the end of an utterance); more means a wrong key or rate.
 TARGET_LENGTH_TOLERANCE = 2
-STATE_VERSION = 1
+# 2: the batch position; 1 (read too): Grain's own iterator state, which does not carry
+# over between different numbers of worker processes.
+STATE_VERSION = 2
 
 
 class DatasetDamagedError(UserError):
@@ -156,20 +159,40 @@ class _LoadBatch:
 class BatchIterator:
     """Iterator over batches whose position can be saved and restored.
 
-    `get_state()` returns a JSON-serialisable dict; `set_state(state)` on an iterator of the
-    same pipeline (same config, split and seed) continues with exactly the batches that
-    would have followed.
+    `get_state()` returns a JSON-serialisable dict: the pipeline's fingerprint and the
+    number of batches given out. Every batch is a pure function of its position, so
+    `set_state(state)` on an iterator of the same pipeline (same config, split and seed)
+    continues with exactly the batches that would have followed, whatever the number of
+    reader threads or worker processes on either side (a run stopped with
+    `data.worker_count=4` resumes with 0, and the other way round).
+
+    Args:
+      start: position -> a Grain iterator over the batches from that position on.
+      fingerprint: the pipeline's fingerprint (see `BatchPipeline`).
+      position: the first batch's position.
     """
 
-    def __init__(self, iterator, fingerprint: str):
-        self._iterator = iterator
+    def __init__(self, start: Callable[[int], Iterator], fingerprint: str, position: int = 0):
+        self._start = start
         self._fingerprint = fingerprint
+        self._position = position
+        self._iterator = start(position)
 
     def __iter__(self) -> BatchIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        return next(self._iterator)
+        batch = next(self._iterator)
+        self._position += 1
+        # From worker processes the arrays arrive in shared memory, freed only when the
+        # last reference goes; a copy frees it now, so none is left over (and reported as
+        # leaked) when the run stops with a batch still referenced, e.g. on SIGTERM.
+        return {
+            k: np.array(v, copy=True)
+            if isinstance(v, np.ndarray) and type(v) is not np.ndarray
+            else v
+            for k, v in batch.items()
+        }
 
     def close(self) -> None:
         """Stops Grain's reader threads / worker processes (they also stop at exit)."""
@@ -187,15 +210,35 @@ class BatchIterator:
         return {
             "version": STATE_VERSION,
             "fingerprint": self._fingerprint,
-            "grain": self._iterator.get_state(),
+            "position": self._position,
         }
 
     def set_state(self, state: Mapping) -> None:
-        if state.get("version") != STATE_VERSION or state.get("fingerprint") != self._fingerprint:
-            raise ValueError(
-                "iterator state belongs to another pipeline (different split, config or seed)"
-            )
-        self._iterator.set_state(state["grain"])
+        self.close()
+        self._position = state_position(state, self._fingerprint)
+        self._iterator = self._start(self._position)
+
+
+def state_position(state: Mapping, fingerprint: str) -> int:
+    """The batch position a saved iterator state continues from.
+
+    Raises:
+      ValueError: the state belongs to another pipeline or an unknown format.
+    """
+    if state.get("fingerprint") != fingerprint:
+        raise ValueError(
+            "iterator state belongs to another pipeline (different split, config or seed)"
+        )
+    if state.get("version") == STATE_VERSION:
+        return int(state["position"])
+    grain_state = state.get("grain")
+    if (
+        state.get("version") == 1
+        and isinstance(grain_state, Mapping)
+        and "next_index" in grain_state
+    ):
+        return int(grain_state["next_index"])  # Grain's own state, as saved before version 2
+    raise ValueError(f"iterator state of unknown version {state.get('version')!r}")
 
 
 class BatchPipeline:
@@ -244,9 +287,9 @@ class BatchPipeline:
     def batches_per_epoch(self) -> int:
         return self.planner.batches_per_epoch
 
-    def dataset(self) -> grain.IterDataset:
-        """The Grain dataset behind the iterator."""
-        dataset = grain.MapDataset.range(self.planner.num_batches).map(self._load)
+    def dataset(self, start: int = 0) -> grain.IterDataset:
+        """The Grain dataset behind the iterator, from batch position `start` on."""
+        dataset = grain.MapDataset.range(start, self.planner.num_batches).map(self._load)
         read = grain.ReadOptions(
             num_threads=self.config.read_threads, prefetch_buffer_size=self.config.prefetch_buffer
         )
@@ -258,17 +301,17 @@ class BatchPipeline:
             # notebooks) they are unparsed, so accept the defaults.
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()
+            # Workers end with this process, even when it is killed (no orphans).
             dataset = dataset.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=self.config.worker_count)
+                grain.MultiprocessingOptions(num_workers=self.config.worker_count),
+                worker_init_fn=child_processes.worker_initializer(),
             )
         return dataset
 
     def iterator(self, state: Mapping | None = None) -> BatchIterator:
         """A fresh iterator, optionally restored to `state` (from `BatchIterator.get_state`)."""
-        iterator = BatchIterator(iter(self.dataset()), self.fingerprint)
-        if state is not None:
-            iterator.set_state(state)
-        return iterator
+        position = 0 if state is None else state_position(state, self.fingerprint)
+        return BatchIterator(lambda start: iter(self.dataset(start)), self.fingerprint, position)
 
     def __iter__(self) -> BatchIterator:
         return self.iterator()

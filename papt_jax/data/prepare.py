@@ -21,6 +21,9 @@ The dataset lands in DATA_DIR/papt_msp_podcast/<VERSION>/ next to these files:
   pipeline can bucket by length without reading the audio.
 * build_config.json: the reader options the dataset was built with; building again into
   the same DATA_DIR with other options is refused rather than silently reusing the data.
+* sources.json: what the dataset was read from (`papt_jax.data.sources`): the labels files'
+  SHA-256 and every named audio file's size and time (`--verify_audio=content`: its SHA-256
+  too). Building again after any of them changed is refused too, naming what changed.
 
 The corpus directory reaches TFDS the standard way for manually downloaded data
 (`DownloadConfig(manual_dir=...)`); the other reader options travel as a builder keyword
@@ -52,19 +55,13 @@ import tensorflow_datasets as tfds
 from absl import flags
 from tensorflow_datasets.core import dataset_builder
 
-from papt_jax import cli
+from papt_jax import cli, storage
 from papt_jax.data import audio as audio_lib
-from papt_jax.data import msp_podcast, shard_jobs, split_writer, tf_example
+from papt_jax.data import dataset_files, msp_podcast, shard_jobs, sources, split_writer, tf_example
+from papt_jax.data.dataset_files import DATASET_NAME, FILE_FORMAT, PrepareError
 from papt_jax.errors import UserError
 
 log = logging.getLogger(__name__)
-
-DATASET_NAME = "papt_msp_podcast"
-FILE_FORMAT = "array_record"
-
-
-class PrepareError(UserError, ValueError):
-    """The output directory holds a dataset that cannot be reused."""
 
 
 class PaptMspPodcast(dataset_builder.FileReaderBuilder):
@@ -266,49 +263,11 @@ def dataset_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / DATASET_NAME / str(PaptMspPodcast.VERSION)
 
 
-def _config_record(config: msp_podcast.CorpusConfig) -> dict:
-    """The build-relevant reader options, JSON-ready (the cache location is irrelevant)."""
-    record = dataclasses.asdict(config)
-    record.pop("duration_cache")
-    record["corpus_dir"] = str(Path(config.corpus_dir).resolve())
-    if config.new_corpus_dir is None:
-        # Absent rather than null, so datasets built before the option existed still match.
-        record.pop("new_corpus_dir")
-    else:
-        record["new_corpus_dir"] = str(Path(config.new_corpus_dir).resolve())
-    return json.loads(json.dumps(record, default=str))
-
-
-def _write_index(builder: PaptMspPodcast, out: Path) -> None:
-    """index/<split>.json: keys, lengths and speaker ids in record order, and file sizes."""
-    (out / "index").mkdir(exist_ok=True)
-    for split in builder.info.splits:
-        # Sizes of the split's record files: a cheap check against truncation on every run.
-        files = {
-            f.name: f.stat().st_size
-            for f in sorted(out.glob(f"{DATASET_NAME}-{split}.{FILE_FORMAT}-*"))
-        }
-        (out / "index" / f"{split}.json").write_text(
-            json.dumps({**builder.index[split], "files": files})
-        )
-
-
-def _write_skipped(skipped: Sequence[msp_podcast.SkippedAudio], out: Path) -> None:
-    (out / "skipped.json").write_text(
-        json.dumps([dataclasses.asdict(s) for s in skipped], indent=1)
-    )
-    if skipped:
-        counts = collections.Counter(s.reason for s in skipped)
-        print(
-            f"skipped {len(skipped)} audio file(s) {dict(sorted(counts.items()))}; "
-            f"listed in {out / 'skipped.json'}"
-        )
-    else:
-        print("skipped 0 audio files")
-
-
 def prepare(
-    config: msp_podcast.CorpusConfig, data_dir: str | Path, readers: int | None = None
+    config: msp_podcast.CorpusConfig,
+    data_dir: str | Path,
+    readers: int | None = None,
+    verify_audio: str = sources.STAT,
 ) -> Path:
     """Builds the dataset for `config` under `data_dir` (a no-op if already built).
 
@@ -318,29 +277,24 @@ def prepare(
       data_dir: TFDS data directory.
       readers: reader processes (the output does not depend on it); None: one per core,
         fewer for a small corpus (`split_writer.default_readers`).
+      verify_audio: how the audio files read are recorded and, for a built dataset,
+        compared: "stat" (size and modification time) or "content" (also SHA-256).
 
     Returns:
       The dataset directory (DATA_DIR/papt_msp_podcast/<VERSION>).
 
     Raises:
-      PrepareError: a dataset built with other reader options is already in `data_dir`.
+      PrepareError: a dataset built with other reader options, or from labels or audio
+        files that changed since, is already in `data_dir`.
       msp_podcast.CorpusError: the corpus cannot be read (see `msp_podcast.load_corpus`).
     """
     data_dir = Path(data_dir)
     out = dataset_dir(data_dir)
     if config.duration_cache is None:
         config = dataclasses.replace(config, duration_cache=data_dir / "duration_cache.json")
-    record = _config_record(config)
+    record = dataset_files.config_record(config)
     if (out / "dataset_info.json").is_file():
-        if not (out / "build_config.json").is_file():
-            raise PrepareError(f"{out} is an incomplete build (no build_config.json); delete it")
-        built = json.loads((out / "build_config.json").read_text())
-        if built != record:
-            changed = sorted(k for k in {*built, *record} if built.get(k) != record.get(k))
-            raise PrepareError(
-                f"{out} was built with other options (differing: {', '.join(changed)})",
-                hint="use another output directory, or delete this one to rebuild",
-            )
+        dataset_files.check_reusable(out, record, verify_audio)
         log.info("%s is already built", out)
         return out
     # TFDS would refuse a missing or empty manual directory with its own AssertionError.
@@ -358,9 +312,11 @@ def prepare(
     if "test_c" not in builder.corpus.splits:
         print("no newer release given (new_corpus_dir / new_labels_file): test_c not built")
     msp_podcast.write_speakers(builder.corpus, out / "speakers.json")
-    _write_skipped(builder.skipped, out)
-    _write_index(builder, out)
-    (out / "build_config.json").write_text(json.dumps(record, indent=1))
+    dataset_files.write_skipped(builder.skipped, out)
+    dataset_files.write_index(out, {split: builder.index[split] for split in builder.info.splits})
+    dataset_files.write_sources(builder.corpus, out, verify_audio)
+    # Written last: its presence marks a complete build.
+    (out / dataset_files.BUILD_CONFIG_FILE).write_text(json.dumps(record, indent=1))
     for split, info in builder.info.splits.items():
         print(f"{split}: {info.num_examples} examples")
     wall = time.perf_counter() - start
@@ -416,6 +372,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         lower_bound=1,
         **fv,
     )
+    flags.DEFINE_enum(
+        "verify_audio",
+        sources.STAT,
+        [sources.STAT, sources.CONTENT],
+        "How the audio read is recorded (sources.json) and checked before a built dataset "
+        "is reused: size and modification time, or also the SHA-256 of its bytes.",
+        **fv,
+    )
     flags.mark_flags_as_required(["corpus_dir", "out"], flag_values=flag_values)
 
 
@@ -446,8 +410,15 @@ def config_from_flags(fv: flags.FlagValues) -> msp_podcast.CorpusConfig:
 
 
 def prepare_from_flags(fv: flags.FlagValues) -> Path:
-    """Builds the dataset the flags (from `define_flags`) describe; returns its directory."""
-    out = prepare(config_from_flags(fv), fv.out, readers=fv.readers)
+    """Builds the dataset the flags (from `define_flags`) describe; returns its directory.
+
+    The output folder is checked first: one that is (or contains) the corpus, or that
+    cannot be written, is refused before any audio is read.
+    """
+    config = config_from_flags(fv)
+    inputs = [config.corpus_dir, config.new_corpus_dir, config.labels_file, config.new_labels_file]
+    storage.check_output_dir(fv.out, "--out", [p for p in inputs if p is not None])
+    out = prepare(config, fv.out, readers=fv.readers, verify_audio=fv.verify_audio)
     print(f"dataset written to {out}")
     return out
 

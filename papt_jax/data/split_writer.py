@@ -37,10 +37,10 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-import tqdm
 from tensorflow_datasets.core import hashing, naming, splits
 from tensorflow_datasets.core.utils import shard_utils
 
+from papt_jax import child_processes, progress
 from papt_jax.data.shard_jobs import Measured, Reading, Source, Unreadable, measure, write_shard
 
 # A reader process is a fresh interpreter that imports NumPy, soundfile, TFDS and the
@@ -81,8 +81,11 @@ class Readers:
 
     def __enter__(self) -> Readers:
         if self.count > 1:
+            # Readers end with this process, even when it is killed (no orphans).
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.count, mp_context=multiprocessing.get_context("spawn")
+                self.count,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=child_processes.worker_initializer(),
             )
         return self
 
@@ -111,8 +114,8 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-class _AudioBar(tqdm.tqdm):
-    """A progress bar over audio, shown as audio-hours and x real time.
+class _AudioBar:
+    """A progress bar over audio (`papt_jax.progress`), shown as audio-hours and x real time.
 
     It counts whole milliseconds (`add` rounds each item's seconds), so the counts add up
     to the total exactly, in whatever order items finish.
@@ -123,25 +126,37 @@ class _AudioBar(tqdm.tqdm):
         "[{elapsed}<{remaining}, {speed:.0f}x real time]"
     )
 
-    def __init__(self, desc: str, seconds: Iterable[float], **kwargs):
-        # disable=None: a bar on terminals only, like the other long loops.
-        kwargs = {"disable": None, "leave": False, **kwargs}
+    def __init__(self, desc: str, seconds: Iterable[float], file=None):
         total = sum(map(_ms, seconds))
-        super().__init__(desc=desc, total=total, bar_format=self.FORMAT, **kwargs)
+        self.bar = progress.bar(
+            total=total,
+            desc=desc,
+            file=file,
+            bar_format=self.FORMAT,
+            format_extra=self._audio_fields,
+            show_count=False,  # off a terminal: milliseconds mean nothing to the reader
+        )
+
+    def __enter__(self) -> _AudioBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
     def add(self, seconds: float) -> None:
-        self.update(_ms(seconds))
+        self.bar.update(_ms(seconds))
 
-    @property
-    def format_dict(self) -> dict[str, Any]:
-        values = super().format_dict
+    def __getattr__(self, name: str) -> Any:  # n, total, refresh: the bar's own
+        return getattr(self.bar, name)
+
+    @staticmethod
+    def _audio_fields(values: dict[str, Any]) -> dict[str, Any]:
         elapsed = values["elapsed"]
-        values.update(
-            hours=values["n"] / 3.6e6,
-            total_hours=(values["total"] or 0) / 3.6e6,
-            speed=values["n"] / 1000 / elapsed if elapsed else 0.0,
-        )
-        return values
+        return {
+            "hours": values["n"] / 3.6e6,
+            "total_hours": (values["total"] or 0) / 3.6e6,
+            "speed": values["n"] / 1000 / elapsed if elapsed else 0.0,
+        }
 
 
 def measure_all(

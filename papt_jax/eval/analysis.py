@@ -221,11 +221,23 @@ def _json(value) -> float | None:
     return None if math.isnan(value) else value
 
 
+# What the retrieval summary calls each label statistic (`pldc.retrieval_diagnostic`'s prefix).
+RETRIEVED_STATISTICS = {"label_mean": "mean", "label_std": "std"}
+
+
 def _retrieval_summary(r: Retrieval) -> dict:
-    keys = ("mean_r", "std_r", "mean_mae", "std_mae", "mean_mae_global", "std_mae_global")
-    out = {"n_speakers": r.diagnostic["n"], **{k: _json(r.diagnostic[k]) for k in keys}}
-    out["mean_mae_all_speakers"] = _json(r.all_speakers["mean_mae"])
-    out["std_mae_all_speakers"] = _json(r.all_speakers["std_mae"])
+    """{"n_speakers", "label_mean": {...}, "label_std": {...}}: for each statistic, the
+    Pearson r between the retrieved and the speaker's own value, and the mean absolute
+    error of the retrieved value, of the all-speaker average and of the training set's."""
+    d, every = r.diagnostic, r.all_speakers
+    out = {"n_speakers": d["n"]}
+    for name, prefix in RETRIEVED_STATISTICS.items():
+        out[name] = {
+            "pearson_r_retrieved_vs_own": _json(d[f"{prefix}_r"]),
+            "mae_retrieved": _json(d[f"{prefix}_mae"]),
+            "mae_all_speakers": _json(every[f"{prefix}_mae"]),
+            "mae_training_set": _json(d[f"{prefix}_mae_global"]),
+        }
     return out
 
 

@@ -113,7 +113,16 @@ def retrieval_figure(result: EvalResult, retrieval: Retrieval, k: int) -> Figure
             f"MAE all speakers {mae_all:.3f}, training set {diag[f'{stat}_mae_global']:.3f}",
             fontsize=_LEGEND_FONT + 1,
         )
-    axes[0].legend(loc="upper left", fontsize=_LEGEND_FONT, frameon=False)
+    # Below the panels, not inside one: no corner of a panel is sure to be free of points.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=len(handles),
+        fontsize=_LEGEND_FONT,
+        frameon=False,
+    )
     title = fig.suptitle(
         f"{result.split} {result.dimension}: label statistics PLDC retrieved\n"
         f"{diag['n']} test speakers with at least 2 utterances"

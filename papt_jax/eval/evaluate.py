@@ -17,10 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
-from papt_jax import pldc
-from papt_jax.eval.results import EvalResult
+from papt_jax import pldc, progress
+from papt_jax.eval.results import EvalResult, speaker_order
 from papt_jax.models.hubert import HubertModel, masked_mean
 from papt_jax.train.finetune import predict
 from papt_jax.train.sharding import data_sharded, replicated, shard_batch
@@ -56,7 +55,7 @@ def encode_pooled(
     """Keys, speaker ids and pooled vectors (N, dim) of every real row (progress bar shown)."""
     outputs, keys, speakers, masks = [], [], [], []
     shown = jax.process_index() == 0
-    for batch in tqdm(batches, desc=description, unit="batch", disable=not shown):
+    for batch in progress.bar(batches, desc=description, unit="batches", disable=not shown):
         outputs.append(encode_step(params, shard_batch(batch, mesh)))
         keys.append(batch["key"])
         speakers.append(batch["speaker_id"])
@@ -194,7 +193,7 @@ def evaluate_unseen(
 
     Args:
       predict_step, variables, dimension, mesh, k, split: As in `evaluate_seen`.
-      train: `predict` output on the training split (labels and speakers).
+      train: `predict` output on the training split (labels, speakers and 'speaker_id').
       original_train: `encode_pooled` of the original encoder on the training split
         (same utterance order as `train`).
       original_test: `encode_pooled` of the original encoder on the unseen split.
@@ -212,7 +211,11 @@ def evaluate_unseen(
         str(key): proxies[str(s)]
         for key, s in zip(original_test["key"], original_test["speaker_id"], strict=True)
     }
-    log.info("%s proxies (unseen speaker -> training speaker index): %s", split, proxies)
+    train_ids = dict(
+        zip(train["speaker"].tolist(), train["speaker_id"].astype(str).tolist(), strict=True)
+    )
+    shown = {s: train_ids[proxies[s]] for s in speaker_order(list(proxies))}
+    log.info("%s: proxy training speaker of each unseen speaker: %s", split, shown)
     test = predict(
         predict_step,
         variables,
@@ -253,7 +256,12 @@ def evaluate_dimension(
       (one result per split, {'train' or split: its `predict` output with 'pooled'}).
     """
     train = predict(
-        predict_step, variables, train_batches, mesh, description=f"evaluate[{dimension}] train"
+        predict_step,
+        variables,
+        train_batches,
+        mesh,
+        extra_keys=("speaker_id",),
+        description=f"evaluate[{dimension}] train",
     )
     results, passes = [], {"train": train}
     for split, batches in split_batches.items():

@@ -24,7 +24,7 @@ from matplotlib.text import Text
 
 from papt_jax import metrics
 from papt_jax.eval.layout import DPI, save_figure
-from papt_jax.eval.results import MODE_LABELS, SYSTEM, EvalResult
+from papt_jax.eval.results import MODE_LABELS, SYSTEM, EvalResult, speaker_order
 
 _PANEL_IN = 3.2  # side of one square scatter panel, inches
 
@@ -36,7 +36,8 @@ _VARIANT_COLOURS = {SYSTEM: "0.6", "mu": "tab:blue", "sigma": "tab:orange", "bot
 
 
 def speaker_styles(speakers) -> dict[str, tuple[tuple[float, float, float], str]]:
-    """One (colour, marker) per speaker id, in sorted id order.
+    """One (colour, marker) per speaker id, in reading order (`results.speaker_order`:
+    numeric ids by number, 2 before 10).
 
     Colours cycle through matplotlib's ten "tab10" colours and the marker changes every ten
     speakers, so up to 80 speakers get distinct styles.
@@ -45,12 +46,12 @@ def speaker_styles(speakers) -> dict[str, tuple[tuple[float, float, float], str]
       speakers: (N,) speaker id of each utterance (ints or strings).
 
     Returns:
-      {str(speaker): (rgb, marker)}, ordered like `np.unique(speakers)`.
+      {str(speaker): (rgb, marker)}, in that order (the legends' order).
     """
     colours = matplotlib.colormaps["tab10"].colors
     return {
         str(s): (colours[i % len(colours)], _MARKERS[(i // len(colours)) % len(_MARKERS)])
-        for i, s in enumerate(np.unique(np.asarray(speakers)))
+        for i, s in enumerate(speaker_order(speakers))
     }
 
 

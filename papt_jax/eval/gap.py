@@ -19,7 +19,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from papt_jax.data.msp_podcast import DIMENSIONS
-from papt_jax.eval.layout import save_figure
+from papt_jax.eval.layout import count_axis, save_figure
 from papt_jax.eval.results import ReportError, load_summary
 
 METRICS = ("o_ccc", "a_ccc")
@@ -98,8 +98,12 @@ def gap_table(rows: Sequence[Mapping]) -> str:
 
 
 def gap_figure(rows: Sequence[Mapping]) -> Figure:
-    """Per dimension: SI and SD A-CCC and O-CCC against K (top), their gap (bottom)."""
-    fig = Figure(figsize=(4.2 * len(DIMENSIONS), 6.0), layout="constrained")
+    """Per dimension: SI and SD A-CCC and O-CCC against K (top), their gap (bottom).
+
+    K is a count of speakers, so its ticks are whole numbers; the legend sits below the
+    panels, where it covers no line.
+    """
+    fig = Figure(figsize=(4.2 * len(DIMENSIONS), 6.4), layout="constrained")
     axes = fig.subplots(2, len(DIMENSIONS), sharex=True, squeeze=False)
     ks = [r["k"] for r in rows]
     for col, dim in enumerate(DIMENSIONS):
@@ -117,8 +121,13 @@ def gap_figure(rows: Sequence[Mapping]) -> Figure:
         top.set_ylabel("CCC on test-b")
         bottom.set_ylabel("SD - SI")
         bottom.set_xlabel("training speakers K")
-        top.legend(fontsize=7)
-        bottom.legend(fontsize=7)
+        count_axis(bottom.xaxis)
+    handles, labels = [], []
+    for ax in (axes[0][0], axes[1][0]):
+        h, lab = ax.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     fig.suptitle("Personalization gap")
     return fig
 

@@ -46,6 +46,23 @@ MISSING = "–"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def speaker_order(ids) -> list:
+    """The distinct speaker ids in reading order: numerically when every id is a whole number
+    (2 before 10, as MSP-Podcast's numeric ids read), else as strings.
+
+    Args:
+      ids: speaker ids of any type (ints, numeric strings, names), repeats allowed.
+
+    Returns:
+      Each distinct id once, in its original type.
+    """
+    unique = list(dict.fromkeys(np.asarray(ids).reshape(-1).tolist()))
+    texts = [str(i) for i in unique]
+    if texts and all(re.fullmatch(r"-?[0-9]+", t) for t in texts):
+        return [i for _, i in sorted(zip((int(t) for t in texts), unique, strict=True))]
+    return [i for _, i in sorted(zip(texts, unique, strict=True))]
+
+
 class ReportError(UserError, ValueError):
     """A result or summary file that cannot be reported (missing, unreadable, inconsistent)."""
 

@@ -11,7 +11,14 @@ import numpy as np
 
 from papt_jax import metrics
 from papt_jax.data.msp_podcast import DIMENSIONS
-from papt_jax.eval.results import MISSING, MODE_LABELS, SYSTEM, VARIANTS, EvalResult
+from papt_jax.eval.results import (
+    MISSING,
+    MODE_LABELS,
+    SYSTEM,
+    VARIANTS,
+    EvalResult,
+    speaker_order,
+)
 from papt_jax.pldc import MODES
 
 ORACLE_LABEL = "oracle (uses test labels)"
@@ -48,6 +55,7 @@ def write_predictions_csv(result: EvalResult, path: str | Path) -> Path:
 def per_speaker_rows(result: EvalResult) -> tuple[list[str], list[list]]:
     """Header and rows of the per-speaker table: speaker, n, ccc_system, ccc_<mode>...
 
+    One row per speaker in reading order (`results.speaker_order`, as the figures' legends).
     A CCC is NaN where `metrics.per_speaker_ccc` excludes the speaker for that variant.
     """
     per = {
@@ -56,9 +64,10 @@ def per_speaker_rows(result: EvalResult) -> tuple[list[str], list[list]]:
     }
     first = per[SYSTEM]
     header = ["speaker", "n"] + [f"ccc_{v}" for v in per]
+    position = {str(s): i for i, s in enumerate(first.speakers)}
     rows = [
-        [speaker, int(n)] + [float(per[v].ccc[i]) for v in per]
-        for i, (speaker, n) in enumerate(zip(first.speakers, first.counts, strict=True))
+        [first.speakers[i], int(first.counts[i])] + [float(per[v].ccc[i]) for v in per]
+        for i in (position[str(s)] for s in speaker_order(first.speakers))
     ]
     return header, rows
 
@@ -75,9 +84,19 @@ def write_per_speaker_csv(result: EvalResult, path: str | Path) -> Path:
 
 
 def cell_text(value) -> str:
-    """A CSV cell: floats exactly (repr), NumPy scalars as Python values."""
+    """A CSV cell: floats exactly and as short as possible, NumPy scalars as Python values.
+
+    Predictions and labels are float32 values held in float64 (3.7578999996185303 is the
+    float32 nearest 3.7579); such a value is written as the shortest decimal that reads back
+    to the same float32 (3.7579). Any other float is written as the shortest decimal that
+    reads back to the same float64 (`repr`).
+    """
     if isinstance(value, float | np.floating):
-        return repr(float(value))  # repr round-trips float64 exactly
+        value = float(value)
+        single = np.float32(value)
+        if math.isfinite(value) and float(single) == value:
+            return str(single)
+        return repr(value)
     return str(value.item() if isinstance(value, np.generic) else value)
 
 
@@ -225,16 +244,17 @@ def retrieval_table(split_summary: Mapping, dimensions: Sequence[str]) -> str | 
         entry = (_analysis(split_summary, dim) or {}).get("retrieval")
         if entry is None:
             continue
-        for stat, symbol in (("mean", "μ"), ("std", "σ")):
+        for stat, symbol in (("label_mean", "μ"), ("label_std", "σ")):
+            values = entry[stat]
             rows.append(
                 table_row(
                     [
                         f"{dim} {symbol}",
                         str(entry["n_speakers"]),
-                        _num_cell(entry[f"{stat}_r"], 2),
-                        _num_cell(entry[f"{stat}_mae"]),
-                        _num_cell(entry[f"{stat}_mae_all_speakers"]),
-                        _num_cell(entry[f"{stat}_mae_global"]),
+                        _num_cell(values["pearson_r_retrieved_vs_own"], 2),
+                        _num_cell(values["mae_retrieved"]),
+                        _num_cell(values["mae_all_speakers"]),
+                        _num_cell(values["mae_training_set"]),
                     ]
                 )
             )

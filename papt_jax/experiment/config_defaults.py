@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.on_bad_audio = "skip"  # 'skip' lists unreadable/too-short audio in a report; 'error'
     d.resample = False  # resample other rates to 16 kHz instead of rejecting them
     d.data_dir = ""  # TFDS output (default: <workdir>/data)
+    d.verify_audio = "stat"  # data changes seen by audio size and time; 'content': SHA-256
     d.max_seconds = 15.0  # random crop (training) / truncation (evaluation) length
     d.num_buckets = 6  # padded lengths (at most 8), from corpus length quantiles
     d.batch_seconds = 0.0  # >0: batch by total audio seconds per batch
@@ -125,6 +126,12 @@ def base_config() -> ml_collections.ConfigDict:
     t.num_codevectors_per_group = 320  # V entries each (fairseq `latent_vars`: 320)
     t.codevector_dim = 768  # quantized vector width (fairseq `latent_dim`; wav2vec2-base 256)
     t.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
+
+    # --- Every training stage (bootstrap, pretrain, finetune) --------------------------
+    c.train = tr = ml_collections.ConfigDict()
+    # On SIGTERM / SIGINT a training stage saves its current step and exits with code 75;
+    # this bounds what a SIGKILL (no warning at all) loses. Changes no result.
+    tr.checkpoint_every_minutes = 30.0  # also save the latest checkpoint this often (0: off)
 
     # --- Fine-tuning -----------------------------------------------------------------
     c.finetune = f = ml_collections.ConfigDict()

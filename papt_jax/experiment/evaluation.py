@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from papt_jax.data import input_pipeline
+from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.eval import evaluate as evaluate_lib
 from papt_jax.eval import report as report_lib
 from papt_jax.eval.results import load_result, save_result
@@ -66,7 +71,39 @@ def run_evaluate(ws: Workspace) -> dict[str, Any]:
             for result in results:
                 save_result(result, tmp / f"{result.stem}.npz")
                 written.append(f"{result.stem}.npz")
-    return {"results": written, "pldc_k": k}
+    return {"results": written, "pldc_k": k, "shortest_train_s": shortest_train_seconds(ws)}
+
+
+def shortest_train_seconds(ws: Workspace) -> float:
+    """Duration of the training split's shortest utterance: prediction refuses clips much
+    shorter than anything the model was trained on (`papt_jax.predict.limits`)."""
+    lengths = input_pipeline.load_index(ws.data_dir, "train").num_samples
+    return round(float(lengths.min()) / SAMPLE_RATE, 4)
+
+
+def evaluation_fingerprint(
+    record: dict[str, Any], record_of: Callable[[str], dict[str, Any] | None]
+) -> str:
+    """A hash of the settings everything the evaluation's numbers depend on: the evaluate
+    record's fingerprint and those of every stage it read, directly or not (fine-tuning,
+    pre-training, pseudo-labels, the dataset...). Evaluations of models trained with other
+    settings differ; a run resumed after a kill, which rebuilds the same models from the same
+    settings, keeps it.
+
+    Args:
+      record: the evaluate stage's record.
+      record_of: stage name -> its completion record (`Workspace.record`).
+    """
+    chain = {"evaluate": record.get("fingerprint")}
+    pending = list(record.get("inputs") or {})
+    while pending:
+        stage = pending.pop()
+        if stage not in chain:
+            upstream = record_of(stage) or {}
+            chain[stage] = upstream.get("fingerprint")
+            pending += list(upstream.get("inputs") or {})
+    text = json.dumps(chain, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_report(ws: Workspace) -> dict[str, Any]:
@@ -74,7 +111,7 @@ def run_report(ws: Workspace) -> dict[str, Any]:
     results = [load_result(p) for p in paths]
     record = ws.record("evaluate") or {}
     k = (record.get("facts") or {}).get("pldc_k")
-    run = {"PLDC k": k, "evaluation fingerprint": record.get("fingerprint")}
+    run = {"PLDC k": k, "evaluation fingerprint": evaluation_fingerprint(record, ws.record)}
     # The saved passes feed the retrieval diagnostic and the speaker-shift analysis.
     references = report_lib.load_references(ws.path("evaluate", "passes"), results, k)
     with atomic_dir(ws.path("report")) as tmp:

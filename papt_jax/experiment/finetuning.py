@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tqdm
 
+from papt_jax import progress
 from papt_jax.experiment import settings
-from papt_jax.experiment.workspace import Workspace, atomic_dir, with_speakers
+from papt_jax.experiment.workspace import Workspace, atomic_dir, remove, with_speakers
 from papt_jax.train import checkpoint, finetune
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def _compare_features(ws: Workspace, split: str, out: Path) -> dict[str, np.ndar
             return {k: z[k] for k in z.files}
     batches, total = ws.eval_batches(split)
     keys, speakers, rows = [], [], []
-    for batch in tqdm.tqdm(batches(), total=total, desc=f"B2 ComParE {split}", unit="batch"):
+    for batch in progress.bar(batches(), total=total, desc=f"B2 ComParE {split}", unit="batches"):
         lengths = batch["audio_mask"].sum(axis=1)
         real = np.flatnonzero(batch["example_mask"])
         rows.append(
@@ -136,6 +136,7 @@ def _finetune_setup(ws: Workspace, dimension: str):
         speaker_weights=speaker_weights_of(ws),
         log_every=int(ws.config.log_every),
         stop_after_steps=int(f.stop_after_steps),
+        checkpoint_every_minutes=float(ws.config.train.checkpoint_every_minutes),
         seed=int(ws.config.seed),
     )
     return model, settings, enc_params
@@ -172,15 +173,29 @@ def finetune_speakers(ws: Workspace) -> tuple[str, set[str] | None]:
     return "train,test_a", set(chosen[: k - len(test_a)]) | set(test_a)
 
 
+def model_problem(out: Path) -> str | None:
+    """Why `out/model` (with `out/result.json`) is not a complete fine-tuned model, or None."""
+    if not (out / "model" / MODEL_CONFIG_FILE).is_file():
+        return f"{out / 'model' / MODEL_CONFIG_FILE} is missing"
+    if not (out / "result.json").is_file():
+        return f"{out / 'result.json'} is missing"
+    problem = checkpoint.manifest_problem(out / "model" / "variables", contents=False)
+    return None if problem is None else f"{out / 'model' / 'variables'}: {problem}"
+
+
 def run_finetune(ws: Workspace) -> dict[str, Any] | None:
     facts = {}
     for dimension in csv(ws.config.finetune.dimensions):
         out = ws.stage_dir("finetune", dimension)
-        done = out / "model" / MODEL_CONFIG_FILE
-        if done.is_file():
+        problem = model_problem(out)
+        if problem is None:
             log.info("finetune[%s]: done earlier", dimension)
             facts[dimension] = json.loads((out / "result.json").read_text())
             continue
+        if (out / "model").exists():
+            # Written again from its checkpoints (the training itself is not repeated).
+            log.warning("finetune[%s]: the saved model is rewritten: %s", dimension, problem)
+            remove(out / "model")
         model, settings, enc_params = _finetune_setup(ws, dimension)
         splits, speakers = finetune_speakers(ws)
         train_data = ws.train_data(splits, seed_offset=1, speakers=speakers)

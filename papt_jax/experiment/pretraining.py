@@ -13,7 +13,13 @@ import numpy as np
 from papt_jax import pseudo_label_files
 from papt_jax import pseudo_labels as pseudo_labels_lib
 from papt_jax.experiment import objectives, settings
-from papt_jax.experiment.workspace import Workspace, atomic_dir, random_encoder, with_speakers
+from papt_jax.experiment.workspace import (
+    Workspace,
+    atomic_dir,
+    random_encoder,
+    remove,
+    with_speakers,
+)
 from papt_jax.models.config import get_preset
 from papt_jax.models.hubert import HubertModel
 from papt_jax.train import pretrain
@@ -35,8 +41,10 @@ def _compute_labels(
     layer: int,
     num_clusters: int,
     splits: str,
+    name: str,
 ) -> None:
-    """Clusters frame features of `splits` (comma-separated) into `out_dir` (atomically)."""
+    """Clusters frame features of `splits` (comma-separated) into `out_dir` (atomically);
+    `name` labels its progress bars and log lines."""
     p = ws.config.pseudo_labels
     if source == "mfcc":
         feature_fn, rate = pseudo_labels_lib.mfcc_feature_fn()
@@ -66,6 +74,7 @@ def _compute_labels(
             ),
             str(tmp),
             total_batches=n,
+            name=name,
         )
 
 
@@ -83,7 +92,8 @@ def _head(encoder, num_clusters: int, final_dim: int, own_labels: bool):
             "clusters, not these pseudo-labels (give their centroids with "
             "--config.pseudo_labels.centroids to reuse it)"
         )
-        head_cfg, head_params = pretrain.choose_head(None, None, num_clusters, final_dim)
+        # Not `choose_head`: it would add that the checkpoint has no head at all.
+        head_cfg, head_params = pretrain.fresh_head(num_clusters, final_dim)
         return head_cfg, head_params, "fresh (pseudo-labels are not the checkpoint's own)"
     head_cfg, head_params = pretrain.choose_head(
         encoder.head_config, encoder.head_params, num_clusters, final_dim
@@ -194,6 +204,7 @@ def _pretrain(
         clip_norm=float(t.clip_norm),
         log_every=int(ws.config.log_every),
         stop_after_steps=int(t.stop_after_steps),
+        checkpoint_every_minutes=float(ws.config.train.checkpoint_every_minutes),
         seed=int(ws.config.seed),
     )
     train_data = ws.train_data(t.train_splits, targets, crop_to_shortest=bool(t.crop_to_shortest))
@@ -238,6 +249,15 @@ def _pretrain(
     }
 
 
+def _labels_problem(labels_dir: Path) -> str | None:
+    """Why an earlier attempt's pseudo-labels cannot be used, or None."""
+    try:
+        pseudo_label_files.load_pseudo_labels(str(labels_dir))
+    except pseudo_label_files.PseudoLabelError as e:
+        return e.message
+    return None
+
+
 def bootstrap_needed(config: ml_collections.ConfigDict) -> bool:
     return "bootstrap" in (config.model.init, config.pseudo_labels.teacher)
 
@@ -252,10 +272,18 @@ def run_bootstrap(ws: Workspace) -> dict[str, Any] | None:
     out = ws.stage_dir("bootstrap")
     labels_dir = out / "pseudo_labels"
     objective = objectives.bootstrap_objective(settings.flatten(ws.config))
+    problem = _labels_problem(labels_dir) if labels_dir.is_dir() else None
+    if problem is not None:
+        # Its checkpoints were trained on these labels: the whole attempt starts over.
+        log.warning("bootstrap: starts over: its MFCC pseudo-labels are damaged (%s)", problem)
+        remove(out)
+        out = ws.stage_dir("bootstrap")
     if objective == "masked_prediction" and not labels_dir.is_dir():
         # renamed into place only once complete
         splits = f"{b.train_splits},{b.eval_split}"
-        _compute_labels(ws, labels_dir, "mfcc", "", 0, int(b.num_clusters), splits)
+        _compute_labels(
+            ws, labels_dir, "mfcc", "", 0, int(b.num_clusters), splits, "bootstrap: MFCC labels"
+        )
     encoder = random_encoder(get_preset(b.preset), int(ws.config.seed))
     t = ml_collections.ConfigDict(dict(ws.config.pretrain))
     t.update(
@@ -294,6 +322,7 @@ def run_pseudo_labels(ws: Workspace) -> dict[str, Any]:
         int(p.layer),
         int(p.num_clusters),
         f"{t.train_splits},{t.eval_split}",
+        "pseudo-labels",
     )
     return {"num_clusters": int(p.num_clusters), "source": p.source}
 

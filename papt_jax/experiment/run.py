@@ -1,11 +1,13 @@
 """Running an experiment: which stages to run, which to redo, and the run itself.
 
 A stage's completion record holds its *fingerprint* (the values of the config keys that
-decide its outputs) and the record ids of the stages it read. A finished stage is reused
-only while both still hold; otherwise it is stale: its outputs are removed before any work
-starts, the log names the keys that changed, and it is redone, which makes every stage that
-read it stale too. So `config.json` always describes the outputs present. `redo` forces
-stages to run again the same way.
+decide its outputs), the record ids of the stages it read and fingerprints of the files it
+read from outside the workdir (`inputs`). A finished stage is reused only while all of them
+still hold and its outputs are whole (`outputs`); otherwise it is stale: its outputs are
+removed before any work starts (once the inputs of the stages to redo are known to be
+usable), the log says what changed, and it is redone, which makes every stage that read it
+stale too. So `config.json` always describes the outputs present. `redo` forces stages to
+run again the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any
 
 import ml_collections
 
-from papt_jax.experiment import settings
+from papt_jax import interrupts
+from papt_jax.eval import tables
+from papt_jax.eval.results import load_summary
+from papt_jax.experiment import inputs, settings
 from papt_jax.experiment.stages import SPEED_ONLY_KEYS, STAGES
 from papt_jax.experiment.workspace import RunLock, Workspace, remove
 
@@ -67,7 +72,7 @@ class Planner:
         return {need: (self.ws.record(need) or {}).get("id") for need in needs}
 
     def stale_reason(self, stage: str, stale: set[str]) -> str | None:
-        """Why a completed stage cannot be reused, or None if it can."""
+        """Why a completed stage cannot be reused, or None if it can (or is not complete)."""
         record = self.ws.record(stage)
         if record is None:
             return None
@@ -80,32 +85,61 @@ class Planner:
                 return f"it reads stage {need}, which is redone"
             if record.get("inputs", {}).get(need) != (self.ws.record(need) or {}).get("id"):
                 return f"stage {need} was redone since"
+        changes = inputs.path_changes(record.get("paths"), values)
+        if stage == "prepare":
+            verify = self.config.data.verify_audio
+            changes += inputs.data_changes(self.ws.dataset_dir, verify)
+        if changes:
+            return "its input files changed (" + "; ".join(changes) + ")"
+        problem = STAGES[stage].damaged(self.ws, record.get("facts") or {})
+        if problem:
+            return f"its outputs are missing or damaged: {problem}"
         return None
 
+    def unfinished_reason(self, stage: str, stale: set[str]) -> str | None:
+        """Why an unfinished attempt of `stage` cannot be continued, or None if it can (or
+        there is none): resumable stages continue from their checkpoints only if that
+        attempt ran with the same settings, stage results and input files."""
+        started = self.ws.started(stage)
+        if started is None or self.ws.record(stage) is not None:
+            return None
+        if not STAGES[stage].resumable:
+            return "an earlier attempt did not finish"
+        values = stage_values(self.config, stage)
+        same = started.get("fingerprint") == fingerprint(values)
+        same = same and started.get("inputs") == self.inputs(stage)
+        same = same and not any(need in stale for need in STAGES[stage].needs(self.config))
+        same = same and not inputs.path_changes(started.get("paths"), values)
+        return None if same else "an unfinished attempt ran with other settings or inputs"
+
     def invalidate(self, redo: tuple[str, ...]) -> set[str]:
-        """Removes the outputs of every stale or forced stage; returns their names."""
-        stale: set[str] = set()
+        """Removes the outputs of every stale or forced stage; returns their names.
+
+        Every reason is found first; nothing is removed until the inputs from outside the
+        workdir of the stages to redo are known to be usable (a missing labels file stops
+        the run here, with every result still in place).
+        """
+        self.ws.discard_unreadable_records()
+        reasons: dict[str, str] = {}
         for stage in settings.STAGES:
-            reason = "forced with --redo" if stage in redo else self.stale_reason(stage, stale)
-            started = self.ws.started(stage)
-            if reason is None and self.ws.record(stage) is None and started is not None:
-                # An unfinished attempt: resumable stages continue from their checkpoints
-                # only if that attempt ran with the same settings and inputs.
-                same = started.get("fingerprint") == fingerprint(stage_values(self.config, stage))
-                same = same and started.get("inputs") == self.inputs(stage)
-                if not STAGES[stage].resumable:
-                    reason = "an earlier attempt did not finish"
-                elif not same:
-                    reason = "an unfinished attempt ran with other settings or inputs"
-            if reason is None:
+            if stage in redo:
+                reasons[stage] = "forced with --redo"
                 continue
-            if self.ws.record(stage) is not None or started is not None or stage in redo:
+            reason = self.stale_reason(stage, set(reasons))
+            reason = reason or self.unfinished_reason(stage, set(reasons))
+            if reason is not None:
+                reasons[stage] = reason
+        for stage in reasons:
+            if STAGES[stage].check_inputs is not None:
+                STAGES[stage].check_inputs(self.ws)
+        for stage, reason in reasons.items():
+            known = self.ws.record(stage) is not None or self.ws.started(stage) is not None
+            if known or stage in redo:
                 log.info("stage %s: starts over: %s", stage, reason)
-            stale.add(stage)
             for path in STAGES[stage].outputs(self.ws):
                 remove(path)
             self.ws.forget(stage)
-        return stale
+        return set(reasons)
 
     def plan(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
         """The requested stages plus every incomplete prerequisite, in pipeline order."""
@@ -120,7 +154,26 @@ class Planner:
         return tuple(s for s in settings.STAGES if s in chosen)
 
 
+# What each stage does, for its "starting" line.
+STAGE_WORK = {
+    "corpus": "generating the embedded synthetic corpus",
+    "prepare": "building the dataset's array_record files",
+    "bootstrap": "pre-training a small HuBERT from scratch on MFCC k-means labels",
+    "pseudo_labels": "clustering the teacher's frame features into pseudo-labels",
+    "pretrain": "continued pre-training of the encoder, PAPT or TAPT",
+    "speaker_weights": "B2 speaker weights, if the system is B2",
+    "finetune": "fine-tuning one regressor per emotion dimension",
+    "evaluate": "predicting the test splits, with PLDC",
+    "report": "writing the report: tables, analyses, figures",
+}
+
+
 def _summary(ws: Workspace, stages: tuple[str, ...], ran: set[str]) -> str:
+    """The run's last words: stage times, the results tables, and the report's path last.
+
+    The tables are the paper-shaped ones of `results.md` (one per test split); the rest of
+    the report (analyses, their explanations, figures) stays in the file.
+    """
     lines = ["stage            wall time"]
     for stage in stages:
         record = ws.record(stage) or {}
@@ -129,8 +182,13 @@ def _summary(ws: Workspace, stages: tuple[str, ...], ran: set[str]) -> str:
         shown = f"{wall:8.1f} s" if wall is not None else "       -"
         lines.append(f"{stage:<16} {shown}  ({when})")
     report = ws.path("report", "results.md")
+    summary_path = ws.path("report", "summary.json")
+    if summary_path.is_file():
+        summary = load_summary(summary_path)
+        for split in summary["splits"]:
+            lines += ["", f"{split}:", tables.results_table(summary, split)]
     if report.is_file():
-        lines += ["", f"report: {report}", "", report.read_text().rstrip()]
+        lines += ["", f"report: {report}"]
     return "\n".join(lines)
 
 
@@ -173,26 +231,39 @@ def _run_locked(config, ws: Workspace, wanted: tuple[str, ...], redo: tuple[str,
     ws.write_config()
     log.info("workdir %s, %d device(s), stages %s", ws.workdir, ws.mesh.size, ",".join(stages))
     ran: set[str] = set()
-    for name in stages:
+    for number, name in enumerate(stages, 1):
         if ws.record(name) is not None:
             log.info("stage %s: done earlier with the same settings, reused", name)
             continue
         values = stage_values(config, name)
-        started = {"fingerprint": fingerprint(values), "inputs": planner.inputs(name)}
+        started = {
+            "fingerprint": fingerprint(values),
+            "inputs": planner.inputs(name),
+            "paths": inputs.path_fingerprints(values),
+        }
         ws.write_started(name, started)
-        log.info("stage %s: starting", name)
+        log.info("stage %s: starting (%d of %d: %s)", name, number, len(stages), STAGE_WORK[name])
         start = time.time()
-        facts = STAGES[name].run(ws)
+        try:
+            facts = STAGES[name].run(ws)
+        except interrupts.Interrupted as e:
+            e.where = f"stage {name}"
+            if e.saved is None and STAGES[name].resumable:
+                e.saved = "this stage continues from its newest checkpoint (if it saved one)"
+            raise
         wall = time.time() - start
         if facts is None:
             log.info("stage %s: stopped early after %.1f s; run again to resume", name, wall)
             return False
+        problem = STAGES[name].damaged(ws, facts)
+        if problem is not None:  # a bug: never record success over missing outputs
+            raise RuntimeError(f"stage {name} finished, but {problem}")
         ws.write_record(
             name,
             dict(started, id=uuid.uuid4().hex, values=values, wall_s=round(wall, 2), facts=facts),
         )
         ran.add(name)
-        outputs = ", ".join(str(p) for p in STAGES[name].outputs(ws) if p.exists()) or "-"
-        log.info("stage %s: done in %.1f s (outputs: %s)", name, wall, outputs)
+        written = ", ".join(str(p) for p in STAGES[name].outputs(ws) if p.exists()) or "-"
+        log.info("stage %s: done in %.1f s (outputs: %s)", name, wall, written)
     print(_summary(ws, stages, ran), flush=True)
     return True

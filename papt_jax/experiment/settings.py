@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NoReturn
 
 import ml_collections
 
@@ -231,6 +231,7 @@ FIELDS: dict[str, Rule] = {
     "data.on_bad_audio": choice("skip", "error"),
     "data.resample": boolean,
     "data.data_dir": string,
+    "data.verify_audio": choice("stat", "content"),
     "data.max_seconds": number(1.0),
     "data.num_buckets": integer(1, 8),
     "data.batch_seconds": number(0.0),
@@ -295,6 +296,8 @@ FIELDS: dict[str, Rule] = {
     "pretrain.num_codevector_groups": integer(1),
     "pretrain.num_codevectors_per_group": integer(2),
     "pretrain.codevector_dim": integer(1),
+    # every training stage
+    "train.checkpoint_every_minutes": number(0.0),
     # fine-tuning
     "finetune.dimensions": csv_of(*DIMENSIONS),
     "finetune.init": choice("pretrain", "model"),
@@ -421,29 +424,44 @@ def _cross_field(values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def validate(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+SHOW_CONFIG_HINT = "every setting with its value and meaning: add --show_config to the command"
+
+
+def _refuse(problems: Sequence[str]) -> NoReturn:
+    raise ConfigError(
+        "cannot run this configuration:\n  - " + "\n  - ".join(problems), hint=SHOW_CONFIG_HINT
+    )
+
+
+def validate(config: ml_collections.ConfigDict, problems: Sequence[str] = ()) -> tuple[str, ...]:
     """Checks the whole config; returns the stages it asks for.
+
+    Args:
+      config: the experiment config.
+      problems: problems found before, listed with the config's own: the command line's
+        overrides that could not be applied (`cli.override_problems`).
 
     Raises:
       ConfigError: listing every problem found, each with its `--config.` key.
     """
     values = flatten(config)
-    problems = []
+    problems = list(problems)
+    found = []
     for key in sorted(set(values) - set(FIELDS)):
-        problems.append(f"--config.{key} is not a known setting")
+        found.append(f"--config.{key} is not a known setting")
     for key, rule in FIELDS.items():
         if key not in values:
-            problems.append(f"--config.{key} is missing from the config file")
+            found.append(f"--config.{key} is missing from the config file")
             continue
         problem = rule(values[key])
         if problem:
-            problems.append(f"--config.{key}={values[key]!r} {problem}")
-    if problems:  # later checks read the values, which must have the right types first
-        raise ConfigError("cannot run this configuration:\n  - " + "\n  - ".join(problems))
+            found.append(f"--config.{key}={values[key]!r} {problem}")
+    if found:  # later checks read the values, which must have the right types first
+        _refuse(problems + found)
     stages = csv(values["stages"])
-    problems = _required(values, stages) + _cross_field(values)
+    problems += _required(values, stages) + _cross_field(values)
     if problems:
-        raise ConfigError("cannot run this configuration:\n  - " + "\n  - ".join(problems))
+        _refuse(problems)
     return stages
 
 

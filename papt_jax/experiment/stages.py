@@ -4,8 +4,9 @@
 
 Each `Stage` says which stages it reads (`needs`), which config keys decide its outputs
 (`keys`: the fingerprint that `run.py` compares on a rerun), where its outputs live
-(`outputs`: removed when the stage must be redone) and whether a started attempt can be
-resumed (training stages resume from their checkpoints; the others start over).
+(`outputs`: removed when the stage must be redone; `damaged`: checked before a finished
+stage is reused) and whether a started attempt can be resumed (training stages resume
+from their checkpoints; the others start over).
 
 A stage function returns a dict of facts for its completion record, or None when it
 stopped early on purpose (`stop_after_steps`) and should resume on the next run.
@@ -21,7 +22,8 @@ from typing import Any
 
 import ml_collections
 
-from papt_jax.experiment import objectives, settings
+from papt_jax import storage
+from papt_jax.experiment import objectives, output_checks, settings
 from papt_jax.experiment.evaluation import run_evaluate, run_report
 from papt_jax.experiment.finetuning import run_finetune, run_speaker_weights
 from papt_jax.experiment.pretraining import (
@@ -39,7 +41,14 @@ csv = settings.csv
 
 
 # Keys that change only speed or logging, never what a stage writes.
-SPEED_ONLY_KEYS = ("num_devices", "log_every", "data.worker_count", "model.remat")
+SPEED_ONLY_KEYS = (
+    "num_devices",
+    "log_every",
+    "data.worker_count",
+    "model.remat",
+    "train.checkpoint_every_minutes",
+    "data.verify_audio",
+)
 
 
 def run_corpus(ws: Workspace) -> dict[str, Any]:
@@ -76,10 +85,27 @@ def corpus_config(ws: Workspace):
     )
 
 
+def check_prepare_inputs(ws: Workspace) -> None:
+    """The corpus folder and labels files can be read, and a dataset outside the workdir
+    (shared, never removed from here) can be reused or built; raises a `UserError` if not."""
+    from papt_jax.data import dataset_files, msp_podcast
+
+    config = corpus_config(ws)
+    if not ws.config.data.synthetic_preset:  # the embedded corpus is made by stage corpus
+        msp_podcast.check_release_dir(config.corpus_dir, "data.corpus_dir")
+        config.resolve_labels_file()
+        config.resolve_new_labels_file()
+    if ws.workdir not in ws.data_dir.parents:
+        storage.check_output_dir(ws.data_dir, "--config.data.data_dir", [config.corpus_dir])
+        if (ws.dataset_dir / "dataset_info.json").is_file():
+            record = dataset_files.config_record(config)
+            dataset_files.check_reusable(ws.dataset_dir, record, ws.config.data.verify_audio)
+
+
 def run_prepare(ws: Workspace) -> dict[str, Any]:
     from papt_jax.data import prepare
 
-    out = prepare.prepare(corpus_config(ws), ws.data_dir)
+    out = prepare.prepare(corpus_config(ws), ws.data_dir, verify_audio=ws.config.data.verify_audio)
     train_speakers = ws.split_speakers("train")
     if train_speakers is not None:
         settings.validate_against_data(ws.config, train_speakers)
@@ -96,7 +122,11 @@ class Stage:
       needs: config -> the stages whose outputs it reads.
       keys: config -> the config keys (or key prefixes ending in '.') that decide its outputs.
       outputs: workspace -> the paths it writes (removed when it must be redone).
+      damaged: (workspace, the record's facts) -> what is missing or damaged among the
+        finished stage's outputs, or None (`output_checks.py`).
       resumable: a started, unfinished attempt continues from its checkpoints.
+      check_inputs: workspace -> None, raising a `UserError` when what the stage reads from
+        outside the workdir cannot be used; run before a redo removes anything.
     """
 
     name: str
@@ -104,7 +134,9 @@ class Stage:
     needs: Callable[[ml_collections.ConfigDict], tuple[str, ...]]
     keys: Callable[[ml_collections.ConfigDict], tuple[str, ...]]
     outputs: Callable[[Workspace], tuple[Path, ...]]
+    damaged: Callable[[Workspace, dict[str, Any]], str | None]
     resumable: bool = False
+    check_inputs: Callable[[Workspace], None] | None = None
 
 
 _TRAIN_DATA_KEYS = ("seed", "data.max_seconds", "data.num_buckets", "data.batch_seconds")
@@ -197,14 +229,30 @@ def _data_outputs(ws: Workspace) -> tuple[Path, ...]:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("corpus", run_corpus, lambda c: (), _corpus_keys, lambda ws: (ws.path("corpus"),)),
-        Stage("prepare", run_prepare, lambda c: ("corpus",), _prepare_keys, _data_outputs),
+        Stage(
+            "corpus",
+            run_corpus,
+            lambda c: (),
+            _corpus_keys,
+            lambda ws: (ws.path("corpus"),),
+            output_checks.corpus,
+        ),
+        Stage(
+            "prepare",
+            run_prepare,
+            lambda c: ("corpus",),
+            _prepare_keys,
+            _data_outputs,
+            output_checks.prepare,
+            check_inputs=check_prepare_inputs,
+        ),
         Stage(
             "bootstrap",
             run_bootstrap,
             lambda c: ("prepare",),
             _bootstrap_keys,
             lambda ws: (ws.path("bootstrap"),),
+            output_checks.bootstrap,
             resumable=True,
         ),
         Stage(
@@ -213,6 +261,7 @@ STAGES: dict[str, Stage] = {
             lambda c: ("prepare",) + _uses_bootstrap(c.pseudo_labels.teacher),
             _pseudo_label_keys,
             lambda ws: (ws.path("pseudo_labels"),),
+            output_checks.pseudo_labels,
         ),
         Stage(
             "pretrain",
@@ -224,6 +273,7 @@ STAGES: dict[str, Stage] = {
             ),
             _pretrain_keys,
             lambda ws: (ws.path("pretrain"),),
+            output_checks.pretrain,
             resumable=True,
         ),
         Stage(
@@ -232,6 +282,7 @@ STAGES: dict[str, Stage] = {
             lambda c: ("prepare",),
             _speaker_weight_keys,
             lambda ws: (ws.path("speaker_weights"),),
+            output_checks.speaker_weights,
             # Its ComParE feature cache is kept and reused when an attempt is resumed.
             resumable=True,
         ),
@@ -245,6 +296,7 @@ STAGES: dict[str, Stage] = {
             ),
             _finetune_keys,
             lambda ws: (ws.path("finetune"),),
+            output_checks.finetune,
             resumable=True,
         ),
         Stage(
@@ -253,6 +305,7 @@ STAGES: dict[str, Stage] = {
             lambda c: ("prepare", "finetune") + _uses_bootstrap(c.model.init),
             _evaluate_keys,
             lambda ws: (ws.path("evaluate"),),
+            output_checks.evaluate,
         ),
         Stage(
             "report",
@@ -260,6 +313,7 @@ STAGES: dict[str, Stage] = {
             lambda c: ("evaluate",),
             lambda c: ("name",),
             lambda ws: (ws.path("report"),),
+            output_checks.report,
         ),
     )
 }

@@ -12,16 +12,13 @@ Layout (see docs/architecture.md):
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import errno
 import fcntl
 import json
 import logging
 import os
-import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from papt_jax import storage
 from papt_jax.data import batching, input_pipeline, prepare, subset
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
@@ -46,6 +44,29 @@ class WorkdirBusyError(UserError):
     """Another run holds the workdir's lock."""
 
 
+class WorkdirError(UserError):
+    """The workdir cannot be used: a file, read-only, or not creatable."""
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None (with a warning) when it is missing or is not one.
+
+    A record cut short, not UTF-8, or valid JSON of another shape (a list, a number) counts
+    as absent: the stage it describes is then not done.
+    """
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        log.warning("%s is unreadable (%s); %s", path, type(e).__name__, what)
+        return None
+    if not isinstance(value, dict):
+        log.warning("%s holds a JSON %s, not a record; %s", path, type(value).__name__, what)
+        return None
+    return value
+
+
 def write_json_atomic(path: Path, value: Any) -> None:
     """Writes JSON to a temporary sibling and renames it into place (never half a file)."""
     tmp = path.with_name(path.name + PARTIAL_SUFFIX)
@@ -53,27 +74,9 @@ def write_json_atomic(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def remove(path: Path) -> None:
-    """Removes a file or folder tree if it exists."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yields a fresh temporary sibling folder; renames it to `final` when the block ends.
-
-    A kill inside the block leaves only `<final>.partial`, which the next attempt removes,
-    so a half-written folder is never taken for a finished one.
-    """
-    tmp = final.with_name(final.name + PARTIAL_SUFFIX)
-    remove(tmp)
-    tmp.mkdir(parents=True)
-    yield tmp
-    remove(final)
-    os.replace(tmp, final)
+# A stage's folder written under a temporary name and renamed into place when complete.
+atomic_dir = storage.staged_dir
+remove = storage.remove
 
 
 class RunLock:
@@ -119,7 +122,12 @@ class Workspace:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
         self.config = config
         self.workdir = Path(workdir).absolute()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        problem = storage.writable_dir_problem(self.workdir)
+        if problem is not None:
+            raise WorkdirError(
+                f"--workdir={self.workdir} {problem}",
+                hint="choose a folder you can write to (a new one is created)",
+            )
         self.records_dir = self.workdir / "stages"
         self._mesh = None
         self._eval_buckets: tuple[int, ...] | None = None
@@ -152,13 +160,17 @@ class Workspace:
     def record(self, stage: str) -> dict[str, Any] | None:
         """The completion record of `stage`, or None when it has not completed."""
         path = self.records_dir / f"{stage}.json"
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            log.warning("%s is unreadable; stage %s counts as not done", path, stage)
-            return None
+        return _read_json_object(path, f"stage {stage} counts as not done")
+
+    def discard_unreadable_records(self) -> None:
+        """Removes records that are not JSON objects (warning once for each), so the stages
+        they describe count as not done from here on."""
+        if not self.records_dir.is_dir():
+            return
+        for path in sorted(self.records_dir.glob("*.json")):
+            what = "the stage it describes counts as not done; it is removed"
+            if _read_json_object(path, what) is None:
+                remove(path)
 
     def write_record(self, stage: str, record: dict[str, Any]) -> None:
         self.records_dir.mkdir(exist_ok=True)
@@ -166,10 +178,7 @@ class Workspace:
 
     def started(self, stage: str) -> dict[str, Any] | None:
         path = self.records_dir / f"{stage}.started.json"
-        try:
-            return json.loads(path.read_text()) if path.is_file() else None
-        except json.JSONDecodeError:
-            return None
+        return _read_json_object(path, f"an earlier attempt of stage {stage} is not resumed")
 
     def write_started(self, stage: str, record: dict[str, Any]) -> None:
         self.records_dir.mkdir(exist_ok=True)
@@ -295,7 +304,13 @@ class Workspace:
 
         parsed = settings.parse_encoder_spec(spec)
         if parsed.kind == "workdir":
-            return convert.load_converted(self.path(parsed.value, "encoder"))
+            path = self.path(parsed.value, "encoder")
+            if not convert.api.is_converted_dir(path):  # deleted while this run was going
+                raise UserError(
+                    f"the encoder of stage {parsed.value} ({path}) is missing",
+                    hint=f"rerun the same command: stage {parsed.value} is then redone first",
+                )
+            return convert.load_converted(path)
         if parsed.kind == "converted":
             return convert.load_converted(parsed.value)
         if parsed.kind == "pytorch":

@@ -32,7 +32,8 @@ def main(argv: list[str]) -> int:
     from papt_jax.export.bundle import check_out, write_bundle
     from papt_jax.predict import assets as assets_lib
 
-    check_out(Path(_OUT.value).absolute(), _OVERWRITE.value)  # before the slow part
+    # Before the slow part.
+    check_out(Path(_OUT.value).absolute(), _OVERWRITE.value, Path(_WORKDIR.value).absolute())
     assets = assets_lib.from_workdir(_WORKDIR.value)
     out = write_bundle(assets, _OUT.value, to_hf=_TO_HF.value, overwrite=_OVERWRITE.value)
     print(f"exported model {assets.model_id} to {out}", file=sys.stderr)

@@ -3,18 +3,18 @@
 The layout is documented in `papt_jax.predict.assets` (which also reads it). The arrays are
 the ones `assets.from_workdir` builds, stored unchanged (Orbax trees with sha256 manifests,
 `.npz` for the reference statistics), so an export predicts bit for bit as its workdir does.
-The folder is written under `<out>.partial` and renamed into place when complete.
+The folder is written under `<out>.partial` and renamed into place when complete; an
+earlier export it replaces stays in place until then.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from papt_jax import storage
 from papt_jax.errors import UserError
 from papt_jax.predict import assets as assets_lib
 from papt_jax.predict.assets import RunAssets
@@ -26,8 +26,11 @@ class ExportExistsError(UserError, FileExistsError):
     """The output folder exists and is not an export that may be replaced."""
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Raises `ExportExistsError` when `out` may not be written."""
+def check_out(out: Path, overwrite: bool, workdir: Path | None = None) -> None:
+    """Raises `ExportExistsError` (or `storage.OutputError`) when `out` may not be written:
+    a file, the workdir or a folder holding it, a place that cannot be written, or a
+    non-empty folder that is not an earlier export (or is one, without `overwrite`)."""
+    storage.check_output_dir(out, "--out", [workdir] if workdir is not None else [])
     if out.exists() and not out.is_dir():
         raise ExportExistsError(f"--out {out} is a file, not a folder")
     if not out.exists() or not any(out.iterdir()):
@@ -72,6 +75,8 @@ def manifest(assets: RunAssets) -> dict:
         "label_scaling": {d: r.label_scaling for d, r in assets.regressors.items()},
         "num_speakers": len(assets.speakers),
         "num_training_speakers": int(next(iter(assets.references.values())).speaker_index.size),
+        # Prediction refuses recordings much shorter than this (`predict.limits`).
+        "shortest_train_s": assets.shortest_train_s,
         "source": str(assets.source),
     }
 
@@ -141,12 +146,6 @@ def write_bundle(
     """
     out = Path(out).absolute()
     check_out(out, overwrite)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    _write_contents(assets, tmp, to_hf)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with storage.staged_dir(out) as tmp:  # an earlier export stays until this one is whole
+        _write_contents(assets, tmp, to_hf)
     return out

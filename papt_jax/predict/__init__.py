@@ -2,7 +2,8 @@
 
 `Predictor` (predictor.py) is the Python API; `python -m papt_jax.predict` the command line.
 Speaker profiles and PLDC on them: profiles.py; windows and buckets: windows.py; finding and
-reading audio files: files.py; what is loaded from a run or export: assets.py.
+reading audio files: files.py; what is loaded from a run or export: assets.py; the shortest
+recording a model takes and predictions outside the label scale: limits.py.
 """
 
 from papt_jax.predict.predictor import Predictor

@@ -20,9 +20,18 @@ a saved `--profile` needs no reference. Dominance has no labels in the data: unc
 `--audio` takes files and folders (searched recursively), comma-separated. The CSV has one
 row per predicted file: file, duration_s, speaker (the speaker or profile used, or "none
 (plain model output)"), one column per emotion dimension and, with a speaker, its PLDC
-variants `<dim>_mu`, `<dim>_sigma`, `<dim>_both`. Files that cannot be used are named on
-stderr and listed in `<out stem>.rejected.csv` (file, reason, detail); the others are
-predicted. Exit code 0 when at least one file was predicted, 2 otherwise (one error line).
+variants `<dim>_mu`, `<dim>_sigma`, `<dim>_both`, and last `outside_scale`: the dimensions
+whose prediction lies outside the label scale 1..7 (';'-separated, empty for none), which
+never enter the speaker's calibration. Files that cannot be used (unreadable, silent,
+shorter than the model's minimum duration, ...) are named on stderr and listed in
+`<out stem>.rejected.csv` (file, reason, detail; written only when a file was refused); the
+others are predicted. Exit code 0 when at least one file was predicted, 2 otherwise (one
+error line).
+
+The outputs (`--out`, its `.rejected.csv`, `--save_profile`) are checked before the model is
+loaded: one that is an input (an audio file, the profile), an existing folder, or in a
+place that cannot be written is refused with one line. Each is written under a temporary
+name and renamed when complete, so a failure leaves an earlier file as it was.
 
 Speakers (exclusive: --speaker with --enroll means a training speaker's enrollment set):
   --speaker=ID       a training speaker; calibrated with the --audio files as its set
@@ -39,8 +48,9 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from papt_jax import cli
+from papt_jax import cli, storage
 from papt_jax.data.audio import SAMPLE_RATE
+from papt_jax.data.msp_podcast import LABEL_MAX, LABEL_MIN
 from papt_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir.")
@@ -104,31 +114,30 @@ def _report_problems(problems) -> None:
         print(f"skipped {p.file}: {p.reason} ({p.detail})", file=sys.stderr)
 
 
-def _progress_bar(total_seconds: float, desc: str):
-    from tqdm import tqdm
+def _progress_bar(seconds: float, passes: int, what: str):
+    """A bar over `passes` model passes of `seconds` of audio (the share done is shown)."""
+    from papt_jax import progress
 
-    bar = tqdm(
-        total=total_seconds,
-        desc=desc,
-        file=sys.stderr,
-        leave=False,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio "
-        "[{elapsed}<{remaining}]",
+    noun = "pass" if passes == 1 else "passes"
+    bar = progress.bar(
+        total=seconds * passes,
+        desc=f"{what} {seconds:.1f} s of audio ({passes} model {noun})",
+        show_count=False,
     )
 
-    def progress(seconds: float) -> None:
+    def update(done: float) -> None:
         # Header durations (the total) and decoded lengths differ by resampling round-off.
-        bar.update(min(seconds, max(bar.total - bar.n, 0.0)))
+        bar.update(min(done, max(bar.total - bar.n, 0.0)))
 
-    return bar, progress
+    return bar, update
 
 
-def _read_all(files):
+def _read_all(predictor, files):
     """Reads every file (for enrollment): (waveforms, problems)."""
     from papt_jax.predict import files as files_lib
 
     waves, problems = [], []
-    for _, w, bad in files_lib.read_chunks(files):
+    for _, w, bad in files_lib.read_chunks(files, check=predictor.check_duration):
         waves += w
         problems += bad
     return waves, problems
@@ -137,11 +146,12 @@ def _read_all(files):
 def _enroll(predictor, found):
     from papt_jax.predict import files as files_lib
 
-    waves, problems = _read_all(found.files)
+    waves, problems = _read_all(predictor, found.files)
     _report_problems(problems)
     seconds = sum(len(w) for w in waves) / SAMPLE_RATE
+    # One pass per dimension, and for a new speaker one of the original encoder.
     passes = len(predictor.dimensions) + (0 if _SPEAKER.value else 1)
-    bar, progress = _progress_bar(seconds * passes, "enrolling")
+    bar, progress = _progress_bar(seconds, passes, "enrolling")
     with bar:
         name = Path(files_lib.split_paths(_ENROLL.value)[0]).name or "enrolled"
         profile = predictor.enroll_prepared(
@@ -163,7 +173,7 @@ def _predict_files(predictor, profile, found, out: Path) -> int:
     import numpy as np
 
     from papt_jax.predict import files as files_lib
-    from papt_jax.predict.predictor import PLAIN
+    from papt_jax.predict.predictor import OUTSIDE_SCALE, PLAIN
 
     if found.ignored:
         kinds = sorted({p.suffix or p.name for p in found.ignored})
@@ -176,21 +186,22 @@ def _predict_files(predictor, profile, found, out: Path) -> int:
         index = predictor.speaker_index(_SPEAKER.value)
     elif profile is not None:
         index = predictor.speaker_index(profile.speaker_id)
-    total = sum(files_lib.probe_seconds(f) for f in found.files) * len(predictor.dimensions)
+    seconds = sum(files_lib.probe_seconds(f) for f in found.files)
     paths, durations, problems, parts = [], [], [], []
-    bar, progress = _progress_bar(total, "predicting")
+    passes = len(predictor.dimensions)
+    bar, progress = _progress_bar(seconds, passes, "predicting")
     with bar:
-        for chunk_paths, waves, bad in files_lib.read_chunks(found.files):
+        for chunk_paths, waves, bad in files_lib.read_chunks(
+            found.files, check=predictor.check_duration
+        ):
             problems += bad
-            bar.total -= sum(files_lib.probe_seconds(p.file) for p in bad) * len(
-                predictor.dimensions
-            )
+            bar.total -= sum(files_lib.probe_seconds(p.file) for p in bad) * passes
             if waves:
                 parts.append(predictor.forward(waves, index, progress))
                 paths += chunk_paths
                 durations += [len(w) / SAMPLE_RATE for w in waves]
     _report_problems(problems)
-    rejected = _write_rejected(out, problems)
+    rejected = _write_rejected(out, problems) if problems else None
     if not paths:
         raise UserError(
             f"no file could be predicted: all {len(problems)} were refused (listed in {rejected})"
@@ -211,6 +222,14 @@ def _predict_files(predictor, profile, found, out: Path) -> int:
         + (f"; {len(problems)} file(s) refused, listed in {rejected}" if problems else ""),
         file=sys.stderr,
     )
+    flagged = {dim: int(r[OUTSIDE_SCALE].sum()) for dim, r in results.items()}
+    if any(flagged.values()):
+        counts = ", ".join(f"{n} {dim}" for dim, n in flagged.items() if n)
+        print(
+            f"predictions outside the label scale {LABEL_MIN:g}..{LABEL_MAX:g} ({counts}) are "
+            f"marked in column {OUTSIDE_SCALE} and left out of the speaker's calibration",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -308,28 +327,48 @@ def rejected_path(out: Path) -> Path:
     return out.with_name(out.stem + ".rejected.csv")
 
 
+def _check_outputs(audio, enroll) -> None:
+    """Refuses, before any work, outputs that would overwrite an input or cannot be written."""
+    inputs = [*(audio.files if audio else ()), *(enroll.files if enroll else ())]
+    inputs += [p for p in (_PROFILE.value,) if p]
+    outputs = []
+    if _OUT.value:
+        out = storage.check_output_file(_OUT.value, "--out", inputs)
+        storage.check_output_file(rejected_path(out), "--out's list of refused files", inputs)
+        outputs += [out, rejected_path(out)]
+    if _SAVE_PROFILE.value:
+        profile = storage.check_output_file(_SAVE_PROFILE.value, "--save_profile", inputs)
+        if profile in outputs:
+            raise UserError(f"--save_profile={profile} is also the predictions' file")
+
+
 def _write_rejected(out: Path, problems) -> Path:
     path = rejected_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+
+    def write(f) -> None:
         writer = csv.writer(f)
         writer.writerow(["file", "reason", "detail"])
         for p in problems:
             writer.writerow([str(p.file), p.reason, p.detail])
+
+    storage.write_atomic(path, write)
     return path
 
 
 def _write_predictions(out: Path, paths, durations, results, profile) -> None:
     from papt_jax.pldc import MODES
-    from papt_jax.predict.predictor import PLAIN
+    from papt_jax.predict.predictor import OUTSIDE_SCALE, PLAIN
 
     dims = list(results)
     header = ["file", "duration_s", "speaker", *dims]
     if profile is not None:
         header += [f"{dim}_{mode}" for dim in dims for mode in MODES]
+    header.append(OUTSIDE_SCALE)
     note = PLAIN_NOTE if profile is None else profile.describe()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as f:
+
+    def write(f) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         for i, (path, seconds) in enumerate(zip(paths, durations, strict=True)):
@@ -337,7 +376,10 @@ def _write_predictions(out: Path, paths, durations, results, profile) -> None:
             row += [f"{results[dim][PLAIN][i]:.6g}" for dim in dims]
             if profile is not None:
                 row += [f"{results[dim][mode][i]:.6g}" for dim in dims for mode in MODES]
+            row.append(";".join(dim for dim in dims if results[dim][OUTSIDE_SCALE][i]))
             writer.writerow(row)
+
+    storage.write_atomic(out, write)
 
 
 def main(argv: list[str]) -> int:
@@ -357,6 +399,7 @@ def main(argv: list[str]) -> int:
     enroll = None
     if _ENROLL.value:
         enroll = files_lib.find_audio(files_lib.split_paths(_ENROLL.value), "--enroll")
+    _check_outputs(audio, enroll)
 
     if _CONVERTED.value:
         return _predict_emotion_model(audio, enroll, Path(_OUT.value) if _OUT.value else None)

@@ -12,7 +12,8 @@ stores those very arrays (`papt_jax.export`), so both predict bit for bit alike.
 
 Exported folder layout (`BUNDLE_*` names below)::
 
-    manifest.json                 format, version, model_id, dimensions, PLDC k, label scaling
+    manifest.json                 format, version, model_id, dimensions, PLDC k, label scaling,
+                                  the training split's shortest utterance (`shortest_train_s`)
     config.json                   the run's config
     speakers.json                 {"speakers": [...]}: speaker id of each embedding row
     regressors/<dim>/encoder_config.json, regressors/<dim>/variables/   (Orbax, sha256 manifest)
@@ -39,6 +40,7 @@ import numpy as np
 
 from papt_jax.errors import UserError
 from papt_jax.models.config import HubertConfig
+from papt_jax.predict import limits
 from papt_jax.predict.profiles import Reference
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,8 @@ class RunAssets:
       load_original: returns the `OriginalEncoder` (loaded on first use: it is only needed
         to enroll new speakers).
       summary: the run's report/summary.json, or None.
+      shortest_train_s: duration of the training split's shortest utterance, or None when
+        the run did not record it (`limits.min_seconds` then takes its fallback).
     """
 
     source: Path
@@ -111,6 +115,12 @@ class RunAssets:
     references: dict[str, Reference]
     load_original: Callable[[], OriginalEncoder]
     summary: dict[str, Any] | None = None
+    shortest_train_s: float | None = None
+
+    @property
+    def min_seconds(self) -> float:
+        """The shortest recording this model predicts (`limits.min_seconds`)."""
+        return limits.min_seconds(self.shortest_train_s)
 
     @functools.cached_property
     def original(self) -> OriginalEncoder:
@@ -202,7 +212,23 @@ def from_workdir(workdir: str | Path) -> RunAssets:
         references=references,
         load_original=functools.partial(_original_from_workdir, ws, train),
         summary=summary,
+        shortest_train_s=_shortest_train_s(record, ws),
     )
+
+
+def _shortest_train_s(record: dict[str, Any], ws) -> float | None:
+    """The evaluate stage's record of it; for runs evaluated before it was recorded, the
+    dataset's index (when it is still there)."""
+    shortest = (record.get("facts") or {}).get("shortest_train_s")
+    if shortest is not None:
+        return float(shortest)
+    from papt_jax.experiment.evaluation import shortest_train_seconds
+
+    try:
+        return shortest_train_seconds(ws)
+    except (OSError, ValueError, KeyError):
+        log.warning("%s: the training split's durations are unknown", ws.workdir)
+        return None
 
 
 def _original_from_workdir(ws, train: dict[str, np.ndarray]) -> OriginalEncoder:
@@ -292,6 +318,7 @@ def from_export(directory: str | Path) -> RunAssets:
         references=references,
         load_original=functools.partial(_original_from_export, directory, arrays),
         summary=json.loads(summary_path.read_text()) if summary_path.is_file() else None,
+        shortest_train_s=manifest.get("shortest_train_s"),
     )
     if assets.model_id != manifest["model_id"]:
         raise RunNotReadyError(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +142,18 @@ def read_for_model(path: Path) -> np.ndarray:
 
 
 def read_chunks(
-    files: Iterable[Path], max_seconds: float = 600.0, max_files: int = 256
+    files: Iterable[Path],
+    max_seconds: float = 600.0,
+    max_files: int = 256,
+    check: Callable[[np.ndarray, Path], None] | None = None,
 ) -> Iterator[tuple[list[Path], list[np.ndarray], list[Problem]]]:
     """Reads `files` in chunks of at most `max_seconds` of audio or `max_files` files.
+
+    Args:
+      files: the audio files.
+      max_seconds, max_files: chunk size.
+      check: called with each waveform read and its path; an `AudioError` it raises refuses
+        the file like a reading problem (e.g. `Predictor.check_duration`).
 
     Yields:
       (paths read, their waveforms, problems met in this chunk).
@@ -153,6 +162,8 @@ def read_chunks(
     for path in files:
         try:
             wave = read_for_model(path)
+            if check is not None:
+                check(wave, path)
         except AudioError as e:
             problems.append(Problem(path, e.reason, e.detail))
             continue

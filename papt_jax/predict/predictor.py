@@ -8,7 +8,14 @@
     out = p.predict(waveforms, profile=profile)     # a new speaker, calibrated
 
 `predict` returns `{dimension: {variant: (N,) float32}}` with variant 'prediction' (the
-model's output) and, with a speaker or profile, the PLDC variants 'mu', 'sigma', 'both'.
+model's output) and, with a speaker or profile, the PLDC variants 'mu', 'sigma', 'both';
+and `{dimension: {'outside_scale': (N,) bool}}`, True where the model's output lies outside
+the label scale (1..7): such a prediction is not a meaningful score, and it never enters a
+speaker's PLDC statistics (a profile, or the `speaker=` set).
+
+Recordings shorter than `Predictor.min_seconds` (half the training split's shortest
+utterance, `limits.py`) are refused like other unusable audio (`TooShortAudio`): the model
+never saw anything that short.
 
 Speakers, as the evaluation treats them (`papt_jax.eval.evaluate`):
 
@@ -33,22 +40,28 @@ import jax
 import numpy as np
 
 from papt_jax.data.audio import SAMPLE_RATE
+from papt_jax.data.msp_podcast import LABEL_MAX, LABEL_MIN
 from papt_jax.errors import UserError
 from papt_jax.pldc import MODES
 from papt_jax.predict import assets as assets_lib
-from papt_jax.predict import profiles
+from papt_jax.predict import limits, profiles
 from papt_jax.predict.profiles import SpeakerProfile
 from papt_jax.predict.waveforms import batch_to_list, to_model_input
 from papt_jax.predict.windows import Batching, combine, split_windows, window_batches
 
 PLAIN = "prediction"
 VARIANTS = (PLAIN, *MODES)
+OUTSIDE_SCALE = limits.OUTSIDE_SCALE
 
 Progress = Callable[[float], None] | None
 
 
 class UnknownSpeakerError(UserError, KeyError):
     """A speaker id that is not in the model's speaker table."""
+
+
+class CalibrationError(UserError, ValueError):
+    """A speaker's recordings that give no usable PLDC statistics."""
 
 
 def _head_rows(n: int) -> int:
@@ -166,6 +179,15 @@ class Predictor:
     def model_id(self) -> str:
         return self.assets.model_id
 
+    @property
+    def min_seconds(self) -> float:
+        """The shortest recording accepted (`assets.RunAssets.min_seconds`)."""
+        return self.assets.min_seconds
+
+    def check_duration(self, samples: np.ndarray, name) -> None:
+        """Raises `TooShortAudio` for a 16 kHz recording shorter than `min_seconds`."""
+        limits.check_duration(samples, name, self.assets.shortest_train_s)
+
     def speaker_index(self, speaker: str) -> int:
         """Row of `speaker` in the speaker table.
 
@@ -202,7 +224,11 @@ class Predictor:
         items = batch_to_list(waveforms)
         if not items:
             raise UserError("no waveforms given")
-        return [to_model_input(x, sample_rate, f"waveform {i}") for i, x in enumerate(items)]
+        prepared = []
+        for i, x in enumerate(items):
+            prepared.append(to_model_input(x, sample_rate, f"waveform {i}"))
+            self.check_duration(prepared[-1], f"waveform {i}")
+        return prepared
 
     def _pooled(
         self,
@@ -304,8 +330,22 @@ class Predictor:
                 ref, vectors = self.assets.original.reference, original_pooled
             else:
                 ref, vectors = label_ref, out["pooled"]
+            # A prediction outside the label scale is no score: it would drag mu and sigma.
+            used = ~limits.outside_scale(out[PLAIN])
+            if not used.any():
+                raise CalibrationError(
+                    f"every {dim} prediction of the {n} recording(s) lies outside the label "
+                    f"scale {LABEL_MIN:g}..{LABEL_MAX:g}: no calibration can be computed",
+                    hint="give more (and longer) recordings of the speaker",
+                )
             dims[dim] = profiles.dimension_stats(
-                out[PLAIN], vectors, ref, label_ref, self.speakers, self.pldc_k
+                out[PLAIN][used],
+                np.asarray(vectors)[used],
+                ref,
+                label_ref,
+                self.speakers,
+                self.pldc_k,
+                left_out=int(n - used.sum()),
             )
         if speaker is None:
             proxy = self.proxy_speaker(original_pooled)
@@ -401,10 +441,11 @@ class Predictor:
     def results(
         self, outputs: dict[str, dict[str, np.ndarray]], profile: SpeakerProfile | None
     ) -> dict[str, dict[str, np.ndarray]]:
-        """{dimension: {variant: (N,)}} from `forward` outputs, calibrated by `profile`."""
+        """{dimension: {variant: (N,), 'outside_scale': (N,) bool}} from `forward` outputs,
+        calibrated by `profile`."""
         out = {}
         for dim, o in outputs.items():
-            out[dim] = {PLAIN: o[PLAIN]}
+            out[dim] = {PLAIN: o[PLAIN], OUTSIDE_SCALE: limits.outside_scale(o[PLAIN])}
             if profile is not None:
                 out[dim].update(profiles.calibrate(o[PLAIN], profile.dimensions[dim]))
         return out
@@ -429,10 +470,12 @@ class Predictor:
           progress: called with audio seconds as batches finish.
 
         Returns:
-          {dimension: {'prediction': (N,), and with a speaker 'mu', 'sigma', 'both': (N,)}}.
+          {dimension: {'prediction': (N,), and with a speaker 'mu', 'sigma', 'both': (N,);
+          'outside_scale': (N,) bool}}.
 
         Raises:
-          AudioError: an unusable waveform (named by its position).
+          AudioError: an unusable waveform (named by its position), e.g. `TooShortAudio`
+            below `min_seconds`.
           UnknownSpeakerError, ProfileError: a speaker or profile this model cannot use.
         """
         if speaker is not None and profile is not None:

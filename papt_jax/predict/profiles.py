@@ -19,7 +19,9 @@ Each prediction y is then mapped on its own (paper, Eq. 3):
     both:  (y - mu) * sigma_bar / sigma + mu_bar
 
 with `sigma_bar / sigma` replaced by 1 when the profile's predictions were all equal
-(`pldc.py`'s guard). Calibrating the profile's own recordings reproduces the evaluation.
+(`pldc.py`'s guard). Recordings whose prediction lies outside the label scale enter none of
+a dimension's numbers (`Predictor.profile_from`; counted in `left_out`). Otherwise,
+calibrating the profile's own recordings reproduces the evaluation.
 
 File format (JSON, `SpeakerProfile.save`): see `SpeakerProfile` and the README. Numbers are
 the float32 values written as decimals that read back to the same float32.
@@ -37,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from papt_jax import pldc
+from papt_jax import pldc, storage
 from papt_jax.errors import UserError
 
 PROFILE_FORMAT = "papt_jax.speaker_profile"
@@ -108,6 +110,8 @@ class DimensionStats:
       mu_bar, sigma_bar: their mean label mean and mean label std.
       prediction_mean, prediction_std: mean and population std of the profile's predictions.
       constant: the profile's predictions were all equal (scale factor 1).
+      left_out: recordings whose prediction lay outside the label scale and so entered none
+        of these numbers (0 in profiles written before it was recorded).
     """
 
     neighbours: tuple[str, ...]
@@ -116,6 +120,7 @@ class DimensionStats:
     prediction_mean: float
     prediction_std: float
     constant: bool
+    left_out: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +168,8 @@ class SpeakerProfile:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        text = json.dumps(self.to_dict(), indent=1) + "\n"
+        storage.write_atomic(path, lambda f: f.write(text))  # never half a profile
         return path
 
     @classmethod
@@ -220,7 +226,12 @@ def _dimension_stats(stats: dict[str, Any], where: str) -> DimensionStats:
         raise ProfileError(f"{where}: constant must be true or false")
     if not constant and numbers["prediction_std"] == 0:
         raise ProfileError(f"{where}: prediction_std is 0 but constant is false")
-    return DimensionStats(tuple(str(n) for n in stats["neighbours"]), constant=constant, **numbers)
+    left_out = stats.get("left_out", 0)
+    if not isinstance(left_out, int) or isinstance(left_out, bool) or left_out < 0:
+        raise ProfileError(f"{where}: left_out must be a count (an integer >= 0)")
+    return DimensionStats(
+        tuple(str(n) for n in stats["neighbours"]), constant=constant, left_out=left_out, **numbers
+    )
 
 
 def dimension_stats(
@@ -230,6 +241,7 @@ def dimension_stats(
     label_reference: Reference,
     speakers: tuple[str, ...],
     k: int,
+    left_out: int = 0,
 ) -> DimensionStats:
     """The PLDC numbers of one speaker's recordings for one dimension.
 
@@ -241,6 +253,7 @@ def dimension_stats(
         as `reference`, same order).
       speakers: speaker ids in speakers.json order.
       k: neighbours.
+      left_out: recordings the caller left out (predictions outside the label scale).
     """
     if not np.array_equal(reference.speaker_index, label_reference.speaker_index):
         raise ValueError("retrieval and label references list different training speakers")
@@ -259,6 +272,7 @@ def dimension_stats(
         prediction_mean=float(mean[0]),
         prediction_std=float(std[0]),
         constant=bool(jnp.max(preds) == jnp.min(preds)),
+        left_out=int(left_out),
     )
 
 

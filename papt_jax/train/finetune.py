@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
+from papt_jax import progress
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.data.msp_podcast import DIMENSIONS, LABEL_CENTRE, LABEL_MAX, LABEL_MIN
 from papt_jax.losses import ccc_loss, weighted_ccc_loss
@@ -184,7 +184,7 @@ def predict(
     fields = ("key", "speaker", "arousal", "valence", *extra_keys)
     outputs, host = [], []
     shown = description is not None and jax.process_index() == 0
-    for batch in tqdm(batches, desc=description, unit="batch", disable=not shown):
+    for batch in progress.bar(batches, desc=description or "", unit="batches", disable=not shown):
         outputs.append(predict_step(variables, shard_batch(batch, mesh)))
         host.append({k: batch[k] for k in (*fields, "example_mask")})
     if not outputs:
@@ -285,6 +285,7 @@ class FinetuneSettings:
         speakers.json), for B2's weighted 1 - CCC; None trains unweighted.
       log_every: Steps between metric reads.
       stop_after_steps: Stop (resumable) at this step; 0 disables.
+      checkpoint_every_minutes: Also save the latest checkpoint this often; 0 disables.
       seed: Head init and dropout seed.
     """
 
@@ -297,6 +298,7 @@ class FinetuneSettings:
     speaker_weights: tuple[float, ...] | None
     log_every: int
     stop_after_steps: int
+    checkpoint_every_minutes: float
     seed: int
 
     def __post_init__(self):
@@ -381,6 +383,7 @@ def run_finetuning(
         best_mode="max",
         patience=run.patience,
         stop_after_steps=run.stop_after_steps or None,
+        checkpoint_every_minutes=run.checkpoint_every_minutes,
     )
 
     def evaluate(state):

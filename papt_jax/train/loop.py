@@ -28,9 +28,11 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from tqdm import tqdm
 
+from papt_jax import interrupts
+from papt_jax import progress as progress_lib
 from papt_jax.errors import UserError
+from papt_jax.train import preemption
 from papt_jax.train.checkpoint import Checkpoints
 from papt_jax.train.metric_writer import MetricWriter
 from papt_jax.train.sharding import shard_batch
@@ -70,6 +72,8 @@ class LoopConfig:
       patience: Stop after this many evaluations without improvement (None: never).
       stop_after_steps: Stop (as if killed) once this step is reached, after saving
         the latest checkpoint; a later run resumes. For tests and time-boxed jobs.
+      checkpoint_every_minutes: Also save the latest checkpoint when this many minutes
+        have passed since the last save (0: only at evaluations); see `preemption`.
     """
 
     total_steps: int
@@ -79,6 +83,7 @@ class LoopConfig:
     best_mode: str = "min"
     patience: int | None = None
     stop_after_steps: int | None = None
+    checkpoint_every_minutes: float = 0.0
 
     def __post_init__(self):
         if self.best_mode not in ("min", "max"):
@@ -135,6 +140,29 @@ def _learning_rate(schedule, step: int) -> float:
     return float(schedule(step - 1)) if callable(schedule) else float(schedule)
 
 
+def _save_between_evaluations(
+    schedule: preemption.SaveSchedule,
+    step: int,
+    saved_at_step: bool,
+    save_latest: Callable[[], None],
+    checkpoints: Checkpoints,
+    description: str,
+) -> None:
+    """Acts on `schedule.due(step)`: saves the latest checkpoint (with the input position)
+    when a stop was requested or the clock says so; on a stop, raises `Interrupted`."""
+    action = schedule.due(step)
+    if action is None:
+        return
+    if not saved_at_step:
+        save_latest()
+    if action == preemption.TIMER:
+        return
+    log.info("%s: %s received, saved step %d; stopping", description, action, step)
+    raise interrupts.Interrupted(
+        action, saved=f"{description} saved step {step} in {checkpoints.latest_dir}"
+    )
+
+
 def run_loop(
     *,
     state,
@@ -179,6 +207,8 @@ def run_loop(
       A LoopResult; `finished` is False when stopped by `stop_after_steps`.
 
     Raises:
+      papt_jax.interrupts.Interrupted: on SIGTERM / SIGINT received inside
+        `interrupts.deferred()`, after saving the current step.
       NonFiniteLossError: when a step produced NaN/inf (updates from then on were skipped
         inside the step, so the state in memory and on disk is the last good one).
       NonFiniteEvaluationError: when the score that selects the best checkpoint is NaN/inf.
@@ -196,6 +226,7 @@ def run_loop(
         if meta.get("stopped_early"):
             return LoopResult(state, step, best, history, True, True, best_step)
     writer.start(step)
+    schedule = preemption.SaveSchedule(config.checkpoint_every_minutes, config.log_every)
 
     def save_latest(stopped_early=False):
         checkpoints.save_latest(
@@ -211,13 +242,18 @@ def run_loop(
                 "stopped_early": stopped_early,
             },
         )
+        schedule.saved()
 
     pending: list[dict[str, jax.Array]] = []
     # One entry per compiled batch shape: XLA's FLOP count (None when not available).
     step_costs: dict[tuple, StepCost | None] = {}
     throughput = ThroughputMeter()
-    progress = tqdm(
-        total=config.total_steps, initial=step, desc=description, disable=jax.process_index() != 0
+    progress = progress_lib.bar(
+        total=config.total_steps,
+        initial=step,
+        desc=description,
+        unit="steps",
+        disable=jax.process_index() != 0,
     )
     stopped_early = False
     try:
@@ -292,6 +328,10 @@ def run_loop(
                         "%s: early stop after %d evaluations without gain", description, bad_evals
                     )
                     break
+            evaluated = step % config.eval_every == 0 or step == config.total_steps
+            _save_between_evaluations(
+                schedule, step, evaluated, save_latest, checkpoints, description
+            )
             if config.stop_after_steps is not None and step >= config.stop_after_steps:
                 if step % config.eval_every:
                     save_latest()
@@ -328,27 +368,32 @@ def train_in_workdir(
     """
     checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
     writer = MetricWriter(os.path.join(workdir, "logs"))
+    train_iter = train_data.iterator()
     try:
-        result = run_loop(
-            state=state,
-            train_step=train_step,
-            evaluate=evaluate,
-            train_iter=train_data.iterator(),
-            mesh=mesh,
-            rng=rng,
-            checkpoints=checkpoints,
-            writer=writer,
-            config=config,
-            description=description,
-            learning_rate=learning_rate,
-            batch_view=batch_view,
-            on_metrics=on_metrics,
-        )
+        # A SIGTERM / SIGINT only sets a flag here: the loop saves at the next step end.
+        with interrupts.deferred():
+            result = run_loop(
+                state=state,
+                train_step=train_step,
+                evaluate=evaluate,
+                train_iter=train_iter,
+                mesh=mesh,
+                rng=rng,
+                checkpoints=checkpoints,
+                writer=writer,
+                config=config,
+                description=description,
+                learning_rate=learning_rate,
+                batch_view=batch_view,
+                on_metrics=on_metrics,
+            )
         best = None
         if result.finished:
             best, _ = checkpoints.restore_best(result.state, step=result.best_step)
             best = jax.device_get(best)
     finally:
+        # Stops Grain's workers and frees their shared memory now, also when interrupted.
+        train_iter.close()
         writer.close()
         checkpoints.close()
     return result, best

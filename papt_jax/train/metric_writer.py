@@ -4,9 +4,10 @@ CLU's writers need TensorFlow, which this project does not install. Only process
 writes, so multi-host runs produce one log.
 
 A run that resumes from step `s` starts the writer at `s`: `metrics.jsonl` is cut back to
-the records of steps `<= s` (a killed run may have logged beyond its last checkpoint), and
-a new TensorBoard event file begins with a purge marker at `s + 1`, which makes TensorBoard
-hide the older files' events from step `s + 1` on. Every step is then shown once.
+the records of steps `<= s` (a killed run may have logged beyond its last checkpoint; a
+damaged line is dropped with a warning), and a new TensorBoard event file begins with a
+purge marker at `s + 1`, which makes TensorBoard hide the older files' events from step
+`s + 1` on. Every step is then shown once.
 """
 
 from __future__ import annotations
@@ -25,39 +26,42 @@ log = logging.getLogger(__name__)
 JSONL_FILE = "metrics.jsonl"
 
 
-def _kept_record(line: str, step: int) -> bool:
-    """Whether one line of metrics.jsonl is a whole record of a step <= `step`."""
+def _record_step(line: bytes) -> int | None:
+    """The step of one line of metrics.jsonl, or None when it is not a whole record."""
     try:
-        record = json.loads(line)
-    except ValueError:
-        return False
-    return (
-        isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step
-    )
+        record = json.loads(line.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(record, dict) and isinstance(record.get("step"), int):
+        return record["step"]
+    return None
 
 
-def truncate_jsonl(path: str, step: int) -> int:
+def truncate_jsonl(path: str, step: int) -> tuple[int, int]:
     """Keeps the records of steps <= `step` in a JSON-lines file, atomically.
 
-    A line cut short by a kill, or anything that is not a record, is dropped too.
+    A line that is not a whole record (cut short by a kill, not UTF-8, not a JSON object
+    with a step) is dropped too.
 
     Returns:
-      How many lines were dropped.
+      (records of later steps dropped, damaged lines dropped).
     """
     if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        lines = f.read().splitlines()
-    kept = [ln for ln in lines if _kept_record(ln, step)]
-    dropped = len(lines) - len(kept)
-    if dropped:
+        return 0, 0
+    with open(path, "rb") as f:
+        lines = [ln for ln in f.read().split(b"\n") if ln.strip()]
+    steps = [_record_step(ln) for ln in lines]
+    kept = [ln for ln, s in zip(lines, steps, strict=True) if s is not None and s <= step]
+    damaged = sum(s is None for s in steps)
+    later = len(lines) - len(kept) - damaged
+    if later or damaged:
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(ln + "\n" for ln in kept)
+        with open(tmp, "wb") as f:
+            f.writelines(ln + b"\n" for ln in kept)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    return dropped
+    return later, damaged
 
 
 class MetricWriter:
@@ -86,10 +90,16 @@ class MetricWriter:
         from tensorboardX import SummaryWriter
 
         path = os.path.join(self.logdir, JSONL_FILE)
-        dropped = truncate_jsonl(path, step)
-        if dropped:
+        later, damaged = truncate_jsonl(path, step)
+        if later:
             log.info(
-                "%s: dropped %d record(s) after step %d (from a killed run)", path, dropped, step
+                "%s: dropped %d record(s) after step %d (from a killed run)", path, later, step
+            )
+        if damaged:
+            log.warning(
+                "%s: dropped %d damaged line(s) (not a whole JSON record, or not UTF-8)",
+                path,
+                damaged,
             )
         # The file name holds the creation second; the nanosecond suffix keeps files made
         # within one second apart and in creation order, which is the order TensorBoard reads.

@@ -147,6 +147,11 @@ def choose_head(
         )
     else:
         log.info("the initial checkpoint has no pre-training head: creating one")
+    return fresh_head(num_clusters, final_dim)
+
+
+def fresh_head(num_clusters: int, final_dim: int) -> tuple[PretrainHeadConfig, None]:
+    """The config of a randomly initialised head for `num_clusters` labels (no params)."""
     return PretrainHeadConfig(final_dim=final_dim, num_label_rows=num_clusters), None
 
 
@@ -246,6 +251,7 @@ class PretrainSettings:
       clip_norm: Global gradient-norm clipping threshold; 0 disables it.
       log_every: Steps between metric reads.
       stop_after_steps: Stop (resumable) at this step; 0 disables.
+      checkpoint_every_minutes: Also save the latest checkpoint this often; 0 disables.
       seed: Init, masking and dropout seed.
     """
 
@@ -259,6 +265,7 @@ class PretrainSettings:
     clip_norm: float
     log_every: int
     stop_after_steps: int
+    checkpoint_every_minutes: float
     seed: int
 
     def optimizer(self, total_steps: int):
@@ -324,6 +331,7 @@ def run_pretraining(
         best_metric="loss",
         best_mode="min",
         stop_after_steps=run.stop_after_steps or None,
+        checkpoint_every_minutes=run.checkpoint_every_minutes,
     )
     result, best = train_in_workdir(
         state=state,

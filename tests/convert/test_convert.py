@@ -463,3 +463,33 @@ def test_presets_convert_from_their_hf_configs():
     for name, preset in MODEL_PRESETS.items():
         back = from_hf_config(to_hf_config(preset), normalize_waveform=preset.normalize_waveform)
         assert back == preset, name
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "says"),
+    [
+        (b"hi there\nmore\n", "a.txt", "it looks like a text file (it starts with 'hi there')"),
+        (b"", "empty.pt", "it is empty"),
+        (b"\x1f\x8b\x08\x00" + bytes(40), "model.pt.gz", "it starts with the bytes 1f 8b 08 00"),
+        (None, "w.bin", "it looks like a safetensors file: give it the .safetensors extension"),
+    ],
+)  # fmt: skip
+def test_a_file_that_is_no_checkpoint_says_what_it_is_not(tmp_path, content, name, says):
+    path = tmp_path / name
+    if content is None:  # safetensors bytes under a pickle's extension
+        save_file({"w": torch.zeros(2)}, str(path))
+    else:
+        path.write_bytes(content)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "papt_jax.convert", "--source", str(path), "--out", str(out)],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    first, hint = proc.stderr.strip().splitlines()[-2:]
+    assert first == (
+        f"error: {path} is not a PyTorch checkpoint: torch.save writes a zip archive (or, in the "
+        f"legacy format, a pickle) and this file is neither; {says}"
+    )
+    assert hint.startswith("hint: give a Hugging Face folder")
+    assert "Traceback" not in proc.stderr and "IndexError" not in proc.stderr

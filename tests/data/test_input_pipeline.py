@@ -159,6 +159,24 @@ def test_restored_iterator_continues_exactly(data):
         ip.BatchPipeline(source, index, small_config(seed=9)).iterator(state)
 
 
+def test_a_state_saved_with_worker_processes_resumes_without_them(data):
+    """Before: Grain's own state was saved, and restoring a worker pool's state into an
+    iterator without workers failed (KeyError: 'next_index'), although the worker count is
+    documented to change nothing."""
+    source, index = data
+    with_workers = ip.BatchPipeline(source, index, small_config(max_length=5000, worker_count=2))
+    iterator = with_workers.iterator()
+    reference = [next(iterator) for _ in range(7)]
+    state = json.loads(json.dumps(iterator.get_state()))
+    iterator.close()
+    assert state["position"] == 7
+    plain = ip.BatchPipeline(source, index, small_config(max_length=5000))
+    _same([next(plain.iterator(json.loads(json.dumps({**state, "position": 4}))))], reference[4:5])
+    with plain.iterator(state) as resumed, with_workers.iterator(state) as again:
+        _same([next(resumed) for _ in range(3)], [next(again) for _ in range(3)])
+        assert resumed.get_state()["position"] == 10
+
+
 def test_eval_mode_yields_every_utterance_once_in_a_fixed_order(data):
     source, index = data
     config = small_config(mode="eval", batch_size=8, bucket_lengths=(4000, 8000, 12000))

@@ -380,15 +380,19 @@ def test_progress_bar_shows_audio_hours_and_x_real_time():
 
     from papt_jax.data import split_writer
 
-    stream = io.StringIO()
-    with split_writer._AudioBar("writing", [3600.0, 3600.0], file=stream, disable=False) as bar:
+    class Terminal(io.StringIO):  # the bar's look on a terminal (elsewhere: plain lines)
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    with split_writer._AudioBar("writing", [3600.0, 3600.0], file=stream) as bar:
         bar.add(3600.0)
         bar.refresh()
     assert "writing:  50%" in stream.getvalue()
     assert "1.00/2.00 audio-h" in stream.getvalue() and "x real time]" in stream.getvalue()
     # 0.1 + 0.2 + 0.3 != 0.3 + 0.2 + 0.1 in floating point; items finishing in another order
     # still fill the bar exactly (tqdm warns when a count passes its total).
-    with split_writer._AudioBar("w", [0.1, 0.2, 0.3], file=io.StringIO(), disable=False) as bar:
+    with split_writer._AudioBar("w", [0.1, 0.2, 0.3], file=Terminal()) as bar:
         for seconds in (0.3, 0.2, 0.1):
             bar.add(seconds)
         assert bar.n == bar.total

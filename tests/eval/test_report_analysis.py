@@ -161,15 +161,20 @@ def test_retrieval_diagnostic_is_pldc_retrieval(written, workdir, split):
     entry = json.loads((out / "summary.json").read_text())["splits"][split][DIM]["analysis"]
     got = entry["retrieval"]
     assert entry["pldc_k"] == K and got["n_speakers"] == diag["n"]
-    for key in ("mean_r", "std_r", "mean_mae", "std_mae", "mean_mae_global", "std_mae_global"):
-        assert got[key] == pytest.approx(diag[key], rel=1e-6)
+    for stat, prefix in (("label_mean", "mean"), ("label_std", "std")):
+        assert set(got[stat]) == {
+            "pearson_r_retrieved_vs_own", "mae_retrieved", "mae_all_speakers", "mae_training_set",
+        }  # fmt: skip
+        for key, name in (("pearson_r_retrieved_vs_own", "r"), ("mae_retrieved", "mae"),
+                          ("mae_training_set", "mae_global")):  # fmt: skip
+            assert got[stat][key] == pytest.approx(diag[f"{prefix}_{name}"], rel=1e-6)
     rows = _table_after((out / "results.md").read_text(), f"### {split}: PLDC retrieval")
     assert [row[0] for row in rows] == [f"{DIM} μ", f"{DIM} σ"]
     assert rows[0][2] == f"{diag['mean_r']:.2f}" and rows[1][3] == f"{diag['std_mae']:.3f}"
     # The all-speaker average is PLDC with k = every training speaker.
     speaker_mean = [train_labels[train_dense == s].mean() for s in range(train_dense.max() + 1)]
     own = diag["own_mean"][diag["used"]]
-    assert got["mean_mae_all_speakers"] == pytest.approx(
+    assert got["label_mean"]["mae_all_speakers"] == pytest.approx(
         np.mean(np.abs(np.mean(speaker_mean) - own)), rel=1e-5
     )
 

@@ -76,6 +76,14 @@ def test_export_folder_is_self_contained_and_documented(smoke_run, exported):
         "valence",
     ]
     assert manifest["pldc_k"] == 3 and manifest["num_training_speakers"] == 10
+    # The minimum duration travels with the model; an export without it takes the default.
+    index = json.loads(
+        (smoke_run.workdir / "data/papt_msp_podcast/1.0.0/index/train.json").read_text()
+    )
+    assert manifest["shortest_train_s"] == round(min(index["num_samples"]) / 16_000, 4)
+    model = assets_lib.from_export(exported)
+    assert model.min_seconds == assets_lib.from_workdir(smoke_run.workdir).min_seconds
+    assert model.min_seconds == 0.5 * manifest["shortest_train_s"]
     for name in ("config.json", "speakers.json", "summary.json", "reference.npz", "README.md"):
         assert (exported / name).is_file(), name
     for dim in manifest["dimensions"]:

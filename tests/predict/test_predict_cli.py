@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,8 +31,8 @@ FAST = [
 CSV_RTOL = 1e-5
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def _run(*args: str, **env_vars: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_vars)
     return subprocess.run(
         [sys.executable, "-m", "papt_jax.predict", *args],
         cwd=REPO,
@@ -92,8 +93,9 @@ def test_broken_files_are_named_and_the_others_predicted(smoke_run, predictor, t
     assert {r["speaker"] for r in rows} == {f"training speaker {speaker}"}
     assert list(rows[0]) == [
         "file", "duration_s", "speaker", "arousal", "valence",
-        *[f"{d}_{m}" for d in ("arousal", "valence") for m in MODES],
+        *[f"{d}_{m}" for d in ("arousal", "valence") for m in MODES], "outside_scale",
     ]  # fmt: skip
+    assert {r["outside_scale"] for r in rows} == {""}
     # The same numbers as the Python API on the same files (the CLI uses it).
     waves = [files.read_for_model(p) for p in expected_files]
     api = predictor.predict(waves, speaker=speaker)
@@ -116,9 +118,15 @@ def test_enroll_save_profile_and_reuse_it(smoke_run, tmp_path):
     out, profile = tmp_path / "alice.csv", tmp_path / "alice.json"
     proc = _run(
         f"--workdir={workdir}", f"--enroll={folder}", f"--save_profile={profile}",
-        f"--audio={folder}", f"--out={out}", *FAST,
+        f"--audio={folder}", f"--out={out}", *FAST, PAPT_JAX_PROGRESS_SECONDS="0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    # Progress names the audio enrolled once and the model passes over it (a new speaker:
+    # the original encoder, then one regressor per dimension), as plain lines in a pipe.
+    seconds = re.search(r"enrolled alice: \d+ recordings, ([0-9.]+) s;", proc.stderr).group(1)
+    assert f"enrolling {seconds} s of audio (3 model passes): 100 %, " in proc.stderr
+    assert f"predicting {seconds} s of audio (2 model passes): 100 %, " in proc.stderr
+    assert "\r" not in proc.stderr
     fine = passes(workdir)
     proxy_index = fine["test_c/speaker"][fine["test_c/speaker_id"].astype(str) == speaker][0]
     stored = json.loads(profile.read_text())
@@ -148,10 +156,45 @@ def test_enroll_save_profile_and_reuse_it(smoke_run, tmp_path):
     (row,) = _read_csv(single)
     assert row.keys() == rows[0].keys()
     assert [row[k] for k in ("file", "speaker")] == [rows[0][k] for k in ("file", "speaker")]
-    numbers = [k for k in row if k not in ("file", "speaker")]
+    numbers = [k for k in row if k not in ("file", "speaker", "outside_scale")]
     np.testing.assert_allclose(
         [float(row[k]) for k in numbers], [float(rows[0][k]) for k in numbers], rtol=CSV_RTOL
     )
+
+
+@pytest.mark.slow
+def test_short_clips_are_refused_and_leave_the_speakers_calibration_alone(smoke_run, tmp_path):
+    workdir = smoke_run.workdir
+    speaker, keys = sorted(split_keys(workdir, "test_b").items())[0]
+    good = _copy(workdir, keys, tmp_path / "good")
+    wave, _ = soundfile.read(good[0], dtype="int16")
+    short = tmp_path / "short"
+    short.mkdir()
+    for name, seconds in (("25ms", 0.025), ("100ms", 0.1), ("300ms", 0.3)):
+        clip = wave[len(wave) // 2 :][: round(seconds * 16_000)]  # speech, not the lead-in
+        soundfile.write(short / f"{name}.wav", clip, 16_000, subtype="PCM_16")
+    alone, mixed = tmp_path / "alone.csv", tmp_path / "mixed.csv"
+    common = (f"--workdir={workdir}", f"--speaker={speaker}", *FAST)
+    proc = _run(*common, f"--audio={tmp_path / 'good'}", f"--out={alone}")
+    assert proc.returncode == 0, proc.stderr
+    assert not alone.with_name("alone.rejected.csv").exists()  # nothing refused: no file
+    proc = _run(*common, f"--audio={tmp_path / 'good'},{short}", f"--out={mixed}")
+    assert proc.returncode == 0, proc.stderr
+
+    index = json.loads((workdir / "data/papt_msp_podcast/1.0.0/index/train.json").read_text())
+    shortest = min(index["num_samples"]) / 16_000
+    rejected = _read_csv(mixed.with_name("mixed.rejected.csv"))
+    assert [(r["file"], r["reason"]) for r in rejected] == [
+        (str(short / f"{name}.wav"), "too_short") for name in ("100ms", "25ms", "300ms")
+    ]
+    for r, seconds in zip(rejected, (0.1, 0.025, 0.3), strict=True):
+        assert r["detail"] == (
+            f"{seconds:.3f} s; this model takes recordings of at least {0.5 * shortest:.2f} s "
+            f"(0.5 x the shortest training utterance, {shortest:.2f} s)"
+        )
+        assert f"skipped {r['file']}: too_short ({r['detail']})" in proc.stderr
+    # The refused clips changed nothing: the same rows, the same calibrated numbers.
+    assert _read_csv(mixed) == _read_csv(alone)
 
 
 @pytest.mark.slow

@@ -13,6 +13,10 @@ speakers (neighbours, proxy) must be identical.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
 import numpy as np
 import pytest
 from smoke_audio import SETTINGS, passes, read_waves, split_keys
@@ -22,7 +26,7 @@ from papt_jax.data.audio import NonFiniteAudio, SilentAudio, TooShortAudio
 from papt_jax.eval.evaluate import dense_ids
 from papt_jax.eval.results import load_result
 from papt_jax.predict import profiles
-from papt_jax.predict.predictor import PLAIN, Predictor
+from papt_jax.predict.predictor import OUTSIDE_SCALE, PLAIN, CalibrationError, Predictor
 from papt_jax.predict.profiles import EnrollmentError, ProfileError, SpeakerProfile
 from papt_jax.predict.windows import split_windows
 
@@ -56,7 +60,8 @@ def test_training_speakers_match_test_b_evaluation(predictor, smoke_run):
     for speaker, keys in split_keys(workdir, "test_b").items():
         waves = read_waves(workdir, keys)
         out = predictor.predict(waves, speaker=speaker)
-        assert set(out["arousal"]) == {PLAIN, *pldc.MODES}
+        assert set(out["arousal"]) == {PLAIN, *pldc.MODES, OUTSIDE_SCALE}
+        assert not out["arousal"][OUTSIDE_SCALE].any()
         _assert_matches(out, workdir, "test-b", keys)
         # The same neighbours as the evaluation retrieved with the fine-tuned vectors.
         outputs = predictor.forward(waves, predictor.speaker_index(speaker))
@@ -151,7 +156,7 @@ def test_plain_output_and_unknown_speaker(predictor, smoke_run):
     waves = read_waves(smoke_run.workdir, next(iter(keys.values())))
     out = predictor.predict(waves)
     assert set(out) == {"arousal", "valence"}
-    assert set(out["arousal"]) == {PLAIN}
+    assert set(out["arousal"]) == {PLAIN, OUTSIDE_SCALE}
     assert out["arousal"][PLAIN].shape == (len(waves),)
     assert np.isfinite(out["valence"][PLAIN]).all()
     with pytest.raises(KeyError, match="not one of the run's 17 speakers"):
@@ -243,3 +248,93 @@ def test_original_vectors_are_recomputed_when_the_run_saved_none(predictor, smok
     saved = predictor.assets.original.reference
     np.testing.assert_array_equal(recomputed.speaker_index, saved.speaker_index)
     np.testing.assert_allclose(recomputed.vectors, saved.vectors, rtol=1e-5, atol=1e-6)
+
+
+def _shortest_train_s(workdir) -> float:
+    index = json.loads((workdir / "data/papt_msp_podcast/1.0.0/index/train.json").read_text())
+    return min(index["num_samples"]) / 16_000
+
+
+@pytest.mark.parametrize("seconds", [0.025, 0.1, 0.3])
+def test_recordings_much_shorter_than_the_training_data_are_refused(predictor, smoke_run, seconds):
+    workdir = smoke_run.workdir
+    shortest = _shortest_train_s(workdir)
+    assert predictor.assets.shortest_train_s == pytest.approx(shortest, abs=1e-4)
+    assert predictor.min_seconds == pytest.approx(0.5 * shortest, abs=1e-4)
+    assert predictor.min_seconds > 0.3  # the smoke corpus's shortest utterance is >= 1 s
+    wave = read_waves(workdir, next(iter(split_keys(workdir, "test_b").values())))[0]
+    clip = wave[len(wave) // 2 :][: round(seconds * 16_000)]
+    expected = (
+        f"waveform 1: {seconds:.3f} s; this model takes recordings of at least "
+        f"{predictor.min_seconds:.2f} s (0.5 x the shortest training utterance, {shortest:.2f} s)"
+    )
+    with pytest.raises(TooShortAudio) as err:
+        predictor.predict([wave, clip])
+    assert str(err.value) == f"{expected} (too_short)"
+    with pytest.raises(TooShortAudio, match="waveform 0"):
+        predictor.enroll([clip, wave, wave])
+
+
+def test_the_minimum_duration_of_older_runs_comes_from_the_index_or_a_default(smoke_run, tmp_path):
+    from papt_jax.predict import assets, limits
+
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run.workdir, copy, ignore=shutil.ignore_patterns("checkpoints", "logs"))
+    record_path = copy / "stages" / "evaluate.json"
+    record = json.loads(record_path.read_text())
+    assert record["facts"]["shortest_train_s"] == round(_shortest_train_s(copy), 4)
+    del record["facts"]["shortest_train_s"]  # evaluated before it was recorded
+    record_path.write_text(json.dumps(record))
+    assert assets.from_workdir(copy).shortest_train_s == round(_shortest_train_s(copy), 4)
+    (copy / "data/papt_msp_podcast/1.0.0/index/train.json").unlink()  # and the index is gone
+    older = assets.from_workdir(copy)
+    assert older.shortest_train_s is None
+    assert older.min_seconds == limits.FALLBACK_MIN_SECONDS == 1.0
+    clip = np.full(8_000, 0.1, np.float32)  # 0.5 s
+    with pytest.raises(TooShortAudio, match="at least 1.00 s .the default for models that did"):
+        limits.check_duration(clip, "old.wav", older.shortest_train_s)
+
+
+def _outputs_with(outputs, dim: str, row: int, value: float):
+    changed = {d: {k: v.copy() for k, v in o.items()} for d, o in outputs.items()}
+    changed[dim][PLAIN][row] = value
+    return changed
+
+
+@pytest.mark.parametrize("value", [9.27, -8.55, np.nan])
+def test_predictions_outside_the_label_scale_are_flagged_and_never_calibrate(
+    predictor, smoke_run, value
+):
+    workdir = smoke_run.workdir
+    speaker, keys = sorted(split_keys(workdir, "test_b").items())[0]
+    outputs = predictor.forward(read_waves(workdir, keys), predictor.speaker_index(speaker))
+    assert len(keys) >= 3
+    # The first recording's arousal as a 25 ms clip gave it (issue 22), valence untouched.
+    bad = _outputs_with(outputs, "arousal", 0, value)
+    rest = {d: {k: v[1:] for k, v in o.items()} for d, o in outputs.items()}
+    profile = predictor.profile_from(bad, 1.0, speaker=speaker)
+    without = predictor.profile_from(rest, 1.0, speaker=speaker)
+    every = predictor.profile_from(outputs, 1.0, speaker=speaker)
+    assert profile.dimensions["arousal"] == dataclasses.replace(
+        without.dimensions["arousal"], left_out=1
+    )
+    assert profile.dimensions["valence"] == every.dimensions["valence"]
+    results = predictor.results(bad, profile)
+    assert results["arousal"][OUTSIDE_SCALE].tolist() == [True] + [False] * (len(keys) - 1)
+    assert not results["valence"][OUTSIDE_SCALE].any()
+    # The other recordings are calibrated as if the bad one had not been there.
+    for mode in pldc.MODES:
+        np.testing.assert_array_equal(
+            results["arousal"][mode][1:], predictor.results(rest, without)["arousal"][mode]
+        )
+    # The profile file records what was left out; older files without the field read as 0.
+    stored = profile.to_dict()
+    assert stored["dimensions"]["arousal"]["left_out"] == 1
+    del stored["dimensions"]["arousal"]["left_out"]
+    assert SpeakerProfile.from_dict(stored).dimensions["arousal"].left_out == 0
+
+    nothing = outputs
+    for row in range(len(keys)):
+        nothing = _outputs_with(nothing, "valence", row, value)
+    with pytest.raises(CalibrationError, match="every valence prediction of the .* recording"):
+        predictor.profile_from(nothing, 1.0, speaker=speaker)

@@ -117,6 +117,7 @@ def test_pretrain_run_builds_the_stated_optimizer():
         warmup_fraction=WARMUP,
         log_every=1,
         stop_after_steps=0,
+        checkpoint_every_minutes=0.0,
         seed=0,
         **recipe,
     )

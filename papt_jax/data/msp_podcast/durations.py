@@ -10,8 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import tqdm
-
+from papt_jax import progress
 from papt_jax.data import audio as audio_lib
 from papt_jax.data.msp_podcast.rows import LabelRow
 from papt_jax.data.msp_podcast.schema import BadAudioError, CorpusConfig, SkippedAudio
@@ -75,7 +74,7 @@ def probe_rows(
     """Durations (seconds, by audio path) of the rows' audio, and the files failing checks."""
     durations, problems, seen = {}, [], set()
     # disable=None: a bar on terminals only (probing ~100k MSP-Podcast files takes minutes).
-    for row in tqdm.tqdm(rows, desc="probing audio", unit="file", disable=None, leave=False):
+    for row in progress.bar(rows, desc="probing audio", unit="files"):
         if row.path in seen:
             continue
         seen.add(row.path)

@@ -201,6 +201,7 @@ def load_rows(
     config: CorpusConfig,
     wanted: Mapping[str, Sequence[str]],
     audio_dir: Path,
+    missing_audio: list[str] | None = None,
 ) -> list[LabelRow]:
     """Reads a labels CSV and validates the rows of the wanted splits.
 
@@ -209,6 +210,8 @@ def load_rows(
       config: reader options (columns, `on_bad_rows`).
       wanted: group -> `Split_Set` values, as for `check_split_names`.
       audio_dir: where this release's audio is.
+      missing_audio: if given, the paths of skipped rows' audio files that do not exist
+        are appended (a dataset's sources record them: their arrival changes the data).
 
     Returns:
       Good rows of the wanted splits with known speakers, in file order.
@@ -218,4 +221,8 @@ def load_rows(
     used = select_rows(labels_file, raw, [name for names in wanted.values() for name in names])
     good, bad = validate_rows(used, audio_dir, [r["file"] for _, r in raw])
     apply_row_policy(labels_file, bad, config.on_bad_rows)
+    if missing_audio is not None:
+        missing_audio += [
+            str(Path(row.detail).absolute()) for row in bad if row.reason == "missing_audio"
+        ]
     return good

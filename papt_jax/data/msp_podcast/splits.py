@@ -55,11 +55,15 @@ class Corpus:
       splits: split name -> utterances (test_c only when a newer release is configured).
       speakers: the speaker index: sorted ids of train + validation + test speakers.
       skipped_audio: audio files left out by the header checks.
+      labels_files: the labels CSVs read.
+      missing_audio: audio files named by skipped rows that do not exist (absolute paths).
     """
 
     splits: Mapping[str, list[Utterance]]
     speakers: tuple[str, ...]
     skipped_audio: tuple[SkippedAudio, ...] = ()
+    labels_files: tuple[Path, ...] = ()
+    missing_audio: tuple[str, ...] = ()
 
     def speaker_to_index(self) -> dict[str, int]:
         return {speaker: i for i, speaker in enumerate(self.speakers)}
@@ -190,12 +194,13 @@ def load_corpus(config: CorpusConfig) -> Corpus:
     check_release_dir(config.corpus_dir, "data.corpus_dir")
     labels_file = config.resolve_labels_file()
     new_labels_file = config.resolve_new_labels_file()
-    old_rows = load_rows(labels_file, config, _old_wanted(config), config.audio_dir)
+    missing: list[str] = []
+    old_rows = load_rows(labels_file, config, _old_wanted(config), config.audio_dir, missing)
     new_rows = []
     if new_labels_file is not None:
         log.info("test_c: labels %s, audio %s", new_labels_file, config.new_audio_dir)
         wanted = {"test_c": tuple(config.test_c_splits)}
-        new_rows = load_rows(new_labels_file, config, wanted, config.new_audio_dir)
+        new_rows = load_rows(new_labels_file, config, wanted, config.new_audio_dir, missing)
     old = _assign_old_splits(old_rows, config)
 
     cache = DurationCache(config.duration_cache)
@@ -229,7 +234,13 @@ def load_corpus(config: CorpusConfig) -> Corpus:
         splits[name] = _to_utterances(split_rows, durations, split_index)
     for name, utts in splits.items():
         log.info("%s: %d utterances, %.1f h", name, len(utts), sum(u.duration for u in utts) / 3600)
-    return Corpus(splits=splits, speakers=speakers, skipped_audio=tuple(problems))
+    return Corpus(
+        splits=splits,
+        speakers=speakers,
+        skipped_audio=tuple(problems),
+        labels_files=tuple(p for p in (labels_file, new_labels_file) if p is not None),
+        missing_audio=tuple(missing),
+    )
 
 
 def write_speakers(corpus: Corpus, path: Path) -> None:

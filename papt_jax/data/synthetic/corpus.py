@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import tqdm
 
+from papt_jax import progress as progress_lib
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.data.msp_podcast import CSV_COLUMNS
 from papt_jax.data.synthetic.presets import CorpusPreset, resolve_preset
@@ -203,7 +203,8 @@ def generate_corpus(
       preset: A name in `CORPUS_PRESETS` ('smoke', 'demo') or a `CorpusPreset`.
       seed: Seed of every random choice.
       overwrite: Replace the generator's outputs in a non-empty `out_dir`.
-      progress: Show a tqdm bar; None shows it for every preset but 'smoke'.
+      progress: Show a progress bar (`papt_jax.progress`); None shows it for every preset
+        but 'smoke'.
 
     Returns:
       The corpus directory.
@@ -221,7 +222,7 @@ def generate_corpus(
     audio_dir = out_dir / "Audios"
     audio_dir.mkdir(parents=True, exist_ok=True)
     show = preset.name != "smoke" if progress is None else progress
-    for u in tqdm.tqdm(utterances, desc=f"synthesizing {preset.name}", disable=not show):
+    for u in progress_lib.bar(utterances, desc=f"synthesizing {preset.name}", disable=not show):
         rng = np.random.default_rng([seed, ROLE_CODE[u.speaker.role], u.speaker.number, u.index, 3])
         wave = synthesize_utterance(
             rng,
