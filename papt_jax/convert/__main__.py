@@ -118,7 +118,8 @@ def main(argv: list[str]) -> int:
     )
 
     # Before any work: --out may not be (or hold) the source, nor be unwritable.
-    storage.check_output_dir(_OUT.value, "--out", [_SOURCE.value])
+    inputs = [_SOURCE.value] + ([_BACKBONE_CONFIG.value] if _BACKBONE_CONFIG.value else [])
+    storage.check_output_dir(_OUT.value, "--out", inputs)
     api.check_output_dir(_OUT.value, overwrite=_OVERWRITE.value, converted=not _TO_HF.value)
     if _TO_HF.value:
         ckpt = api.load_converted(_SOURCE.value)

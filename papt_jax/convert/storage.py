@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from papt_jax import storage as file_storage
 from papt_jax.convert import mapping, shapes
 from papt_jax.convert.conversion_errors import (
     CheckpointNotFoundError,
@@ -35,7 +36,6 @@ from papt_jax.models.emotion_heads import EmotionHeadConfig
 from papt_jax.models.heads import PretrainHeadConfig
 from papt_jax.models.quantizer import QuantizerHeadConfig
 from papt_jax.models.stack import to_layout
-from papt_jax.storage import staged_dir
 
 _PARAMS_DIR = "params"
 _CONFIG_JSON = "config.json"
@@ -138,7 +138,7 @@ def save_converted(ckpt: ConvertedCheckpoint, out_dir: str | Path, *, overwrite:
     out = Path(out_dir).absolute()
     check_output_dir(out, overwrite=overwrite)
     # Written under <out>.partial: an earlier checkpoint at `out` stays until this one is whole.
-    with staged_dir(out) as tmp:
+    with file_storage.staged_dir(out) as tmp:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / _PARAMS_DIR, to_layout(ckpt.params, scan_layers=False))
         for stem, folder, _ in _HEADS:

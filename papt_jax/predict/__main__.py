@@ -16,6 +16,8 @@ CSV's `scale` column and stderr say so). PLDC then needs training speakers with 
 `--reference=RUN` takes them from a run whose dataset is prepared (its training split,
 encoded by the emotion model; `papt_jax/predict/emotion_reference.py`), for `--enroll`;
 a saved `--profile` needs no reference. Dominance has no labels in the data: uncalibrated.
+Its CSV ends with `scale` instead of `outside_scale`, and it takes recordings of at least
+1 s (the published models record no training durations: `limits.min_seconds(None)`).
 
 `--audio` takes files and folders (searched recursively), comma-separated. The CSV has one
 row per predicted file: file, duration_s, speaker (the speaker or profile used, or "none
@@ -243,7 +245,7 @@ def _emotion_profile(predictor, enroll):
     if not _ENROLL.value:
         return None
     reference = emotion_reference.reference_from_run(predictor, _REFERENCE.value)
-    waves, problems = _read_all(enroll.files)
+    waves, problems = _read_all(predictor, enroll.files)
     _report_problems(problems)
     name = Path(files_lib.split_paths(_ENROLL.value)[0]).name or "enrolled"
     profile = emotion_reference.enroll(predictor, reference, waves, name)
@@ -276,16 +278,19 @@ def _predict_emotion_model(found, enroll, out: Path | None) -> int:
         return 0
     paths, durations, problems, parts = [], [], [], []
     total = sum(files_lib.probe_seconds(f) for f in found.files)
-    bar, progress = _progress_bar(total, "predicting")
+    bar, progress = _progress_bar(total, 1, "predicting")
     with bar:
-        for chunk_paths, waves, bad in files_lib.read_chunks(found.files):
+        for chunk_paths, waves, bad in files_lib.read_chunks(
+            found.files, check=predictor.check_duration
+        ):
             problems += bad
+            bar.total -= sum(files_lib.probe_seconds(p.file) for p in bad)
             if waves:
                 parts.append(predictor.forward(waves, progress)[0])
                 paths += chunk_paths
                 durations += [len(w) / SAMPLE_RATE for w in waves]
     _report_problems(problems)
-    rejected = _write_rejected(out, problems)
+    rejected = _write_rejected(out, problems) if problems else None
     if not paths:
         raise UserError(
             f"no file could be predicted: all {len(problems)} were refused (listed in {rejected})"

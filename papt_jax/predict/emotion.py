@@ -12,6 +12,8 @@ published models map MSP-Podcast's 1..7 to 0..1 by (label - 1) / 6).
 Recordings longer than `window_seconds` are cut into windows as for a run's regressors
 (`windows.py`); the recording's prediction is the frame-weighted mean of its windows'
 predictions. A recording of one window is predicted whole, as by the PyTorch model.
+Recordings shorter than `limits.min_seconds(None)` are refused (`TooShortAudio`), as for a
+run that did not record its training durations: the published models record none.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
+from papt_jax.predict import limits
 from papt_jax.predict.waveforms import batch_to_list, to_model_input
 from papt_jax.predict.windows import Batching, combine, split_windows, window_batches
 
@@ -122,6 +125,10 @@ class EmotionPredictor:
                 h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
         return h.hexdigest()[:16]
 
+    def check_duration(self, samples: np.ndarray, name) -> None:
+        """Raises `TooShortAudio` for a 16 kHz recording shorter than `limits.min_seconds`."""
+        limits.check_duration(samples, name, None)
+
     def run_batch(self, fields: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(rows, dimensions) predictions and (rows, dim) pooled vectors of one batch."""
         from papt_jax.train.sharding import shard_batch
@@ -161,6 +168,9 @@ class EmotionPredictor:
         items = batch_to_list(waveforms)
         if not items:
             raise UserError("no waveforms given")
-        prepared = [to_model_input(x, sample_rate, f"waveform {i}") for i, x in enumerate(items)]
+        prepared = []
+        for i, x in enumerate(items):
+            prepared.append(to_model_input(x, sample_rate, f"waveform {i}"))
+            self.check_duration(prepared[-1], f"waveform {i}")
         preds, _ = self.forward(prepared, progress)
         return {dim: {PLAIN: preds[:, j]} for j, dim in enumerate(self.dimensions)}

@@ -142,3 +142,55 @@ def test_folders_written_before_families_load_as_hubert(tmp_path):
         config.pop(key)
     (out / "config.json").write_text(json.dumps(config))
     assert load_converted(out).config.family == "hubert"
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "papt_jax.convert", *args],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+
+
+def test_cli_converts_and_exports_a_family_and_refuses_what_it_does_not_know(tmp_path):
+    """The command line, end to end: the challenge model's release folder with
+    --backbone_config, its export to a WavLM folder transformers loads, and one `error:`
+    line with exit code 2 for a config this port does not implement."""
+    from fixtures.emotion_files import msp_model, write_msp_release
+    from fixtures.family_files import tiny_config
+
+    backbone = tmp_path / "backbone.json"
+    backbone.write_text(json.dumps(tiny_config("wavlm", "stable", conv_bias=False).to_dict()))
+    model = msp_model()
+    release = write_msp_release(tmp_path / "release", model, -2.7e-05, 0.0917)
+    flax_dir, hf_dir = tmp_path / "flax", tmp_path / "hf"
+    result = _cli(
+        "--source", str(release), "--out", str(flax_dir), "--backbone_config", str(backbone)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "encoder family: wavlm" in result.stdout
+    assert "emotion head: msp_challenge, predicts" in result.stdout
+    assert "predicts arousal, dominance, valence on 0..1" in result.stdout
+    result = _cli("--to_hf", "--source", str(flax_dir), "--out", str(hf_dir))
+    assert result.returncode == 0, result.stderr
+    assert "note: the emotion head has no place in the HF encoder model" in result.stdout
+    assert "transformers does not apply it" in result.stdout  # the fixed input normalisation
+    reloaded = transformers.WavLMModel.from_pretrained(hf_dir)
+    state, original = reloaded.state_dict(), model.ssl_model.state_dict()
+    assert all(torch.equal(state[k], original[k]) for k in original)
+
+    folder = tmp_path / "adapter"
+    hf_model("wav2vec2", layout="stable").save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "add_adapter": True}))
+    result = _cli("--source", str(folder), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and "add_adapter=True" in lines[0]
+    assert all(line.startswith(("error: ", "hint: ")) for line in lines)
+    assert not (tmp_path / "x").exists()

@@ -29,7 +29,7 @@ MEAN, STD = 0.003, 0.08
 BACKBONE = tiny_config("wavlm", "stable", conv_bias=False).to_dict()
 WAVES = [
     np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32)
-    for i, n in enumerate((16000, 23456, 7300))
+    for i, n in enumerate((16000, 23456, 17300))
 ]
 
 
@@ -76,6 +76,14 @@ def test_predictions_equal_the_published_models(models, name):
         np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+def test_recordings_under_the_minimum_duration_are_refused(models):
+    from papt_jax.data.audio import TooShortAudio
+
+    predictor = EmotionPredictor.from_converted(models[1]["audeering"], **SETTINGS)
+    with pytest.raises(TooShortAudio, match="waveform 1: 0.456 s; this model takes"):
+        predictor.predict([WAVES[0], WAVES[0][:7300]])
+
+
 def _cli(*args):
     return subprocess.run(
         [
@@ -100,6 +108,8 @@ def test_cli_predicts_every_dimension_and_shows_the_scale(models, tmp_path):
 
     for i, wave in enumerate(WAVES):
         soundfile.write(tmp_path / f"{i}.wav", wave, 16000, subtype="FLOAT")
+    # Under the 1 s minimum of a model that recorded no training durations: refused, listed.
+    soundfile.write(tmp_path / "short.wav", WAVES[0][:7300], 16000, subtype="FLOAT")
     result = _cli(
         f"--converted={folders['audeering']}", f"--audio={tmp_path}", f"--out={tmp_path / 'p.csv'}"
     )
@@ -108,6 +118,9 @@ def test_cli_predicts_every_dimension_and_shows_the_scale(models, tmp_path):
     with open(tmp_path / "p.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and all(r["scale"] == "0..1" for r in rows)
+    with open(tmp_path / "p.rejected.csv") as f:
+        (refused,) = list(csv.DictReader(f))
+    assert refused["file"].endswith("short.wav") and refused["reason"] == "too_short"
     assert {"arousal", "dominance", "valence"} <= set(rows[0])
     predictor = EmotionPredictor.from_converted(folders["audeering"], **SETTINGS)
     direct = predictor.predict(WAVES)
