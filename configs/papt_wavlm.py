@@ -1,5 +1,8 @@
 """PAPT with a WavLM encoder (microsoft/wavlm-base-plus, -large, or the MSP-Podcast
-challenge's WavLM-large emotion model), then fine-tuning, PLDC and evaluation.
+challenge's WavLM-large emotion model), continued with WavLM's own objective: masked
+prediction of pseudo-labels on inputs with utterance mixing (`pretrain.objective='auto'`,
+`pretrain.utterance_mixing='auto'`, `pretrain.mixing_prob`), then fine-tuning, PLDC and
+evaluation.
 
   python -m papt_jax.convert --source /path/to/wavlm-large --out ckpt/wavlm_large
   python -m papt_jax.main --config=configs/papt_wavlm.py --workdir=runs/papt_wavlm \
@@ -7,6 +10,8 @@ challenge's WavLM-large emotion model), then fine-tuning, PLDC and evaluation.
       --config.data.new_corpus_dir=/data/MSP-Podcast-1.10 \
       --config.model.init=converted:ckpt/wavlm_large \
       --config.pseudo_labels.teacher=converted:ckpt/hubert_base
+
+Without mixing (HuBERT's masked prediction exactly): --config.pretrain.utterance_mixing=off.
 
 Embedded corpus (a small WavLM bootstrapped from scratch; `:smoke` for the tests):
 

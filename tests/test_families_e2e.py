@@ -2,7 +2,7 @@
 
 Each run bootstraps a tiny encoder of its family from scratch on the embedded corpus, then
 PAPT, fine-tuning, evaluation with PLDC and the report, as `configs/papt.py:smoke` does for
-HuBERT (tests/test_main_e2e.py).
+HuBERT (tests/test_main_e2e.py), each pre-training with its family's own objective.
 """
 
 from __future__ import annotations
@@ -34,6 +34,24 @@ def test_family_smoke_runs_end_to_end(config, family, tmp_path):
     for encoder in ("bootstrap", "pretrain"):
         values = json.loads((workdir / encoder / "encoder" / "config.json").read_text())
         assert values["family"] == family, encoder
+    # Each family pre-trains with its own objective (pretrain.objective='auto').
+    facts = json.loads((workdir / "stages" / "pretrain.json").read_text())["facts"]
+    labels = json.loads((workdir / "stages" / "pseudo_labels.json").read_text())["facts"]
+    metrics = (workdir / "pretrain" / "logs" / "metrics.jsonl").read_text()
+    if family == "wav2vec2":
+        assert facts["objective"] == "contrastive" and not facts["utterance_mixing"]
+        assert labels == {"needed": False}  # no pseudo-labels, no teacher
+        for encoder in ("bootstrap", "pretrain"):
+            # Bootstrapped contrastively, its quantizer continued by PAPT and saved.
+            assert (workdir / encoder / "encoder" / "quantizer_config.json").is_file()
+        assert facts["head"] == "checkpoint's quantizer"
+        for name in ("contrastive", "diversity", "code_perplexity", "temperature"):
+            assert f'"train/{name}"' in metrics, name
+    else:
+        assert facts["objective"] == "masked_prediction"
+        assert facts["utterance_mixing"] == (family == "wavlm")
+        assert labels["num_clusters"] > 0
+        assert '"train/contrastive"' not in metrics
     summary = json.loads((workdir / "report" / "summary.json").read_text())
     assert set(summary["splits"]) == {"test-b", "test-c"}
     assert "| + (μ, σ) shift |" in run.stdout

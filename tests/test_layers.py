@@ -26,8 +26,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "papt_jax"
 #   models       the Flax encoder and heads; no data, training or conversion code
 #   data         MSP-Podcast reader, dataset builder, batch plan, Grain pipeline, synthetic
 #                corpus
-#   numerics     features, k-means, masking, losses, metrics, PLDC, the B2 baseline, shift
-#                analysis, significance, pseudo-labels (uses the encoder, so above models)
+#   numerics     features, k-means, masking, losses (masked prediction), contrastive
+#                (wav2vec 2.0's objective), utterance mixing (WavLM's), metrics, PLDC, the
+#                B2 baseline, shift analysis, significance, pseudo-labels (uses the encoder,
+#                so above models)
 #   convert      PyTorch/Hugging Face/fairseq <-> Flax checkpoints
 #   train        state, sharding, checkpoints, loop, pre-training and fine-tuning steps
 #   eval         evaluation protocol, results, tables, figures, report, comparisons
@@ -60,6 +62,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "papt_jax.kmeans",
             "papt_jax.masking",
             "papt_jax.losses",
+            "papt_jax.contrastive",
+            "papt_jax.utterance_mixing",
             "papt_jax.metrics",
             "papt_jax.pldc",
             "papt_jax.b2",

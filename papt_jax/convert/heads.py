@@ -20,7 +20,8 @@ from papt_jax.convert.families.hubert import HEAD_RULES
 from papt_jax.convert.sources import Source
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.emotion_heads import EmotionHeadConfig
-from papt_jax.models.heads import PretrainHeadConfig, QuantizerHeadConfig
+from papt_jax.models.heads import PretrainHeadConfig
+from papt_jax.models.quantizer import QuantizerHeadConfig
 
 Params = dict[str, Any]
 _EMOTION_RULES = {

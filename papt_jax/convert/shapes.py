@@ -13,13 +13,9 @@ from flax.traverse_util import flatten_dict
 
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.emotion_heads import HEADS, EmotionHeadConfig
-from papt_jax.models.heads import (
-    PretrainHead,
-    PretrainHeadConfig,
-    QuantizerHead,
-    QuantizerHeadConfig,
-)
+from papt_jax.models.heads import PretrainHead, PretrainHeadConfig
 from papt_jax.models.hubert import HubertModel
+from papt_jax.models.quantizer import QuantizerHead, QuantizerHeadConfig
 
 Shapes = dict[str, jax.ShapeDtypeStruct]
 
@@ -49,7 +45,7 @@ def abstract_quantizer_params(head_config: QuantizerHeadConfig, config: HubertCo
     features = jnp.zeros((1, 1, config.conv_dim[-1]), jnp.float32)
     hidden = jnp.zeros((1, 1, config.hidden_size), jnp.float32)
     head = QuantizerHead(head_config)
-    return _flat(jax.eval_shape(lambda: head.init(jax.random.key(0), features, hidden)))
+    return _flat(jax.eval_shape(lambda: head.init(jax.random.key(0), hidden, features, 1.0)))
 
 
 def abstract_emotion_head_params(head_config: EmotionHeadConfig, hidden_size: int) -> Shapes:

@@ -33,7 +33,8 @@ from papt_jax.convert.conversion_errors import (
 )
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.emotion_heads import EmotionHeadConfig
-from papt_jax.models.heads import PretrainHeadConfig, QuantizerHeadConfig
+from papt_jax.models.heads import PretrainHeadConfig
+from papt_jax.models.quantizer import QuantizerHeadConfig
 from papt_jax.models.stack import to_layout
 
 _PARAMS_DIR = "params"

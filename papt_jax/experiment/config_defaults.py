@@ -125,6 +125,22 @@ def base_config() -> ml_collections.ConfigDict:
     # shortest utterance, each row at a random start; length buckets keep the loss small.
     t.crop_to_shortest = True  # False: pad within the bucket (longer rows masked less)
     t.final_dim = 768  # head width when the checkpoint has no head (256 for base)
+    # The objective (README "Pre-training objectives"): 'auto' is the encoder family's own,
+    # wav2vec2's contrastive loss, masked prediction for HuBERT, WavLM, data2vec-audio.
+    t.objective = "auto"  # 'auto', 'masked_prediction' (pseudo-labels) or 'contrastive'
+    t.utterance_mixing = "auto"  # WavLM's denoising: 'auto' (on for WavLM), 'on', 'off'
+    t.mixing_prob = 0.2  # share of utterances mixed (WavLM authors' dataset default 0.2)
+    t.num_negatives = 100  # contrastive: negatives per masked frame (fairseq, transformers: 100)
+    t.diversity_weight = 0.1  # contrastive: codebook-diversity loss weight (fairseq: 0.1)
+    # Gumbel temperature max(max * decay**update, min): fairseq `latent_temp` (2, 0.5, 0.999995)
+    t.gumbel_temp_max = 2.0  # temperature at update 0
+    t.gumbel_temp_min = 0.5  # its floor (fairseq's large recipe: 0.1)
+    t.gumbel_temp_decay = 0.999995  # factor per update
+    t.gumbel_step_offset = 0  # updates the checkpoint already made: continue its schedule there
+    # A quantizer created for a checkpoint without one (its projection width is final_dim).
+    t.num_codevector_groups = 2  # G codebooks (fairseq `latent_groups`: 2)
+    t.num_codevectors_per_group = 320  # V entries each (fairseq `latent_vars`: 320)
+    t.codevector_dim = 768  # quantized vector width (fairseq `latent_dim`; wav2vec2-base 256)
     t.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
 
     # --- Every training stage (bootstrap, pretrain, finetune): preemption --------------
@@ -205,6 +221,9 @@ def apply_embedded_corpus(
     c.pretrain.mask_prob = 0.65
     c.pretrain.features_pen_weight = 0.0
     c.pretrain.final_dim = 32 if smoke else 64
+    # wav2vec2's quantizer at the small model's scale (the objective is fairseq's).
+    c.pretrain.codevector_dim = 32 if smoke else 64
+    c.pretrain.num_codevectors_per_group = 32 if smoke else 64
     c.finetune.epochs = 1 if smoke else 4
     if smoke:  # one epoch: a larger step so the test sees the loss move
         c.finetune.peak_lr = 1e-3

@@ -103,10 +103,14 @@ def bootstrap(ws: Workspace, facts: dict[str, Any]) -> str | None:
     if facts.get("needed") is False:
         return None
     out = ws.path("bootstrap")
+    if facts.get("objective") == "contrastive":  # trained without pseudo-labels
+        return _converted(out / "encoder")
     return _labels(out / "pseudo_labels") or _converted(out / "encoder")
 
 
 def pseudo_labels(ws: Workspace, facts: dict[str, Any]) -> str | None:
+    if facts.get("needed") is False:  # the contrastive objective reads none
+        return None
     return _labels(ws.path("pseudo_labels"))
 
 

@@ -1,4 +1,5 @@
-"""Pre-training stages: the embedded corpus's bootstrap, pseudo-labels, PAPT / TAPT."""
+"""Pre-training stages: the embedded corpus's bootstrap, pseudo-labels, PAPT / TAPT, each
+with the encoder family's own objective (`objectives`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from papt_jax import pseudo_label_files
 from papt_jax import pseudo_labels as pseudo_labels_lib
-from papt_jax.experiment import settings
+from papt_jax.experiment import objectives, settings
 from papt_jax.experiment.workspace import (
     Workspace,
     atomic_dir,
@@ -100,38 +101,99 @@ def _head(encoder, num_clusters: int, final_dim: int, own_labels: bool):
     return head_cfg, head_params, "checkpoint's own" if head_params is not None else "fresh"
 
 
+def _loss_config(t, objective: str, mixing: bool):
+    """`pretrain.PretrainLossConfig` of the objective from the config section `t`."""
+    from papt_jax.utterance_mixing import MixingConfig
+
+    contrastive = None
+    if objective == "contrastive":
+        contrastive = pretrain.ContrastiveSettings(
+            num_negatives=int(t.num_negatives),
+            diversity_weight=float(t.diversity_weight),
+            temperature=(
+                float(t.gumbel_temp_max),
+                float(t.gumbel_temp_min),
+                float(t.gumbel_temp_decay),
+            ),
+            step_offset=int(t.gumbel_step_offset),
+        )
+    return pretrain.PretrainLossConfig(
+        mask_prob=float(t.mask_prob),
+        mask_length=int(t.mask_length),
+        features_pen_weight=float(t.features_pen_weight),
+        objective=objective,
+        mixing=MixingConfig(prob=float(t.mixing_prob)) if mixing else None,
+        contrastive=contrastive,
+    )
+
+
+def _quantizer(encoder, t):
+    """wav2vec 2.0's head: the checkpoint's quantizer, else a fresh one of the config's shape."""
+    from papt_jax.models.quantizer import QuantizerHeadConfig
+
+    fresh = QuantizerHeadConfig(
+        num_codevector_groups=int(t.num_codevector_groups),
+        num_codevectors_per_group=int(t.num_codevectors_per_group),
+        codevector_dim=int(t.codevector_dim),
+        proj_codevector_dim=int(t.final_dim),
+    )
+    head_cfg, head_params = pretrain.choose_quantizer(
+        encoder.quantizer_config, encoder.quantizer_params, fresh
+    )
+    return head_cfg, head_params, "checkpoint's quantizer" if head_params is not None else "fresh"
+
+
 def _pretrain(
     ws: Workspace,
     out: Path,
     encoder,
     fusion: str,
-    labels_dir: Path,
+    labels_dir: Path | None,
     t,
     own_labels: bool,
     description: str,
     recipe_dropout: bool = True,
 ) -> dict[str, Any] | None:
-    """One masked-prediction run into `out`; None when stopped before the end.
+    """One continued pre-training run into `out`; None when stopped before the end.
 
-    With `recipe_dropout`, the encoder's dropout rates are the config's (`t.*_dropout`,
-    the HuBERT recipe), not whatever the source checkpoint's config says.
+    The objective is `t.objective` resolved for the encoder's family (`objectives`);
+    masked prediction reads the pseudo-labels in `labels_dir`. With `recipe_dropout`, the
+    encoder's dropout rates are the config's (`t.*_dropout`, the HuBERT recipe), not
+    whatever the source checkpoint's config says.
     """
-    targets = pseudo_label_files.load_pseudo_labels(str(labels_dir))
-    num_clusters = int(np.load(labels_dir / pseudo_label_files.CENTROIDS_FILE).shape[0])
+    family = encoder.config.family
+    objective = objectives.resolve(str(t.objective), family)
+    mixing = objectives.mixing_on(str(t.utterance_mixing), family, objective)
+    log.info(
+        "%s: %s objective for the %s encoder%s",
+        description,
+        objective.replace("_", " "),
+        family,
+        f", utterance mixing p={float(t.mixing_prob):g}" if mixing else "",
+    )
     enc_cfg, enc_params = with_speakers(encoder, fusion, ws.num_speakers(), ws.config)
     if recipe_dropout:
         enc_cfg = enc_cfg.replace(**{k: float(t[k]) for k in DROPOUT_KEYS})
-    head_cfg, head_params, head_source = _head(encoder, num_clusters, int(t.final_dim), own_labels)
+    targets = None
+    if objective == "masked_prediction":
+        if labels_dir is None or not labels_dir.is_dir():
+            raise settings.ConfigError(
+                f"{description}: masked prediction needs pseudo-labels, and this run has none "
+                f"for the {family} encoder of --config.model.init",
+                hint="run the pseudo_labels stage (--config.stages), or choose "
+                "--config.pretrain.objective=contrastive for a wav2vec2 encoder",
+            )
+        targets = pseudo_label_files.load_pseudo_labels(str(labels_dir))
+        num_clusters = int(np.load(labels_dir / pseudo_label_files.CENTROIDS_FILE).shape[0])
+        head_cfg, head_params, head_source = _head(
+            encoder, num_clusters, int(t.final_dim), own_labels
+        )
+    else:
+        head_cfg, head_params, head_source = _quantizer(encoder, t)
     model = pretrain.PretrainModelConfig(
-        encoder_config=enc_cfg,
-        head_config=head_cfg,
-        loss=pretrain.PretrainLossConfig(
-            mask_prob=float(t.mask_prob),
-            mask_length=int(t.mask_length),
-            features_pen_weight=float(t.features_pen_weight),
-        ),
+        encoder_config=enc_cfg, head_config=head_cfg, loss=_loss_config(t, objective, mixing)
     )
-    settings = pretrain.PretrainSettings(
+    run_settings = pretrain.PretrainSettings(
         epochs=int(t.epochs),
         peak_lr=float(t.peak_lr),
         warmup_fraction=float(t.warmup_fraction),
@@ -151,7 +213,7 @@ def _pretrain(
     eval_batches, _ = ws.eval_batches(t.eval_split, targets)
     result, best = pretrain.run_pretraining(
         model,
-        settings,
+        run_settings,
         enc_params,
         head_params,
         train_data,
@@ -165,19 +227,28 @@ def _pretrain(
         return None
     from papt_jax.convert import ConvertedCheckpoint, save_converted
 
+    contrastive = objective == "contrastive"
     with atomic_dir(out / "encoder") as tmp:
         save_converted(
             ConvertedCheckpoint(
                 enc_cfg.replace(dtype="float32", remat="none"),
                 best["hubert"],
-                head_cfg,
-                best["head"],
+                None if contrastive else head_cfg,
+                None if contrastive else best["head"],
                 "papt_jax",
+                quantizer_config=head_cfg if contrastive else None,
+                quantizer_params=best["head"] if contrastive else None,
             ),
             tmp,
             overwrite=True,
         )
-    return {"steps": result.step, "best_loss": result.best, "head": head_source}
+    return {
+        "steps": result.step,
+        "best_loss": result.best,
+        "objective": objective,
+        "utterance_mixing": mixing,
+        "head": head_source,
+    }
 
 
 def _labels_problem(labels_dir: Path) -> str | None:
@@ -194,20 +265,23 @@ def bootstrap_needed(config: ml_collections.ConfigDict) -> bool:
 
 
 def run_bootstrap(ws: Workspace) -> dict[str, Any] | None:
-    """HuBERT iteration 1 in miniature: MFCC k-means labels, a small encoder from scratch."""
+    """The family's own pre-training in miniature, from scratch: HuBERT iteration 1 (MFCC
+    k-means labels) for masked prediction, or wav2vec 2.0's contrastive loss."""
     if not bootstrap_needed(ws.config):
         log.info("bootstrap: not needed (model.init=%s)", ws.config.model.init)
         return {"needed": False}
     b = ws.config.bootstrap
     out = ws.stage_dir("bootstrap")
     labels_dir = out / "pseudo_labels"
+    objective = objectives.bootstrap_objective(settings.flatten(ws.config))
     problem = _labels_problem(labels_dir) if labels_dir.is_dir() else None
     if problem is not None:
         # Its checkpoints were trained on these labels: the whole attempt starts over.
         log.warning("bootstrap: starts over: its MFCC pseudo-labels are damaged (%s)", problem)
         remove(out)
         out = ws.stage_dir("bootstrap")
-    if not labels_dir.is_dir():  # renamed into place only once complete
+    if objective == "masked_prediction" and not labels_dir.is_dir():
+        # renamed into place only once complete
         splits = f"{b.train_splits},{b.eval_split}"
         _compute_labels(
             ws, labels_dir, "mfcc", "", 0, int(b.num_clusters), splits, "bootstrap: MFCC labels"
@@ -237,6 +311,9 @@ def run_bootstrap(ws: Workspace) -> dict[str, Any] | None:
 
 
 def run_pseudo_labels(ws: Workspace) -> dict[str, Any]:
+    if not objectives.labels_needed(settings.flatten(ws.config)):
+        log.info("pseudo_labels: not needed (the contrastive objective has no labels)")
+        return {"needed": False}
     p = ws.config.pseudo_labels
     t = ws.config.pretrain
     _compute_labels(
@@ -254,12 +331,13 @@ def run_pseudo_labels(ws: Workspace) -> dict[str, Any]:
 
 def run_pretrain(ws: Workspace) -> dict[str, Any] | None:
     encoder = ws.load_encoder(ws.config.model.init)
+    labels_dir = ws.path("pseudo_labels")
     return _pretrain(
         ws,
         ws.stage_dir("pretrain"),
         encoder,
         ws.config.pretrain.speaker_fusion,
-        ws.path("pseudo_labels"),
+        labels_dir if labels_dir.is_dir() else None,
         ws.config.pretrain,
         own_labels=bool(ws.config.pseudo_labels.centroids),
         description="PAPT" if ws.config.pretrain.speaker_fusion != "none" else "TAPT",

@@ -307,6 +307,18 @@ FIELDS: dict[str, Rule] = {
     "pretrain.crop_to_shortest": boolean,
     "pretrain.final_dim": integer(1),
     "pretrain.stop_after_steps": integer(0),
+    "pretrain.objective": choice("auto", "masked_prediction", "contrastive"),
+    "pretrain.utterance_mixing": choice("auto", "on", "off"),
+    "pretrain.mixing_prob": number(0.0, 1.0),
+    "pretrain.num_negatives": integer(1),
+    "pretrain.diversity_weight": number(0.0),
+    "pretrain.gumbel_temp_max": positive,
+    "pretrain.gumbel_temp_min": positive,
+    "pretrain.gumbel_temp_decay": number(0.0, 1.0, low_open=True),
+    "pretrain.gumbel_step_offset": integer(0),
+    "pretrain.num_codevector_groups": integer(1),
+    "pretrain.num_codevectors_per_group": integer(2),
+    "pretrain.codevector_dim": integer(1),
     # every training stage
     "train.checkpoint_every_minutes": number(0.0),
     # fine-tuning
@@ -370,7 +382,13 @@ def _required(values: Mapping[str, Any], stages: tuple[str, ...]) -> list[str]:
             "--config.model.init is not set: converted:DIR (from `python -m papt_jax.convert`), "
             "pytorch:PATH (Hugging Face folder or fairseq .pt) or preset:NAME (random init)"
         )
-    teacher_needed = _needs(stages, "pseudo_labels") and values["pseudo_labels.source"] == "teacher"
+    from papt_jax.experiment import objectives  # it reads parse_encoder_spec from here
+
+    teacher_needed = (
+        _needs(stages, "pseudo_labels")
+        and values["pseudo_labels.source"] == "teacher"
+        and objectives.labels_needed(values)
+    )
     if teacher_needed and not values["pseudo_labels.teacher"]:
         problems.append(
             "--config.pseudo_labels.teacher is not set: the encoder whose layer is clustered "
@@ -429,6 +447,17 @@ def _cross_field(values: Mapping[str, Any]) -> list[str]:
         problems.append(
             "--config.finetune.speaker_dependent=True needs --config.finetune.train_speakers "
             "(the number of speakers the model trains on)"
+        )
+    if values["pretrain.gumbel_temp_min"] > values["pretrain.gumbel_temp_max"]:
+        problems.append(
+            f"--config.pretrain.gumbel_temp_min={values['pretrain.gumbel_temp_min']} is above "
+            f"--config.pretrain.gumbel_temp_max={values['pretrain.gumbel_temp_max']}"
+        )
+    if values["pretrain.codevector_dim"] % values["pretrain.num_codevector_groups"]:
+        problems.append(
+            f"--config.pretrain.codevector_dim={values['pretrain.codevector_dim']} is not a "
+            "multiple of --config.pretrain.num_codevector_groups="
+            f"{values['pretrain.num_codevector_groups']}"
         )
     for stage in ("pretrain", "bootstrap"):
         if values[f"{stage}.eval_split"] in csv(values[f"{stage}.train_splits"]):

@@ -23,7 +23,7 @@ from typing import Any
 import ml_collections
 
 from papt_jax import storage
-from papt_jax.experiment import output_checks, settings
+from papt_jax.experiment import objectives, output_checks, settings
 from papt_jax.experiment.evaluation import run_evaluate, run_report
 from papt_jax.experiment.finetuning import run_finetune, run_speaker_weights
 from papt_jax.experiment.pretraining import (
@@ -187,7 +187,13 @@ def _bootstrap_keys(c) -> tuple[str, ...]:
     return ("bootstrap.", "model.init", "pseudo_labels.teacher") + shared + _TRAIN_DATA_KEYS
 
 
+def _labels_needed(c) -> bool:
+    return objectives.labels_needed(settings.flatten(c))
+
+
 def _pseudo_label_keys(c) -> tuple[str, ...]:
+    if not _labels_needed(c):  # the contrastive objective: the stage writes nothing
+        return ("pretrain.objective", "model.init", "bootstrap.preset")
     keys = ("pseudo_labels.", "pretrain.train_splits", "pretrain.eval_split", "seed")
     return keys + ("model.dtype", "model.scan_layers")
 
@@ -266,7 +272,11 @@ STAGES: dict[str, Stage] = {
         Stage(
             "pretrain",
             run_pretrain,
-            lambda c: ("prepare", "pseudo_labels") + _uses_bootstrap(c.model.init),
+            lambda c: (
+                ("prepare",)
+                + (("pseudo_labels",) if _labels_needed(c) else ())
+                + _uses_bootstrap(c.model.init)
+            ),
             _pretrain_keys,
             lambda ws: (ws.path("pretrain"),),
             output_checks.pretrain,

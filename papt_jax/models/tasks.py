@@ -1,6 +1,6 @@
 """Encoder + head compositions used by the training stages.
 
-Both keep the encoder's parameters under `hubert`, so a pre-trained encoder moves
+All keep the encoder's parameters under `hubert`, so a pre-trained encoder moves
 between tasks (and to and from PyTorch) without renaming.
 """
 
@@ -12,6 +12,7 @@ import jax
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHead, PretrainHeadConfig, RegressionHead
 from papt_jax.models.hubert import HubertModel, HubertOutput, masked_mean
+from papt_jax.models.quantizer import QuantizerHead, QuantizerHeadConfig, QuantizerOutput
 
 
 class HubertForPretraining(nn.Module):
@@ -41,6 +42,55 @@ class HubertForPretraining(nn.Module):
             deterministic=deterministic,
         )
         return self.head(out.last_hidden_state), out
+
+
+class EncoderForContrastive(nn.Module):
+    """An encoder (any family) with wav2vec 2.0's pre-training head (`QuantizerHead`).
+
+    The encoder's parameters are under `hubert` and the head's under `head`, as in
+    `HubertForPretraining`, so one training loop serves both objectives.
+    """
+
+    config: HubertConfig
+    head_config: QuantizerHeadConfig
+    feature_dropout: float = 0.0
+
+    def setup(self):
+        self.hubert = HubertModel(self.config)
+        self.head = QuantizerHead(self.head_config, self.feature_dropout)
+
+    def __call__(
+        self,
+        audio: jax.Array,
+        audio_mask: jax.Array,
+        speaker: jax.Array | None,
+        mask_time_indices: jax.Array,
+        deterministic: bool = True,
+        temperature: jax.Array | float = 1.0,
+        gumbel_noise: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array, QuantizerOutput, HubertOutput]:
+        """Returns `project_hid(f_p)` and `project_q(quantized)`, both (batch, frames,
+        proj_codevector_dim), the quantizer's output and the encoder output.
+
+        `temperature` and `gumbel_noise` are the quantizer's (`QuantizerHead`); training
+        (`deterministic=False`) needs the 'gumbel' and 'dropout' rng streams.
+        """
+        out = self.hubert(
+            audio,
+            audio_mask=audio_mask,
+            speaker=speaker,
+            mask_time_indices=mask_time_indices,
+            deterministic=deterministic,
+        )
+        projected, projected_quantized, quantizer_out = self.head(
+            out.last_hidden_state,
+            out.normalized_features,
+            temperature,
+            mask_time_indices,
+            deterministic=deterministic,
+            gumbel_noise=gumbel_noise,
+        )
+        return projected, projected_quantized, quantizer_out, out
 
 
 class HubertForRegression(nn.Module):

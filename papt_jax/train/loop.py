@@ -177,6 +177,7 @@ def run_loop(
     description: str = "train",
     learning_rate: Callable[[int], Any] | float | None = None,
     batch_view: Callable[[dict], dict] | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
 ) -> LoopResult:
     """Trains until `total_steps`, early stopping or `stop_after_steps`.
 
@@ -199,6 +200,8 @@ def run_loop(
         rate, logged as `train/lr`; None logs no rate.
       batch_view: Host-side `batch -> batch` applied before the step (None: the batch as
         the iterator gives it), e.g. to keep only the arrays the step reads.
+      on_metrics: Called with the step and the logged training means every `log_every`
+        steps (after the finiteness check), e.g. to warn about a collapsing codebook.
 
     Returns:
       A LoopResult; `finished` is False when stopped by `stop_after_steps`.
@@ -292,6 +295,8 @@ def run_loop(
                     means["lr"] = _learning_rate(learning_rate, step)
                 writer.write_scalars(step, means, prefix="train/")
                 progress.set_postfix(_shown(means))
+                if on_metrics is not None:
+                    on_metrics(step, means)
             if step % config.eval_every == 0 or step == config.total_steps:
                 scores = evaluate(state)
                 writer.write_scalars(step, scores, prefix="eval/")
@@ -349,6 +354,7 @@ def train_in_workdir(
     description: str,
     learning_rate: Callable[[int], Any] | float | None = None,
     batch_view: Callable[[dict], dict] | None = None,
+    on_metrics: Callable[[int, dict[str, float]], None] | None = None,
 ):
     """`run_loop` with checkpoints in `<workdir>/checkpoints` and logs in `<workdir>/logs`.
 
@@ -379,6 +385,7 @@ def train_in_workdir(
                 description=description,
                 learning_rate=learning_rate,
                 batch_view=batch_view,
+                on_metrics=on_metrics,
             )
         best = None
         if result.finished:

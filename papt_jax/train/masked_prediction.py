@@ -1,5 +1,7 @@
 """The masked-prediction loss of one pre-training batch: whole, or as micro-batches.
 
+`loss_cfg` is `train.pretrain_objectives.PretrainLossConfig` (masking and loss weights).
+
 HuBERT's masks are drawn for the whole batch at once, on the device (fairseq trims every
 row to the batch's smallest mask count, so drawing per micro-batch would mask
 differently). With k micro-batches (`train.accumulate`), each one adds its sums over
@@ -8,8 +10,6 @@ the one batch; dropout keys are `fold_in(dropout_key, j)` for micro-batch j.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -20,26 +20,6 @@ from papt_jax.models.config import HubertConfig
 from papt_jax.models.hubert import conv_output_lengths, lengths_to_mask
 from papt_jax.models.tasks import HubertForPretraining
 from papt_jax.train.accumulate import micro_batches, scan_sum
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainLossConfig:
-    """Masking and loss weights (the config's `pretrain.*` values; fairseq's HuBERT base
-    and large recipes both use mask_prob 0.8, span 10 and a feature penalty weight of 10).
-
-    Attributes:
-      mask_prob: Share of frames chosen as span starts times span length.
-      mask_length: Frames per masked span.
-      features_pen_weight: Weight of the CNN-feature penalty.
-      min_masks: Fewest spans per utterance (fairseq: 2).
-      nomask_weight: Weight of the loss on unmasked frames (HuBERT: 0).
-    """
-
-    mask_prob: float
-    mask_length: int
-    features_pen_weight: float
-    min_masks: int = 2
-    nomask_weight: float = 0.0
 
 
 def audio_frame_mask(config: HubertConfig, audio_mask: jax.Array) -> jax.Array:

@@ -1,11 +1,12 @@
-"""Masked-prediction pre-training steps (HuBERT, TAPT and PAPT).
+"""Pre-training steps and run (HuBERT, TAPT and PAPT; every family's own objective).
 
 `train_step(state, batch, rng) -> (state, metrics)` is a pure function, jitted once
-per batch shape with the state donated. Masks are drawn inside the step from
-`fold_in(rng, step)`, so a resumed run draws the same masks as an uninterrupted one.
+per batch shape with the state donated. Masks, negatives, Gumbel noise and utterance
+mixing are drawn inside the step from `fold_in(rng, step)`, so a resumed run draws the
+same as an uninterrupted one. The objectives themselves are in `pretrain_objectives`.
 
-With `accumulate_steps = k` the step takes k micro-batches, masked as one batch
-(`train.masked_prediction`).
+With `accumulate_steps = k` the masked-prediction step takes k micro-batches, masked as one
+batch (`train.masked_prediction`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,25 @@ from jax.sharding import Mesh
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.heads import PretrainHeadConfig
-from papt_jax.models.tasks import HubertForPretraining
+from papt_jax.models.quantizer import QuantizerHeadConfig
+from papt_jax.models.tasks import EncoderForContrastive, HubertForPretraining
 from papt_jax.train.loop import LoopConfig, train_in_workdir
-from papt_jax.train.masked_prediction import (
+from papt_jax.train.masked_prediction import accumulated_loss_and_grads
+from papt_jax.train.pretrain_objectives import (
+    FORWARD,
+    LOGGED,
+    CodebookWatch,
+    ContrastiveSettings,
     PretrainLossConfig,
-    accumulated_loss_and_grads,
-    batch_loss,
+    frame_mask_of,
+    mixed_batch,
 )
-from papt_jax.train.sharding import data_sharded, jit_train_step, replicated, shard_batch
+from papt_jax.train.sharding import (
+    data_sharded,
+    jit_train_step,
+    replicated,
+    shard_batch,
+)
 from papt_jax.train.state import (
     TrainState,
     create_state,
@@ -37,30 +49,52 @@ from papt_jax.train.state import (
     make_schedule,
 )
 
+__all__ = [
+    "ContrastiveSettings",
+    "PretrainLossConfig",
+    "PretrainModelConfig",
+    "PretrainSettings",
+    "build_model",
+    "choose_head",
+    "choose_quantizer",
+    "frame_mask_of",
+    "make_eval_step",
+    "make_train_step",
+    "run_pretraining",
+]
+
 log = logging.getLogger(__name__)
 
 
 def make_train_step(
-    model: HubertForPretraining,
+    model,
     loss_cfg: PretrainLossConfig,
     mesh: Mesh,
     accumulate_steps: int = 1,
     state_shardings=None,
 ):
-    """Returns the jitted, state-donating pre-training step.
+    """Returns the jitted, state-donating pre-training step of `loss_cfg.objective`.
 
     Args:
-      model: Encoder + masked-prediction head.
-      loss_cfg: Masking and loss weights.
+      model: `HubertForPretraining` (masked prediction) or `EncoderForContrastive`.
+      loss_cfg: The objective and its settings.
       mesh: Device mesh.
       accumulate_steps: Micro-batches per step (1: the batch in one pass); the batch's
-        rows must divide by accumulate_steps x devices.
+        rows must divide by accumulate_steps x devices. Masked prediction only.
       state_shardings: The state's shardings (`train.state.create_state`); None:
         replicated.
     """
+    if accumulate_steps > 1 and loss_cfg.objective != "masked_prediction":
+        raise ValueError(
+            f"gradient accumulation is implemented for masked prediction only, not for the "
+            f"{loss_cfg.objective} objective"
+        )
+    forward = FORWARD[loss_cfg.objective]
+    logged = LOGGED[loss_cfg.objective]
 
     def train_step(state: TrainState, batch, rng):
         mask_key, dropout_key = jax.random.split(jax.random.fold_in(rng, state.step))
+        batch = mixed_batch(batch, loss_cfg, rng, state.step)
         if accumulate_steps > 1:
             (loss, stats), grads = accumulated_loss_and_grads(
                 model, loss_cfg, state.params, batch, mask_key, dropout_key, accumulate_steps, mesh
@@ -68,14 +102,16 @@ def make_train_step(
         else:
 
             def loss_fn(params):
-                return batch_loss(model, loss_cfg, params, batch, mask_key, dropout_key, False)
+                return forward(
+                    model, loss_cfg, params, batch, mask_key, dropout_key, state.step, False
+                )
 
             (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         new_state, grad_norm, finite = guarded_update(state, grads, loss)
         metrics = {
             "loss": loss,
             "accuracy": stats["correct"] / jnp.maximum(stats["count"], 1.0),
-            "features_pen": stats["features_pen"],
+            **{k: stats[k] for k in logged},
             "grad_norm": grad_norm,
             "finite": finite,
         }
@@ -84,16 +120,16 @@ def make_train_step(
     return jit_train_step(train_step, mesh, state_shardings)
 
 
-def make_eval_step(
-    model: HubertForPretraining, loss_cfg: PretrainLossConfig, mesh: Mesh, params_shardings=None
-):
-    """Returns a jitted `(params, batch, key) -> sums` for validation loss and accuracy.
+def make_eval_step(model, loss_cfg: PretrainLossConfig, mesh: Mesh, params_shardings=None):
+    """Returns a jitted `(params, batch, key) -> sums` for validation loss and accuracy
+    (no mixing, no dropout; the contrastive objective takes the argmax codes).
 
     `params_shardings` is where the params live (the train state's); None: replicated.
     """
+    forward = FORWARD[loss_cfg.objective]
 
     def eval_step(params, batch, key):
-        _, stats = batch_loss(model, loss_cfg, params, batch, key, key, True)
+        _, stats = forward(model, loss_cfg, params, batch, key, key, jnp.int32(0), True)
         return {k: stats[k] for k in ("loss_sum", "correct", "count")}
 
     params = replicated(mesh) if params_shardings is None else params_shardings
@@ -105,7 +141,7 @@ def make_eval_step(
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _init_params(model: HubertForPretraining, rng, audio, mask):
+def _init_params(model, rng, audio, mask):
     speaker = jnp.zeros(audio.shape[:1], jnp.int32)
     frames = model.config.num_frames(audio.shape[1])
     return model.init(rng, audio, mask, speaker, jnp.zeros((audio.shape[0], frames), bool))[
@@ -113,7 +149,7 @@ def _init_params(model: HubertForPretraining, rng, audio, mask):
     ]
 
 
-def init_params(model: HubertForPretraining, rng: jax.Array, num_samples: int = SAMPLE_RATE):
+def init_params(model, rng: jax.Array, num_samples: int = SAMPLE_RATE):
     """Randomly initialised parameters of encoder + head."""
     audio = jnp.zeros((1, num_samples), jnp.float32)
     return _init_params(model, rng, audio, jnp.ones_like(audio, bool))
@@ -154,6 +190,27 @@ def fresh_head(num_clusters: int, final_dim: int) -> tuple[PretrainHeadConfig, N
     return PretrainHeadConfig(final_dim=final_dim, num_label_rows=num_clusters), None
 
 
+def choose_quantizer(
+    head_config: QuantizerHeadConfig | None, head_params, fresh: QuantizerHeadConfig
+) -> tuple[QuantizerHeadConfig, dict | None]:
+    """The checkpoint's wav2vec 2.0 head when it has one (continued pre-training starts
+    from its quantizer), else `fresh` with None params (randomly initialised)."""
+    if head_config is not None and head_params is not None:
+        log.info(
+            "continuing from the checkpoint's quantizer (%d x %d codevectors, projected to %d)",
+            head_config.num_codevector_groups,
+            head_config.num_codevectors_per_group,
+            head_config.proj_codevector_dim,
+        )
+        return head_config, head_params
+    log.info(
+        "the initial checkpoint has no quantizer: creating one (%d x %d codevectors)",
+        fresh.num_codevector_groups,
+        fresh.num_codevectors_per_group,
+    )
+    return fresh, None
+
+
 def evaluate_loss(eval_step, params, batches, mesh, seed: int = 0) -> dict[str, float]:
     """Masked-prediction loss and accuracy over every batch (fixed masks per batch index)."""
     totals = []
@@ -190,13 +247,29 @@ class PretrainModelConfig:
 
     Attributes:
       encoder_config: Architecture of the encoder, speaker fusion included.
-      head_config: The masked-prediction head (`choose_head`).
-      loss: Masking and loss weights.
+      head_config: The objective's head: masked prediction's `PretrainHeadConfig`
+        (`choose_head`) or wav2vec 2.0's `QuantizerHeadConfig` (`choose_quantizer`).
+      loss: The objective, masking and loss weights.
     """
 
     encoder_config: HubertConfig
-    head_config: PretrainHeadConfig
+    head_config: PretrainHeadConfig | QuantizerHeadConfig
     loss: PretrainLossConfig
+
+    def __post_init__(self):
+        wanted = {"masked_prediction": PretrainHeadConfig, "contrastive": QuantizerHeadConfig}
+        if not isinstance(self.head_config, wanted[self.loss.objective]):
+            raise ValueError(
+                f"the {self.loss.objective} objective needs a {wanted[self.loss.objective]} "
+                f"head, got {type(self.head_config).__name__}"
+            )
+
+
+def build_model(model_config: PretrainModelConfig):
+    """The Flax module of the configured objective (params under `hubert` and `head`)."""
+    if model_config.loss.objective == "contrastive":
+        return EncoderForContrastive(model_config.encoder_config, model_config.head_config)
+    return HubertForPretraining(model_config.encoder_config, model_config.head_config)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -259,7 +332,7 @@ def run_pretraining(
     workdir: str,
     description: str = "pretrain",
 ):
-    """Trains encoder + head with masked prediction; resumes from `workdir` if possible.
+    """Trains encoder + head with the configured objective; resumes from `workdir`.
 
     Args:
       model_config: The model to train.
@@ -277,7 +350,7 @@ def run_pretraining(
       (LoopResult, best params {'hubert', 'head'}) — None params when stopped early by
       `stop_after_steps`.
     """
-    model = HubertForPretraining(model_config.encoder_config, model_config.head_config)
+    model = build_model(model_config)
     rng = jax.random.PRNGKey(run.seed)
     params = init_params(model, rng)
     params = dict(params)
@@ -312,5 +385,10 @@ def run_pretraining(
         config=loop_cfg,
         description=description,
         learning_rate=make_schedule(run.peak_lr, total_steps, run.warmup_fraction, "linear"),
+        on_metrics=(
+            CodebookWatch(model_config.head_config.num_codevector_groups, description)
+            if model_config.loss.objective == "contrastive"
+            else None
+        ),
     )
     return result, None if best is None else best.params

@@ -1,0 +1,206 @@
+"""The objectives pre-training trains with, one forward function each.
+
+* `masked_prediction`: HuBERT's loss on k-means pseudo-labels (HuBERT, data2vec-audio,
+  WavLM); with a `MixingConfig`, WavLM's utterance mixing is applied to the training
+  inputs first (`papt_jax.utterance_mixing`), the targets staying the primary's.
+* `contrastive`: wav2vec 2.0's loss against its Gumbel-quantized CNN features
+  (`papt_jax.contrastive`).
+
+Both forward functions take `(params, batch, mask_key, dropout_key, step, deterministic)` and return
+`(loss, stats)` with at least `loss_sum`, `correct` and `count` (the validation sums).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import jax
+import jax.numpy as jnp
+
+from papt_jax.contrastive import gumbel_temperature, sample_negative_indices, wav2vec2_loss
+from papt_jax.masking import compute_mask_indices_jax
+from papt_jax.train.masked_prediction import batch_loss, frame_mask_of
+from papt_jax.utterance_mixing import MixingConfig, mix_utterances
+
+log = logging.getLogger(__name__)
+
+# The objectives a step can train (`experiment.objectives` picks one per family).
+OBJECTIVES = ("masked_prediction", "contrastive")
+# A second key stream for the mixing plan, so that the mask and dropout keys are those
+# of a step without mixing (HuBERT's step is then repeated exactly).
+_MIXING_STREAM = 0x6D6978
+
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveSettings:
+    """wav2vec 2.0's loss settings (fairseq's defaults in `contrastive.FAIRSEQ_WAV2VEC2_*`).
+
+    Attributes:
+      num_negatives: K negatives per masked frame (100).
+      diversity_weight: Weight of the codebook-diversity loss (0.1).
+      temperature: fairseq's `latent_temp` (max, min, decay) Gumbel schedule.
+      step_offset: Updates the checkpoint has already made: the temperature at step s is
+        the schedule's value at `step_offset + s` (0: the schedule starts over).
+    """
+
+    num_negatives: int
+    diversity_weight: float
+    temperature: tuple[float, float, float]
+    step_offset: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainLossConfig:
+    """The objective, masking and loss weights (the config's `pretrain.*` values; fairseq's
+    HuBERT base and large recipes both use mask_prob 0.8, span 10 and a feature penalty
+    weight of 10; its wav2vec 2.0 recipes mask_prob 0.65).
+
+    Attributes:
+      mask_prob: Share of frames chosen as span starts times span length.
+      mask_length: Frames per masked span.
+      features_pen_weight: Weight of the CNN-feature penalty.
+      min_masks: Fewest spans per utterance (fairseq: 2).
+      nomask_weight: Weight of the masked-prediction loss on unmasked frames (HuBERT: 0).
+      objective: 'masked_prediction' or 'contrastive'.
+      mixing: WavLM's utterance mixing of the training inputs, or None.
+      contrastive: The contrastive loss's settings (needed by that objective).
+    """
+
+    mask_prob: float
+    mask_length: int
+    features_pen_weight: float
+    min_masks: int = 2
+    nomask_weight: float = 0.0
+    objective: str = "masked_prediction"
+    mixing: MixingConfig | None = None
+    contrastive: ContrastiveSettings | None = None
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "contrastive" and self.contrastive is None:
+            raise ValueError("the contrastive objective needs its ContrastiveSettings")
+
+
+def mixed_batch(batch, loss_cfg: PretrainLossConfig, rng: jax.Array, step: jax.Array):
+    """The training batch with WavLM's utterance mixing applied (itself when off).
+
+    The plan's key is folded from `rng` and the step on its own stream, so a resumed run
+    mixes as an uninterrupted one and the mask and dropout keys are unchanged.
+    """
+    if loss_cfg.mixing is None or loss_cfg.mixing.prob == 0:
+        return batch
+    key = jax.random.fold_in(jax.random.fold_in(rng, _MIXING_STREAM), step)
+    audio = mix_utterances(key, batch["audio"], batch["audio_mask"], loss_cfg.mixing)
+    return {**batch, "audio": audio.astype(batch["audio"].dtype)}
+
+
+def _masks(model, loss_cfg, batch, mask_key):
+    frame_mask = frame_mask_of(model, batch)
+    mask_indices = compute_mask_indices_jax(
+        mask_key, frame_mask, loss_cfg.mask_prob, loss_cfg.mask_length, loss_cfg.min_masks
+    )
+    speaker = batch["speaker"] if model.config.speaker_fusion != "none" else None
+    return frame_mask, mask_indices, speaker
+
+
+def masked_prediction(model, loss_cfg, params, batch, mask_key, dropout_key, step, deterministic):
+    """HuBERT's loss (mean over masked frames) + the feature penalty; `step` is unused."""
+    del step
+    return batch_loss(model, loss_cfg, params, batch, mask_key, dropout_key, deterministic)
+
+
+def contrastive(model, loss_cfg, params, batch, mask_key, dropout_key, step, deterministic):
+    """wav2vec 2.0's loss, fairseq's sum divided by the masked frames.
+
+    Negatives are drawn from `mask_key`'s second stream and the Gumbel noise from
+    `dropout_key`'s; evaluation (`deterministic`) takes the quantizer's argmax codes.
+    """
+    c = loss_cfg.contrastive
+    frame_mask, mask_indices, speaker = _masks(model, loss_cfg, batch, mask_key)
+    temperature = gumbel_temperature(step + c.step_offset, *c.temperature)
+    rngs = {"dropout": dropout_key, "gumbel": jax.random.fold_in(dropout_key, 1)}
+    projected, projected_q, quantizer_out, out = model.apply(
+        {"params": params},
+        batch["audio"],
+        batch["audio_mask"],
+        speaker,
+        mask_indices,
+        deterministic=deterministic,
+        temperature=temperature,
+        rngs=None if deterministic else rngs,
+    )
+    negatives = sample_negative_indices(
+        jax.random.fold_in(mask_key, 1), mask_indices, c.num_negatives
+    )
+    parts = wav2vec2_loss(
+        projected,
+        projected_q,
+        quantizer_out.prob_perplexity,
+        mask_indices,
+        negatives,
+        num_codevectors=model.head_config.num_codevectors,
+        logit_temperature=model.head_config.contrastive_logits_temperature,
+        diversity_weight=c.diversity_weight,
+        features_pen=out.features_pen,
+        features_pen_weight=loss_cfg.features_pen_weight,
+    )
+    count = jnp.maximum(parts["count"], 1.0)
+    stats = {
+        "loss_sum": parts["loss_sum"],
+        "correct": parts["correct"],
+        "count": parts["count"],
+        "contrastive": parts["contrastive_sum"] / count,
+        "diversity": parts["diversity"],
+        "prob_perplexity": quantizer_out.prob_perplexity,
+        "code_perplexity": quantizer_out.code_perplexity,
+        "temperature": temperature,
+        "features_pen": out.features_pen,
+    }
+    del frame_mask
+    return parts["loss_sum"] / count, stats
+
+
+FORWARD = {"masked_prediction": masked_prediction, "contrastive": contrastive}
+# Training metrics each objective logs beside loss, accuracy, grad_norm and finite.
+LOGGED = {
+    "masked_prediction": ("features_pen",),
+    "contrastive": (
+        "contrastive",
+        "diversity",
+        "prob_perplexity",
+        "code_perplexity",
+        "temperature",
+        "features_pen",
+    ),
+}
+
+
+class CodebookWatch:
+    """Warns when the quantizer's codebook collapses: the argmax codes of the logged
+    steps use about one entry per group (`code_perplexity` below 1.5 per group, out of
+    V). Warns once per collapse, again after a recovery.
+    """
+
+    def __init__(self, groups: int, description: str):
+        self.groups = groups
+        self.description = description
+        self.collapsed = False
+
+    def __call__(self, step: int, means: dict[str, float]) -> None:
+        if "code_perplexity" not in means:
+            return
+        per_group = means["code_perplexity"] / self.groups
+        collapsed = per_group < 1.5
+        if collapsed and not self.collapsed:
+            log.warning(
+                "%s step %d: the quantizer's codebook has collapsed: code perplexity %.3g per "
+                "group (1 = a single entry used); the contrastive targets carry almost no "
+                "information. Lower the learning rate, or raise the diversity weight "
+                "(--config.pretrain.diversity_weight)",
+                self.description,
+                step,
+                per_group,
+            )
+        self.collapsed = collapsed
