@@ -117,6 +117,20 @@ def test_training_batches_must_split_into_micro_batches_over_the_devices():
     settings.validate(config)
 
 
+def test_accumulation_is_refused_for_the_contrastive_objective():
+    config = smoke()
+    config.train.accumulate_steps = 2
+    config.pretrain.objective = "contrastive"
+    message = problems_of(config)
+    assert "gradient accumulation is implemented for masked prediction" in message
+    assert "the pretrain and bootstrap stage" in message
+    config.pretrain.objective = "masked_prediction"
+    try:
+        settings.validate(config)
+    except settings.ConfigError as err:  # batch sizes may not split: another problem
+        assert "gradient accumulation" not in str(err)
+
+
 def test_remat_reads_policy_names_and_the_booleans_of_older_configs():
     config = smoke()
     for value in ("full", "dots_saveable", True, False):

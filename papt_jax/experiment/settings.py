@@ -443,6 +443,21 @@ def _batch_divisibility(values: Mapping[str, Any]) -> list[str]:
 
 def _cross_field(values: Mapping[str, Any]) -> list[str]:
     problems = _batch_divisibility(values)
+    if values["train.accumulate_steps"] > 1:
+        from papt_jax.experiment import objectives
+
+        stages = {
+            "pretrain": objectives.planned_objective(values),
+            "bootstrap": objectives.bootstrap_objective(values),
+        }
+        contrastive = [stage for stage, o in stages.items() if o == "contrastive"]
+        if contrastive:
+            problems.append(
+                f"--config.train.accumulate_steps={values['train.accumulate_steps']}: gradient "
+                "accumulation is implemented for masked prediction, not for the contrastive "
+                f"objective of the {' and '.join(contrastive)} stage (set "
+                "--config.pretrain.objective=masked_prediction, or accumulate_steps=1)"
+            )
     if values["finetune.speaker_dependent"] and not values["finetune.train_speakers"]:
         problems.append(
             "--config.finetune.speaker_dependent=True needs --config.finetune.train_speakers "
