@@ -11,6 +11,7 @@
   that count compilations see them.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -25,13 +26,35 @@ os.environ.setdefault(
 
 
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 from fixtures.main_runs import MainRun, run_main  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> MainRun:
-    """The one uninterrupted `configs/papt.py:smoke` run that pipeline tests share."""
-    workdir = tmp_path_factory.mktemp("smoke") / "w"
+def smoke_run(tmp_path_factory, request) -> MainRun:
+    """The one uninterrupted `configs/papt.py:smoke` run that pipeline tests share.
+
+    Under pytest-xdist every worker is its own process with its own session, so the run is
+    made once in the directory all workers share (the parent of each worker's base temp)
+    by whichever worker needs it first, under a file lock; the others wait and read it.
+    Tests only read this workdir (those that resume or change a run copy it first).
+    """
+    if not hasattr(request.config, "workerinput"):  # Not distributed: the session's own.
+        return _smoke_run_in(tmp_path_factory.mktemp("smoke"))
+    shared = tmp_path_factory.getbasetemp().parent / "smoke-shared"
+    shared.mkdir(exist_ok=True)
+    with FileLock(str(shared / ".lock")):
+        return _smoke_run_in(shared)
+
+
+def _smoke_run_in(folder: Path) -> MainRun:
+    """Runs the smoke config into `folder/w`, or reads the finished run found there."""
+    workdir, record = folder / "w", folder / "run.json"
+    if record.exists():
+        return MainRun(**{**json.loads(record.read_text()), "workdir": workdir})
     run = run_main(workdir, "--config=configs/papt.py:smoke")
     assert run.returncode == 0, run.stderr[-4000:]
+    record.write_text(
+        json.dumps({"returncode": run.returncode, "stdout": run.stdout, "stderr": run.stderr})
+    )
     return run
