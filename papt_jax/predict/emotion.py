@@ -29,7 +29,7 @@ import numpy as np
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.errors import UserError
 from papt_jax.predict import limits
-from papt_jax.predict.waveforms import batch_to_list, to_model_input
+from papt_jax.predict.waveforms import checked_model_inputs
 from papt_jax.predict.windows import Batching, combine, split_windows, window_batches
 
 PLAIN = "prediction"
@@ -165,12 +165,6 @@ class EmotionPredictor:
         self, waveforms, sample_rate: int = SAMPLE_RATE, *, progress=None
     ) -> dict[str, dict[str, np.ndarray]]:
         """{dimension: {'prediction': (N,) float32}} for recordings (see `Predictor.predict`)."""
-        items = batch_to_list(waveforms)
-        if not items:
-            raise UserError("no waveforms given")
-        prepared = []
-        for i, x in enumerate(items):
-            prepared.append(to_model_input(x, sample_rate, f"waveform {i}"))
-            self.check_duration(prepared[-1], f"waveform {i}")
+        prepared = checked_model_inputs(waveforms, sample_rate, self.check_duration)
         preds, _ = self.forward(prepared, progress)
         return {dim: {PLAIN: preds[:, j]} for j, dim in enumerate(self.dimensions)}

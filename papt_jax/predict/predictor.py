@@ -51,7 +51,7 @@ from papt_jax.pldc import MODES
 from papt_jax.predict import assets as assets_lib
 from papt_jax.predict import limits, profiles
 from papt_jax.predict.profiles import SpeakerProfile
-from papt_jax.predict.waveforms import batch_to_list, to_model_input
+from papt_jax.predict.waveforms import checked_model_inputs
 from papt_jax.predict.windows import Batching, Window, combine, window_batches
 
 PLAIN = "prediction"
@@ -259,14 +259,7 @@ class Predictor:
 
     def prepare(self, waveforms, sample_rate: int = SAMPLE_RATE) -> list[np.ndarray]:
         """User waveforms -> checked 16 kHz mono float32 (`waveforms.to_model_input`)."""
-        items = batch_to_list(waveforms)
-        if not items:
-            raise UserError("no waveforms given")
-        prepared = []
-        for i, x in enumerate(items):
-            prepared.append(to_model_input(x, sample_rate, f"waveform {i}"))
-            self.check_duration(prepared[-1], f"waveform {i}")
-        return prepared
+        return checked_model_inputs(waveforms, sample_rate, self.check_duration)
 
     def windows(self, waveforms: Sequence[np.ndarray]) -> list[Window]:
         """The windows of prepared recordings, in recording order (`windows.py`)."""

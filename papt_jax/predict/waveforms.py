@@ -88,3 +88,23 @@ def batch_to_list(waveforms) -> list:
     if isinstance(waveforms, Sequence) and not isinstance(waveforms, (str, bytes)):
         return list(waveforms)
     raise UserError(f"waveforms must be an array or a list of arrays, got {type(waveforms)}")
+
+
+def checked_model_inputs(waveforms, sample_rate: int, check_duration) -> list[np.ndarray]:
+    """User waveforms -> checked 16 kHz mono float32 arrays, each named `waveform {i}`.
+
+    Args:
+      waveforms: One array, a sequence of arrays, or a (batch, samples) array.
+      sample_rate: Their sample rate.
+      check_duration: `(samples (n,), name) -> None`, raising for a recording the model
+        cannot use (the predictor's minimum duration).
+    """
+    items = batch_to_list(waveforms)
+    if not items:
+        raise UserError("no waveforms given")
+    prepared = []
+    for i, x in enumerate(items):
+        name = f"waveform {i}"
+        prepared.append(to_model_input(x, sample_rate, name))
+        check_duration(prepared[-1], name)
+    return prepared
