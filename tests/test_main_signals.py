@@ -77,7 +77,7 @@ def test_sigterm_mid_epoch_saves_exits_75_and_the_resumed_run_is_identical(smoke
     steps = sorted(int(p.name) for p in (w / "finetune/arousal/checkpoints/latest").iterdir())
     per_epoch = json.loads((smoke_run.workdir / "finetune/arousal/result.json").read_text())
     assert steps and steps[-1] < per_epoch["steps"]  # mid-way, not at an epoch's end
-    wait_for(lambda: not alive(workers), 30, "the workers to end")
+    wait_for(lambda: not alive(workers), 300, "the workers to end")  # a hang guard
 
     resumed = run_main(w, SMOKE)
     assert resumed.returncode == 0, resumed.stderr[-4000:]

@@ -75,7 +75,7 @@ def _run_on_a_terminal(width: int = 100) -> str:
             break
         chunks.append(data)
     os.close(master)
-    assert proc.wait(timeout=600) == 0
+    assert proc.wait(timeout=1800) == 0
     return b"".join(chunks).decode()
 
 
@@ -144,7 +144,7 @@ def test_on_a_terminal_one_bar_at_a_time_cleared_and_never_on_a_log_line():
 
 def test_in_a_pipe_no_carriage_returns_and_a_line_now_and_then():
     quiet = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=_env(), timeout=600
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=_env(), timeout=1800
     )
     assert quiet.returncode == 0, quiet.stderr
     # A run shorter than the interval (30 s) writes the log lines only.
@@ -155,7 +155,7 @@ def test_in_a_pipe_no_carriage_returns_and_a_line_now_and_then():
         capture_output=True,
         text=True,
         env=_env(PAPT_JAX_PROGRESS_SECONDS="0"),
-        timeout=600,
+        timeout=1800,
     )
     assert every.returncode == 0, every.stderr
     assert "\r" not in every.stderr

@@ -25,7 +25,7 @@ def _cli(*args: str, hide: str | None = None) -> subprocess.CompletedProcess:
         env=dict(os.environ),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,
     )
 
 
