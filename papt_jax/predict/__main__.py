@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from absl import flags, logging
@@ -388,28 +389,39 @@ def _write_rejected(out: Path, problems) -> Path:
     return path
 
 
-def _write_predictions(out: Path, paths, durations, results, profile) -> None:
+def _value_columns(results, profile) -> tuple[list[str], Callable[[int], list[str]]]:
+    """The columns `--out` and `--window_csv` share after their own leading ones.
+
+    Returns:
+      (header, row_values): the speaker note, each dimension's plain value, with a profile
+      each PLDC mode's, and `outside_scale`; `row_values(i)` gives result row i's cells.
+    """
     from papt_jax.pldc import MODES
     from papt_jax.predict.predictor import OUTSIDE_SCALE, PLAIN
 
     dims = list(results)
-    header = ["file", "duration_s", "speaker", *dims]
-    if profile is not None:
-        header += [f"{dim}_{mode}" for dim in dims for mode in MODES]
-    header.append(OUTSIDE_SCALE)
+    modes = () if profile is None else MODES
+    header = ["speaker", *dims, *(f"{dim}_{mode}" for dim in dims for mode in modes), OUTSIDE_SCALE]
     note = PLAIN_NOTE if profile is None else profile.describe()
+
+    def row_values(i: int) -> list[str]:
+        row = [note, *(f"{results[dim][PLAIN][i]:.6g}" for dim in dims)]
+        row += [f"{results[dim][mode][i]:.6g}" for dim in dims for mode in modes]
+        row.append(";".join(dim for dim in dims if results[dim][OUTSIDE_SCALE][i]))
+        return row
+
+    return header, row_values
+
+
+def _write_predictions(out: Path, paths, durations, results, profile) -> None:
+    header, row_values = _value_columns(results, profile)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(f) -> None:
         writer = csv.writer(f)
-        writer.writerow(header)
+        writer.writerow(["file", "duration_s", *header])
         for i, (path, seconds) in enumerate(zip(paths, durations, strict=True)):
-            row = [str(path), f"{seconds:.3f}", note]
-            row += [f"{results[dim][PLAIN][i]:.6g}" for dim in dims]
-            if profile is not None:
-                row += [f"{results[dim][mode][i]:.6g}" for dim in dims for mode in MODES]
-            row.append(";".join(dim for dim in dims if results[dim][OUTSIDE_SCALE][i]))
-            writer.writerow(row)
+            writer.writerow([str(path), f"{seconds:.3f}", *row_values(i)])
 
     storage.write_atomic(out, write)
 
@@ -417,30 +429,19 @@ def _write_predictions(out: Path, paths, durations, results, profile) -> None:
 def _write_windows(path: Path, paths, windows, results, profile) -> None:
     """One row per window: file, window number in its file, start and end in seconds, the
     values as in `--out`, and `outside_scale`."""
-    from papt_jax.pldc import MODES
-    from papt_jax.predict.predictor import OUTSIDE_SCALE, PLAIN
-
-    dims = list(results)
-    header = ["file", "window", "start_s", "end_s", "speaker", *dims]
-    if profile is not None:
-        header += [f"{dim}_{mode}" for dim in dims for mode in MODES]
-    header.append(OUTSIDE_SCALE)
-    note = PLAIN_NOTE if profile is None else profile.describe()
+    header, row_values = _value_columns(results, profile)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(f) -> None:
         writer = csv.writer(f)
-        writer.writerow(header)
+        writer.writerow(["file", "window", "start_s", "end_s", *header])
         number = {}
         for i, (item, w) in enumerate(windows):
             number[item] = number.get(item, -1) + 1
             start, end = w.start / SAMPLE_RATE, (w.start + w.length) / SAMPLE_RATE
-            row = [str(paths[item]), number[item], f"{start:.3f}", f"{end:.3f}", note]
-            row += [f"{results[dim][PLAIN][i]:.6g}" for dim in dims]
-            if profile is not None:
-                row += [f"{results[dim][mode][i]:.6g}" for dim in dims for mode in MODES]
-            row.append(";".join(dim for dim in dims if results[dim][OUTSIDE_SCALE][i]))
-            writer.writerow(row)
+            writer.writerow(
+                [str(paths[item]), number[item], f"{start:.3f}", f"{end:.3f}", *row_values(i)]
+            )
 
     storage.write_atomic(path, write)
 
