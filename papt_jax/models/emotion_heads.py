@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from papt_jax.models.config import HubertConfig
+from papt_jax.models.flat_random import Dropout
 from papt_jax.models.hubert import HubertModel, masked_mean
 
 HEAD_KINDS = ("audeering", "msp_challenge")
@@ -81,7 +82,7 @@ class MeanTanhHead(nn.Module):
     def __call__(self, frames: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
         cfg = self.config
         pooled = masked_mean(frames, mask)
-        dropout = nn.Dropout(cfg.dropout, deterministic=not train)
+        dropout = Dropout(cfg.dropout, deterministic=not train)
         x = nn.Dense(pooled.shape[-1], name="dense")(dropout(pooled))
         return nn.Dense(len(cfg.labels), name="out_proj")(dropout(jnp.tanh(x)))
 
@@ -110,7 +111,7 @@ class RegressionBlocks(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         cfg = self.config
-        x = nn.Dropout(cfg.dropout, deterministic=not train)(x)
+        x = Dropout(cfg.dropout, deterministic=not train)(x)
         for i in range(cfg.num_layers):
             x = _Block(cfg, name=f"fc_{i}")(x, train)
         return nn.Dense(len(cfg.labels), name="out")(x)
@@ -123,7 +124,7 @@ class _Block(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nn.Dense(self.config.hidden_dim, name="linear")(x)
         x = nn.LayerNorm(epsilon=_TORCH_EPS, name="layer_norm")(x)
-        return nn.Dropout(self.config.dropout, deterministic=not train)(nn.relu(x))
+        return Dropout(self.config.dropout, deterministic=not train)(nn.relu(x))
 
 
 class AttentiveStatisticsHead(nn.Module):

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from papt_jax.models.flat_random import Dropout
+
 
 @dataclasses.dataclass(frozen=True)
 class PretrainHeadConfig:
@@ -136,5 +138,5 @@ class RegressionHead(nn.Module):
             x = TorchBatchNorm(name=f"batch_norm_{i}")(
                 x, use_running_average=not train, mask=example_mask
             )
-            x = nn.Dropout(self.dropout)(x, deterministic=not train)
+            x = Dropout(self.dropout)(x, deterministic=not train)
         return nn.Dense(1, name="output")(x)[:, 0]

@@ -26,6 +26,7 @@ from flax import struct
 
 from papt_jax.models.config import HubertConfig
 from papt_jax.models.families import PIECES
+from papt_jax.models.flat_random import Dropout
 from papt_jax.models.layers import (
     FeatureExtractor,
     FeatureProjection,
@@ -115,7 +116,7 @@ class Encoder(nn.Module):
         layer_norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name="layer_norm")
         if not cfg.do_stable_layer_norm:
             x = layer_norm(x)
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+        x = Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
         if first_layer_offset is not None:
             x = x + jnp.where(mask[..., None], first_layer_offset[:, None, :], 0).astype(dtype)
         if prefix is not None:

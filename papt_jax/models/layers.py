@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from papt_jax.models.config import HubertConfig
+from papt_jax.models.flat_random import Dropout
 from papt_jax.models.grouped_conv import grouped_conv1d, plain_grouped_conv1d
 
 # PyTorch's GELU is the exact erf form; `jax.nn.gelu` defaults to the tanh approximation.
@@ -167,7 +168,7 @@ class FeatureProjection(nn.Module):
         x = nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=_dense_init, name="projection")(
             normed
         )
-        return nn.Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic), normed
+        return Dropout(cfg.feat_proj_dropout)(x, deterministic=deterministic), normed
 
 
 class WeightNormConv1D(nn.Module):
@@ -290,7 +291,7 @@ class SelfAttention(nn.Module):
                 logits = logits + bias
             logits = jnp.where(key_mask, logits, jnp.finfo(logits.dtype).min)
             probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
-            probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False, rng=dropout_rng)
+            probs = Dropout(cfg.attention_dropout)(probs, deterministic=False, rng=dropout_rng)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
         out = out.reshape(batch, time, dim)
         return nn.Dense(dim, dtype=dtype, kernel_init=_dense_init, name="out_proj")(out)
@@ -319,9 +320,9 @@ class FeedForward(nn.Module):
             cfg.intermediate_size, dtype=dtype, kernel_init=_dense_init, name="intermediate_dense"
         )(x)
         x = exact_gelu(x)
-        x = nn.Dropout(cfg.activation_dropout)(x, self.deterministic, rng=dropout_rngs[0])
+        x = Dropout(cfg.activation_dropout)(x, self.deterministic, rng=dropout_rngs[0])
         x = nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=_dense_init, name="output_dense")(x)
-        return nn.Dropout(cfg.hidden_dropout)(x, self.deterministic, rng=dropout_rngs[1])
+        return Dropout(cfg.hidden_dropout)(x, self.deterministic, rng=dropout_rngs[1])
 
 
 class EncoderLayer(nn.Module):
@@ -370,7 +371,7 @@ class EncoderLayer(nn.Module):
         final_layer_norm = nn.LayerNorm(
             epsilon=cfg.layer_norm_eps, dtype=dtype, name="final_layer_norm"
         )
-        dropout = nn.Dropout(cfg.hidden_dropout)
+        dropout = Dropout(cfg.hidden_dropout)
 
         def attend(h):
             return dropout(attention(h, mask, attention_bias, keys[0]), self.deterministic, keys[1])

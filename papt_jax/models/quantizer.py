@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from papt_jax.models.flat_random import Dropout
+
 
 @dataclasses.dataclass(frozen=True)
 class QuantizerHeadConfig:
@@ -226,7 +228,7 @@ class QuantizerHead(nn.Module):
         projected = nn.Dense(cfg.proj_codevector_dim, kernel_init=dense_init, name="project_hid")(
             hidden_states.astype(jnp.float32)
         )
-        features = nn.Dropout(self.feature_dropout)(
+        features = Dropout(self.feature_dropout)(
             extract_features.astype(jnp.float32), deterministic=deterministic
         )
         quantizer_out = GumbelVectorQuantizer(cfg, name="quantizer")(
