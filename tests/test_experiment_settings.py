@@ -131,6 +131,30 @@ def test_accumulation_is_refused_for_the_contrastive_objective():
         assert "gradient accumulation" not in str(err)
 
 
+def test_the_noise_folder_is_checked_before_any_work(tmp_path):
+    import numpy as np
+    import soundfile
+
+    config = smoke()
+    config.pretrain.noise_dir = str(tmp_path / "missing")
+    assert "noise_dir=" in problems_of(config) and "is not a folder" in problems_of(config)
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    config.pretrain.noise_dir = str(noise)
+    message = problems_of(config)
+    assert f"--config.pretrain.noise_dir={str(noise)!r}: the noise folder {noise} holds no " in (
+        message
+    )
+    assert "holds no audio file" in message and "noise_dir=''" in message
+    soundfile.write(noise / "hum.wav", np.full(1600, 0.1, np.float32), 22_050)
+    assert f"{noise / 'hum.wav'}: sample rate 22050 Hz" in problems_of(config)
+    config.data.resample = True
+    settings.validate(config)
+    config.data.resample = False
+    config.stages = "corpus,prepare,finetune,evaluate,report"  # no stage reads the noise
+    settings.validate(config)
+
+
 def test_remat_reads_policy_names_and_the_booleans_of_older_configs():
     config = smoke()
     for value in ("full", "dots_saveable", True, False):

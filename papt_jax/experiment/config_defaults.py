@@ -130,6 +130,12 @@ def base_config() -> ml_collections.ConfigDict:
     t.objective = "auto"  # 'auto', 'masked_prediction' (pseudo-labels) or 'contrastive'
     t.utterance_mixing = "auto"  # WavLM's denoising: 'auto' (on for WavLM), 'on', 'off'
     t.mixing_prob = 0.2  # share of utterances mixed (WavLM authors' dataset default 0.2)
+    # WavLM mixes noise as well as speech (the paper: DNS challenge noise). The authors'
+    # microsoft/UniSpeech src/fairseq/tasks/utterance_mixing_pretraining.py: `mixing_noise`
+    # False, `mixing_noise_prob` 0.5, `noise_path` ''; utterance_mixing_dataset.py draws
+    # the noise energy ratio from U(-5, 20) dB (speech: U(-5, 5) dB).
+    t.noise_dir = ""  # folder of noise audio for WavLM's mixing ('': other utterances only)
+    t.noise_prob = 0.5  # of mixed utterances, the share mixed with noise (authors' task: 0.5)
     t.num_negatives = 100  # contrastive: negatives per masked frame (fairseq, transformers: 100)
     t.diversity_weight = 0.1  # contrastive: codebook-diversity loss weight (fairseq: 0.1)
     # Gumbel temperature max(max * decay**update, min): fairseq `latent_temp` (2, 0.5, 0.999995)

@@ -101,10 +101,34 @@ def _head(encoder, num_clusters: int, final_dim: int, own_labels: bool):
     return head_cfg, head_params, "checkpoint's own" if head_params is not None else "fresh"
 
 
-def _loss_config(t, objective: str, mixing: bool):
-    """`pretrain.PretrainLossConfig` of the objective from the config section `t`."""
+def _noise_bank(ws: Workspace, t, mixing: bool, description: str):
+    """WavLM's noise bank read from `t.noise_dir` (`data.noise_bank`), or None (no folder,
+    or nothing would draw from it). Rows hold at most `data.max_seconds` of audio, the
+    longest a training utterance (and so twice the longest mixed segment) can be."""
+    from papt_jax.data.audio import SAMPLE_RATE
+    from papt_jax.data.noise_bank import load_noise_bank
+
+    folder = str(t.noise_dir)
+    if not folder:
+        return None
+    if not mixing or float(t.noise_prob) == 0:
+        log.warning(
+            "%s: --config.pretrain.noise_dir=%s is not used: %s",
+            description,
+            folder,
+            "utterance mixing is off" if not mixing else "--config.pretrain.noise_prob is 0",
+        )
+        return None
+    length = round(float(ws.config.data.max_seconds) * SAMPLE_RATE)
+    return load_noise_bank(folder, length, bool(ws.config.data.resample))
+
+
+def _loss_config(t, objective: str, mixing: bool, noise: bool = False):
+    """`pretrain.PretrainLossConfig` of the objective from the config section `t`; `noise`:
+    a noise bank is given, which `t.noise_prob` of the mixed utterances draw from."""
     from papt_jax.utterance_mixing import MixingConfig
 
+    noise_prob = float(t.noise_prob) if noise else 0.0
     contrastive = None
     if objective == "contrastive":
         contrastive = pretrain.ContrastiveSettings(
@@ -122,7 +146,7 @@ def _loss_config(t, objective: str, mixing: bool):
         mask_length=int(t.mask_length),
         features_pen_weight=float(t.features_pen_weight),
         objective=objective,
-        mixing=MixingConfig(prob=float(t.mixing_prob)) if mixing else None,
+        mixing=MixingConfig(prob=float(t.mixing_prob), noise_prob=noise_prob) if mixing else None,
         contrastive=contrastive,
     )
 
@@ -190,8 +214,11 @@ def _pretrain(
         )
     else:
         head_cfg, head_params, head_source = _quantizer(encoder, t)
+    noise = _noise_bank(ws, t, mixing, description)
     model = pretrain.PretrainModelConfig(
-        encoder_config=enc_cfg, head_config=head_cfg, loss=_loss_config(t, objective, mixing)
+        encoder_config=enc_cfg,
+        head_config=head_cfg,
+        loss=_loss_config(t, objective, mixing, noise is not None),
     )
     run_settings = pretrain.PretrainSettings(
         epochs=int(t.epochs),
@@ -221,6 +248,7 @@ def _pretrain(
         ws.mesh,
         str(out),
         description=description,
+        noise=None if noise is None else (noise.noise, noise.mask),
     )
     if not result.finished:
         log.info("pretrain stopped at step %d (stop_after_steps); run again to resume", result.step)
@@ -247,6 +275,7 @@ def _pretrain(
         "best_loss": result.best,
         "objective": objective,
         "utterance_mixing": mixing,
+        "noise_files": 0 if noise is None else len(noise.files),
         "head": head_source,
     }
 

@@ -310,6 +310,8 @@ FIELDS: dict[str, Rule] = {
     "pretrain.objective": choice("auto", "masked_prediction", "contrastive"),
     "pretrain.utterance_mixing": choice("auto", "on", "off"),
     "pretrain.mixing_prob": number(0.0, 1.0),
+    "pretrain.noise_dir": existing_dir_or_empty,
+    "pretrain.noise_prob": number(0.0, 1.0),
     "pretrain.num_negatives": integer(1),
     "pretrain.diversity_weight": number(0.0),
     "pretrain.gumbel_temp_max": positive,
@@ -483,6 +485,21 @@ def _cross_field(values: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _noise_dir(values: Mapping[str, Any], stages: tuple[str, ...]) -> list[str]:
+    """The noise folder of WavLM's mixing holds audio files whose headers can be used
+    (read before any work; the samples are read when a training stage starts)."""
+    folder = values["pretrain.noise_dir"]
+    if not folder or not _needs(stages, "bootstrap", "pretrain"):
+        return []
+    from papt_jax.data.noise_bank import NoiseDirError, check_noise_dir
+
+    try:
+        check_noise_dir(folder, bool(values["data.resample"]))
+    except NoiseDirError as err:
+        return [f"--config.pretrain.noise_dir={folder!r}: {err.message} ({err.hint})"]
+    return []
+
+
 SHOW_CONFIG_HINT = "every setting with its value and meaning: add --show_config to the command"
 
 
@@ -518,7 +535,7 @@ def validate(config: ml_collections.ConfigDict, problems: Sequence[str] = ()) ->
     if found:  # later checks read the values, which must have the right types first
         _refuse(problems + found)
     stages = csv(values["stages"])
-    problems += _required(values, stages) + _cross_field(values)
+    problems += _required(values, stages) + _cross_field(values) + _noise_dir(values, stages)
     if problems:
         _refuse(problems)
     return stages

@@ -72,6 +72,7 @@ def make_train_step(
     mesh: Mesh,
     accumulate_steps: int = 1,
     state_shardings=None,
+    noise=None,
 ):
     """Returns the jitted, state-donating pre-training step of `loss_cfg.objective`.
 
@@ -83,6 +84,9 @@ def make_train_step(
         rows must divide by accumulate_steps x devices. Masked prediction only.
       state_shardings: The state's shardings (`train.state.create_state`); None:
         replicated.
+      noise: None, or WavLM's noise bank `(noise, noise_mask)` as NumPy arrays, both
+        (noises, noise_samples): held on every device for the run and mixed in as
+        `loss_cfg.mixing` says.
     """
     if accumulate_steps > 1 and loss_cfg.objective != "masked_prediction":
         raise ValueError(
@@ -92,9 +96,9 @@ def make_train_step(
     forward = FORWARD[loss_cfg.objective]
     logged = LOGGED[loss_cfg.objective]
 
-    def train_step(state: TrainState, batch, rng):
+    def train_step(state: TrainState, batch, rng, noise=None):
         mask_key, dropout_key = jax.random.split(jax.random.fold_in(rng, state.step))
-        batch = mixed_batch(batch, loss_cfg, rng, state.step)
+        batch = mixed_batch(batch, loss_cfg, rng, state.step, noise)
         if accumulate_steps > 1:
             (loss, stats), grads = accumulated_loss_and_grads(
                 model, loss_cfg, state.params, batch, mask_key, dropout_key, accumulate_steps, mesh
@@ -117,7 +121,7 @@ def make_train_step(
         }
         return new_state, metrics
 
-    return jit_train_step(train_step, mesh, state_shardings)
+    return jit_train_step(train_step, mesh, state_shardings, noise)
 
 
 def make_eval_step(model, loss_cfg: PretrainLossConfig, mesh: Mesh, params_shardings=None):
@@ -331,6 +335,7 @@ def run_pretraining(
     mesh: Mesh,
     workdir: str,
     description: str = "pretrain",
+    noise=None,
 ):
     """Trains encoder + head with the configured objective; resumes from `workdir`.
 
@@ -345,6 +350,7 @@ def run_pretraining(
       mesh: Device mesh.
       workdir: Checkpoints and logs go here.
       description: Name on the progress bar and in the logs ('bootstrap', 'PAPT', ...).
+      noise: None, or WavLM's noise bank `(noise, noise_mask)` (see `make_train_step`).
 
     Returns:
       (LoopResult, best params {'hubert', 'head'}) — None params when stopped early by
@@ -362,7 +368,12 @@ def run_pretraining(
     tx = run.optimizer(total_steps)
     state, shardings = create_state(params, tx, mesh, run.param_sharding)
     train_step = make_train_step(
-        model, model_config.loss, mesh, run.accumulate_steps, state_shardings=shardings
+        model,
+        model_config.loss,
+        mesh,
+        run.accumulate_steps,
+        state_shardings=shardings,
+        noise=noise,
     )
     eval_step = make_eval_step(model, model_config.loss, mesh, shardings.params)
     loop_cfg = LoopConfig(

@@ -83,16 +83,27 @@ class PretrainLossConfig:
             raise ValueError("the contrastive objective needs its ContrastiveSettings")
 
 
-def mixed_batch(batch, loss_cfg: PretrainLossConfig, rng: jax.Array, step: jax.Array):
+def mixed_batch(batch, loss_cfg: PretrainLossConfig, rng: jax.Array, step: jax.Array, noise=None):
     """The training batch with WavLM's utterance mixing applied (itself when off).
 
     The plan's key is folded from `rng` and the step on its own stream, so a resumed run
     mixes as an uninterrupted one and the mask and dropout keys are unchanged.
+
+    Args:
+      batch: The training batch.
+      loss_cfg: Its `mixing` settings (None: no mixing).
+      rng: The run's key.
+      step: The update count.
+      noise: None, or the noise bank `(noise, noise_mask)`, both (noises, noise_samples),
+        that `loss_cfg.mixing.noise_prob` of the mixed rows draw from.
     """
     if loss_cfg.mixing is None or loss_cfg.mixing.prob == 0:
         return batch
     key = jax.random.fold_in(jax.random.fold_in(rng, _MIXING_STREAM), step)
-    audio = mix_utterances(key, batch["audio"], batch["audio_mask"], loss_cfg.mixing)
+    bank, bank_mask = (None, None) if noise is None else noise
+    audio = mix_utterances(
+        key, batch["audio"], batch["audio_mask"], loss_cfg.mixing, bank, bank_mask
+    )
     return {**batch, "audio": audio.astype(batch["audio"].dtype)}
 
 
