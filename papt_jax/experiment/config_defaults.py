@@ -147,6 +147,11 @@ def base_config() -> ml_collections.ConfigDict:
     t.num_codevector_groups = 2  # G codebooks (fairseq `latent_groups`: 2)
     t.num_codevectors_per_group = 320  # V entries each (fairseq `latent_vars`: 320)
     t.codevector_dim = 768  # quantized vector width (fairseq `latent_dim`; wav2vec2-base 256)
+    # Dropout on the quantizer's input (fairseq `dropout_features`, transformers
+    # `feat_quantizer_dropout`). -1: the checkpoint's own value where its file has one, else
+    # 0.0, fairseq's Wav2Vec2Config default and large recipe, like the encoder dropouts
+    # above (its base recipe: 0.1).
+    t.quantizer_dropout = -1.0  # contrastive: quantizer-input dropout; -1: the checkpoint's own
     t.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
 
     # --- Every training stage (bootstrap, pretrain, finetune): preemption --------------

@@ -3,6 +3,7 @@ with the encoder family's own objective (`objectives`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 
 from papt_jax import pseudo_label_files
 from papt_jax import pseudo_labels as pseudo_labels_lib
+from papt_jax.contrastive import FAIRSEQ_WAV2VEC2_LARGE
 from papt_jax.experiment import objectives, settings
 from papt_jax.experiment.workspace import (
     Workspace,
@@ -151,8 +153,27 @@ def _loss_config(t, objective: str, mixing: bool, noise: bool = False):
     )
 
 
-def _quantizer(encoder, t):
-    """wav2vec 2.0's head: the checkpoint's quantizer, else a fresh one of the config's shape."""
+def quantizer_dropout(setting: float, checkpoint_value: float | None) -> tuple[float, str]:
+    """The quantizer-input dropout rate of a run and where it comes from.
+
+    Args:
+      setting: `pretrain.quantizer_dropout`; -1: the checkpoint's own.
+      checkpoint_value: the rate the quantizer's source file states, or None (a fresh
+        quantizer, a file without it).
+
+    Returns:
+      (rate, 'config' | "checkpoint's own" | "fairseq's default").
+    """
+    if setting >= 0:
+        return float(setting), "config"
+    if checkpoint_value is not None:
+        return float(checkpoint_value), "checkpoint's own"
+    return float(FAIRSEQ_WAV2VEC2_LARGE["quantizer_dropout"]), "fairseq's default"
+
+
+def _quantizer(encoder, t, description: str):
+    """wav2vec 2.0's head: the checkpoint's quantizer, else a fresh one of the config's
+    shape; its input dropout `t.quantizer_dropout` (-1: the checkpoint's own rate)."""
     from papt_jax.models.quantizer import QuantizerHeadConfig
 
     fresh = QuantizerHeadConfig(
@@ -164,6 +185,10 @@ def _quantizer(encoder, t):
     head_cfg, head_params = pretrain.choose_quantizer(
         encoder.quantizer_config, encoder.quantizer_params, fresh
     )
+    own = head_cfg.feat_quantizer_dropout if head_params is not None else None
+    rate, origin = quantizer_dropout(float(t.quantizer_dropout), own)
+    log.info("%s: quantizer-input dropout %g (%s)", description, rate, origin)
+    head_cfg = dataclasses.replace(head_cfg, feat_quantizer_dropout=rate)
     return head_cfg, head_params, "checkpoint's quantizer" if head_params is not None else "fresh"
 
 
@@ -213,7 +238,7 @@ def _pretrain(
             encoder, num_clusters, int(t.final_dim), own_labels
         )
     else:
-        head_cfg, head_params, head_source = _quantizer(encoder, t)
+        head_cfg, head_params, head_source = _quantizer(encoder, t, description)
     noise = _noise_bank(ws, t, mixing, description)
     model = pretrain.PretrainModelConfig(
         encoder_config=enc_cfg,
@@ -277,6 +302,7 @@ def _pretrain(
         "utterance_mixing": mixing,
         "noise_files": 0 if noise is None else len(noise.files),
         "head": head_source,
+        **({"quantizer_dropout": head_cfg.feat_quantizer_dropout} if contrastive else {}),
     }
 
 

@@ -229,6 +229,13 @@ def encoder_spec(value: Any) -> str | None:
     return None
 
 
+def quantizer_dropout(value: Any) -> str | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == -1:
+        return None  # the checkpoint's own
+    problem = number(0.0, 1.0, high_open=True)(value)
+    return None if problem is None else f"{problem}, or -1 (the checkpoint's own)"
+
+
 FIELDS: dict[str, Rule] = {
     "name": _typed((str,), "a non-empty string", bool),
     "seed": integer(0),
@@ -321,6 +328,7 @@ FIELDS: dict[str, Rule] = {
     "pretrain.num_codevector_groups": integer(1),
     "pretrain.num_codevectors_per_group": integer(2),
     "pretrain.codevector_dim": integer(1),
+    "pretrain.quantizer_dropout": quantizer_dropout,
     # every training stage
     "train.checkpoint_every_minutes": number(0.0),
     # fine-tuning
@@ -445,21 +453,6 @@ def _batch_divisibility(values: Mapping[str, Any]) -> list[str]:
 
 def _cross_field(values: Mapping[str, Any]) -> list[str]:
     problems = _batch_divisibility(values)
-    if values["train.accumulate_steps"] > 1:
-        from papt_jax.experiment import objectives
-
-        stages = {
-            "pretrain": objectives.planned_objective(values),
-            "bootstrap": objectives.bootstrap_objective(values),
-        }
-        contrastive = [stage for stage, o in stages.items() if o == "contrastive"]
-        if contrastive:
-            problems.append(
-                f"--config.train.accumulate_steps={values['train.accumulate_steps']}: gradient "
-                "accumulation is implemented for masked prediction, not for the contrastive "
-                f"objective of the {' and '.join(contrastive)} stage (set "
-                "--config.pretrain.objective=masked_prediction, or accumulate_steps=1)"
-            )
     if values["finetune.speaker_dependent"] and not values["finetune.train_speakers"]:
         problems.append(
             "--config.finetune.speaker_dependent=True needs --config.finetune.train_speakers "

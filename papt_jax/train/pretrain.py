@@ -5,8 +5,9 @@ per batch shape with the state donated. Masks, negatives, Gumbel noise and utter
 mixing are drawn inside the step from `fold_in(rng, step)`, so a resumed run draws the
 same as an uninterrupted one. The objectives themselves are in `pretrain_objectives`.
 
-With `accumulate_steps = k` the masked-prediction step takes k micro-batches, masked as one
-batch (`train.masked_prediction`).
+With `accumulate_steps = k` the step takes k micro-batches, drawn for as one batch, and
+makes the update of that one batch (`train.masked_prediction`,
+`train.contrastive_objective`).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from papt_jax.models.heads import PretrainHeadConfig
 from papt_jax.models.quantizer import QuantizerHeadConfig
 from papt_jax.models.tasks import EncoderForContrastive, HubertForPretraining
 from papt_jax.train.loop import LoopConfig, train_in_workdir
-from papt_jax.train.masked_prediction import accumulated_loss_and_grads
+from papt_jax.train.masked_prediction import frame_mask_of
 from papt_jax.train.pretrain_objectives import (
+    ACCUMULATED,
     FORWARD,
     LOGGED,
     CodebookWatch,
     ContrastiveSettings,
     PretrainLossConfig,
-    frame_mask_of,
     mixed_batch,
 )
 from papt_jax.train.sharding import (
@@ -81,27 +82,32 @@ def make_train_step(
       loss_cfg: The objective and its settings.
       mesh: Device mesh.
       accumulate_steps: Micro-batches per step (1: the batch in one pass); the batch's
-        rows must divide by accumulate_steps x devices. Masked prediction only.
+        rows must divide by accumulate_steps x devices. Either objective: the update is
+        that of one batch of all the rows.
       state_shardings: The state's shardings (`train.state.create_state`); None:
         replicated.
       noise: None, or WavLM's noise bank `(noise, noise_mask)` as NumPy arrays, both
         (noises, noise_samples): held on every device for the run and mixed in as
         `loss_cfg.mixing` says.
     """
-    if accumulate_steps > 1 and loss_cfg.objective != "masked_prediction":
-        raise ValueError(
-            f"gradient accumulation is implemented for masked prediction only, not for the "
-            f"{loss_cfg.objective} objective"
-        )
     forward = FORWARD[loss_cfg.objective]
+    accumulated = ACCUMULATED[loss_cfg.objective]
     logged = LOGGED[loss_cfg.objective]
 
     def train_step(state: TrainState, batch, rng, noise=None):
         mask_key, dropout_key = jax.random.split(jax.random.fold_in(rng, state.step))
         batch = mixed_batch(batch, loss_cfg, rng, state.step, noise)
         if accumulate_steps > 1:
-            (loss, stats), grads = accumulated_loss_and_grads(
-                model, loss_cfg, state.params, batch, mask_key, dropout_key, accumulate_steps, mesh
+            (loss, stats), grads = accumulated(
+                model,
+                loss_cfg,
+                state.params,
+                batch,
+                mask_key,
+                dropout_key,
+                state.step,
+                accumulate_steps,
+                mesh,
             )
         else:
 
