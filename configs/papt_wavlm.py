@@ -12,6 +12,8 @@ evaluation.
       --config.pseudo_labels.teacher=converted:ckpt/hubert_base
 
 Without mixing (HuBERT's masked prediction exactly): --config.pretrain.utterance_mixing=off.
+With noise as well as speech, as the paper (DNS challenge noise; `pretrain.noise_prob` of
+the mixed utterances take noise): --config.pretrain.noise_dir=/data/dns_noise.
 
 Embedded corpus (a small WavLM bootstrapped from scratch; `:smoke` for the tests):
 

@@ -23,7 +23,8 @@ field defaults (num_negatives 100, logit_temp 0.1, latent_temp (2, 0.5, 0.999995
 recipes `examples/wav2vec/config/pretraining/wav2vec2_base_librispeech.yaml`
 (criterion `loss_weights: [0.1, 10]`: diversity 0.1, feature penalty 10) and
 `wav2vec2_large_librivox.yaml` (`loss_weights: [0.1, 0]`, `latent_temp: [2.0, 0.1,
-0.999995]`). transformers' `Wav2Vec2Config` agrees (`num_negatives` 100,
+0.999995]`); quantizer-input dropout (`dropout_features`) 0.1 in the base recipe, 0.0 in
+the large one and in `Wav2Vec2Config`. transformers' `Wav2Vec2Config` agrees (`num_negatives` 100,
 `contrastive_logits_temperature` 0.1, `diversity_loss_weight` 0.1) but has no feature
 penalty and leaves the temperature schedule to the training script.
 """
@@ -53,11 +54,13 @@ FAIRSEQ_WAV2VEC2_BASE = {
     "diversity_weight": 0.1,
     "features_pen_weight": 10.0,
     "gumbel_temperature": (2.0, 0.5, 0.999995),
+    "quantizer_dropout": 0.1,  # the recipe's `dropout_features`
 }
 FAIRSEQ_WAV2VEC2_LARGE = {
     **FAIRSEQ_WAV2VEC2_BASE,
     "features_pen_weight": 0.0,
     "gumbel_temperature": (2.0, 0.1, 0.999995),
+    "quantizer_dropout": 0.0,  # also `Wav2Vec2Config.dropout_features`'s default
 }
 
 # torch.cosine_similarity clamps each norm at this before dividing.

@@ -130,9 +130,11 @@ def _check(before, after, history, steps, held_out_fall, train_fall):
 
 def test_short_continued_pretraining_lowers_the_contrastive_loss(converted, segments):
     before, after, history = _train(converted, segments, steps=40, peak_lr=1.5e-3)
-    # Measured: held-out 5.11 -> 4.61 (0.90), training 4.80 -> 4.60 (0.96; its first ten
-    # steps already learn).
     _check(before, after, history, 40, held_out_fall=0.95, train_fall=0.98)
+    print(  # the README's figures (pytest -s)
+        f"held-out loss {before:.3f} -> {after:.3f}; contrastive "
+        f"{history['contrastive'][:10].mean():.3f} -> {history['contrastive'][-10:].mean():.3f}"
+    )
 
 
 @pytest.mark.slow

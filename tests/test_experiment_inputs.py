@@ -184,6 +184,31 @@ def test_a_changed_encoder_folder_redoes_the_stages_that_read_it(tmp_path, fakes
     assert {"pseudo_labels", "finetune", "evaluate", "report"} <= set(fakes_after_prepare)
 
 
+def test_a_changed_noise_file_redoes_the_pretraining_that_mixes_it_in(
+    tmp_path, fakes_after_prepare, caplog
+):
+    import numpy as np
+    import soundfile
+
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    for name in ("a.wav", "b.wav"):
+        soundfile.write(noise / name, np.full(1600, 0.1, np.float32), 16_000)
+    config = smoke()
+    config.pretrain.noise_dir = str(noise)
+    run_lib.run(config, tmp_path / "w")
+    record = (tmp_path / "w" / "stages" / "pretrain.json").read_text()
+    assert '"pretrain.noise_dir"' in record  # its fingerprint is part of the record
+    fakes_after_prepare.clear()
+    run_lib.run(config, tmp_path / "w")
+    assert fakes_after_prepare == []
+    soundfile.write(noise / "b.wav", np.full(2400, 0.2, np.float32), 16_000)
+    with caplog.at_level(logging.INFO):
+        run_lib.run(config, tmp_path / "w")
+    assert f"pretrain.noise_dir={noise} changed" in caplog.text
+    assert "prepare" not in fakes_after_prepare and "pretrain" in fakes_after_prepare
+
+
 def test_missing_outputs_of_a_finished_stage_redo_it_and_its_readers(
     tmp_path, fakes_after_prepare, caplog
 ):

@@ -117,18 +117,49 @@ def test_training_batches_must_split_into_micro_batches_over_the_devices():
     settings.validate(config)
 
 
-def test_accumulation_is_refused_for_the_contrastive_objective():
+def test_accumulation_is_accepted_for_the_contrastive_objective():
+    # Before: refused ("implemented for masked prediction"); its update now equals one
+    # batch's (tests/train/test_scale.py).
     config = smoke()
+    config.num_devices = 1
     config.train.accumulate_steps = 2
-    config.pretrain.objective = "contrastive"
-    message = problems_of(config)
-    assert "gradient accumulation is implemented for masked prediction" in message
-    assert "the pretrain and bootstrap stage" in message
-    config.pretrain.objective = "masked_prediction"
-    try:
+    for objective in ("contrastive", "masked_prediction"):
+        config.pretrain.objective = objective
         settings.validate(config)
-    except settings.ConfigError as err:  # batch sizes may not split: another problem
-        assert "gradient accumulation" not in str(err)
+
+
+def test_the_noise_folder_is_checked_before_any_work(tmp_path):
+    import numpy as np
+    import soundfile
+
+    config = smoke()
+    config.pretrain.noise_dir = str(tmp_path / "missing")
+    assert "noise_dir=" in problems_of(config) and "is not a folder" in problems_of(config)
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    config.pretrain.noise_dir = str(noise)
+    message = problems_of(config)
+    assert f"--config.pretrain.noise_dir={str(noise)!r}: the noise folder {noise} holds no " in (
+        message
+    )
+    assert "holds no audio file" in message and "noise_dir=''" in message
+    soundfile.write(noise / "hum.wav", np.full(1600, 0.1, np.float32), 22_050)
+    assert f"{noise / 'hum.wav'}: sample rate 22050 Hz" in problems_of(config)
+    config.data.resample = True
+    settings.validate(config)
+    config.data.resample = False
+    config.stages = "corpus,prepare,finetune,evaluate,report"  # no stage reads the noise
+    settings.validate(config)
+
+
+def test_quantizer_dropout_is_a_rate_or_minus_one():
+    config = smoke()
+    for good in (-1.0, -1, 0.0, 0.1, 0.5):
+        config.pretrain.quantizer_dropout = good
+        settings.validate(config)
+    for bad in (1.0, -0.5, 2.0):
+        config.pretrain.quantizer_dropout = bad
+        assert "or -1 (the checkpoint's own)" in problems_of(config)
 
 
 def test_remat_reads_policy_names_and_the_booleans_of_older_configs():

@@ -26,7 +26,18 @@ pytestmark = pytest.mark.slow
     ],
 )
 def test_family_smoke_runs_end_to_end(config, family, tmp_path):
-    run = run_main(tmp_path / "w", f"--config={config}:smoke")
+    extra = []
+    if family == "wavlm":  # WavLM mixes noise too: a folder of two noise files
+        import numpy as np
+        import soundfile
+
+        rng = np.random.default_rng(0)
+        (tmp_path / "noise").mkdir()
+        for name, seconds in (("hum.wav", 0.5), ("hiss.flac", 4.0)):
+            noise = 0.2 * rng.uniform(-1, 1, int(seconds * 16_000))
+            soundfile.write(tmp_path / "noise" / name, noise.astype(np.float32), 16_000)
+        extra = [f"--config.pretrain.noise_dir={tmp_path / 'noise'}"]
+    run = run_main(tmp_path / "w", f"--config={config}:smoke", *extra)
     assert run.returncode == 0, run.stderr[-4000:]
     workdir = run.workdir
     for stage in STAGES:
@@ -50,6 +61,10 @@ def test_family_smoke_runs_end_to_end(config, family, tmp_path):
     else:
         assert facts["objective"] == "masked_prediction"
         assert facts["utterance_mixing"] == (family == "wavlm")
+        # Both noise files reached the bank (the bootstrap mixes them in too).
+        assert facts["noise_files"] == (2 if family == "wavlm" else 0)
+        if family == "wavlm":
+            assert "noise bank: 2 file(s)" in run.stderr and "(1 cropped)" in run.stderr
         assert labels["num_clusters"] > 0
         assert '"train/contrastive"' not in metrics
     summary = json.loads((workdir / "report" / "summary.json").read_text())

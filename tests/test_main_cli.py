@@ -55,6 +55,20 @@ def test_user_mistakes_print_one_message_and_exit_2(tmp_path, args, message, hin
     assert not (tmp_path / "w" / "corpus").exists()
 
 
+def test_a_noise_folder_without_audio_is_one_error_before_any_work(tmp_path):
+    (tmp_path / "noise").mkdir()
+    proc = main(
+        "--config=configs/papt_wavlm.py:smoke",
+        f"--config.pretrain.noise_dir={tmp_path / 'noise'}",
+        f"--workdir={tmp_path / 'w'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert f"the noise folder {tmp_path / 'noise'} holds no audio file" in proc.stderr
+    assert "hint: " in proc.stderr
+    assert not (tmp_path / "w" / "corpus").exists()
+
+
 def test_traceback_flag_shows_the_trace_of_a_user_error(tmp_path):
     proc = main("--config=configs/papt.py", f"--workdir={tmp_path}", "--traceback")
     assert proc.returncode != 0

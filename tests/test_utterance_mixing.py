@@ -212,3 +212,92 @@ def test_bad_settings_are_refused():
         MixingConfig(prob=0.2, max_fraction=0.0)
     with pytest.raises(ValueError, match="speech_ratio_db"):
         MixingConfig(prob=0.2, speech_ratio_db=(5.0, -5.0))
+
+
+def _write_noise_folder(folder, seed=2):
+    """Three 16 kHz noise files (one longer than the bank's rows) and files that are not
+    audio; returns the audio files' samples by name, as libsndfile decodes them."""
+    import soundfile
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, length, subtype in (
+        ("babble.wav", 3000, "PCM_16"),
+        ("fan.flac", 1200, "PCM_16"),
+        ("street.wav", 9000, "FLOAT"),
+    ):
+        samples = (0.3 * rng.uniform(-1, 1, length)).astype(np.float32)
+        soundfile.write(folder / name, samples, 16_000, subtype=subtype)
+        written[name] = soundfile.read(folder / name, dtype="float32")[0]
+    (folder / "README.txt").write_text("not audio")
+    (folder / ".hidden.wav").write_bytes(b"not read")
+    return written
+
+
+def test_a_noise_folder_becomes_a_bank_whose_segments_are_mixed_in(tmp_path):
+    from papt_jax.data.noise_bank import load_noise_bank
+
+    written = _write_noise_folder(tmp_path / "noise")
+    bank = load_noise_bank(tmp_path / "noise", 5000, resample=False)
+    assert [f.name for f in bank.files] == ["babble.wav", "fan.flac", "street.wav"]
+    assert bank.noise.shape == bank.mask.shape == (3, 5000) and bank.cropped == 1
+    np.testing.assert_array_equal(bank.mask.sum(1), [3000, 1200, 5000])
+    for row, name in enumerate(("babble.wav", "fan.flac", "street.wav")):
+        kept = written[name][:5000]
+        np.testing.assert_array_equal(bank.noise[row, : kept.shape[0]], kept)
+        assert (bank.noise[row, kept.shape[0] :] == 0).all()
+
+    audio, mask = _batch()
+    config = MixingConfig(prob=1.0, noise_prob=0.6)
+    noisy_rows = 0
+    for seed in range(6):
+        key = jax.random.key(seed)
+        # mix_utterances (the step's call) draws this plan from the same key.
+        plan = draw_mixing_plan(
+            key, jnp.asarray(mask.sum(1)), config, jnp.asarray(bank.mask.sum(1))
+        )
+        ours = mix_utterances(key, audio, mask, config, bank.noise, bank.mask)
+        expected = _reference(audio, mask, plan, bank.noise, bank.mask)
+        np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-5, atol=1e-6)
+        use_noise = np.asarray(plan.use_noise) & (np.asarray(plan.length) > 0)
+        for row in np.flatnonzero(use_noise):
+            # The added samples are a scaled stretch of that noise file.
+            start, n = int(plan.target_start[row]), int(plan.length[row])
+            source, at = int(plan.source[row]), int(plan.source_start[row])
+            added = np.asarray(ours)[row, start : start + n] - audio[row, start : start + n]
+            noise_segment = bank.noise[source, at : at + n]
+            scale = np.dot(added, noise_segment) / np.dot(noise_segment, noise_segment)
+            assert scale > 0
+            np.testing.assert_allclose(added, scale * noise_segment, atol=1e-6)
+            noisy_rows += 1
+    assert noisy_rows >= 5
+
+
+def test_an_unusable_noise_folder_is_refused_naming_the_file(tmp_path):
+    import soundfile
+
+    from papt_jax.data.noise_bank import NoiseDirError, check_noise_dir, load_noise_bank
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no audio here")
+    with pytest.raises(NoiseDirError, match="holds no audio file") as err:
+        check_noise_dir(empty, resample=False)
+    assert "noise_dir=''" in err.value.hint
+    folder = tmp_path / "noise"
+    _write_noise_folder(folder)
+    soundfile.write(folder / "phone.wav", np.zeros((800, 2), np.float32) + 0.1, 8000)
+    with pytest.raises(NoiseDirError, match="phone.wav: sample rate 8000 Hz") as err:
+        check_noise_dir(folder, resample=False)
+    assert "data.resample=True" in err.value.hint
+    with pytest.raises(NoiseDirError, match="phone.wav: 2 channels"):
+        check_noise_dir(folder, resample=True)
+    (folder / "phone.wav").unlink()
+    soundfile.write(folder / "quiet.wav", np.zeros(800, np.float32), 16_000)
+    check_noise_dir(folder, resample=False)  # headers only: fine
+    with pytest.raises(NoiseDirError, match="quiet.wav: all 800 samples are zero"):
+        load_noise_bank(folder, 5000, resample=False)
+    (folder / "quiet.wav").write_bytes(b"RIFF....WAVEjunk")
+    with pytest.raises(NoiseDirError, match="quiet.wav: cannot read header"):
+        check_noise_dir(folder, resample=False)

@@ -225,15 +225,20 @@ def wav2vec2_head_values(model_cfg: Mapping[str, Any], where: str) -> dict[str, 
 
     fairseq: `final_dim` (0: the encoder width) is the contrastive space, `latent_dim`
     (0: `final_dim`) the quantized vectors' width, split over `latent_groups` codebooks
-    of `latent_vars` entries; `logit_temp` divides the cosine logits.
+    of `latent_vars` entries; `logit_temp` divides the cosine logits; `dropout_features`
+    drops the quantizer's input in training (absent: None, the file does not say).
     """
     hidden = get_int(model_cfg, "encoder_embed_dim", DEFAULTS["encoder_embed_dim"], where)
     final_dim = get_int(model_cfg, "final_dim", 0, where) or hidden
     latent_dim = get_int(model_cfg, "latent_dim", 0, where) or final_dim
+    dropout = None
+    if model_cfg.get("dropout_features") is not None:
+        dropout = get_float(model_cfg, "dropout_features", 0.0, where)
     return {
         "num_codevector_groups": get_int(model_cfg, "latent_groups", 2, where),
         "num_codevectors_per_group": get_int(model_cfg, "latent_vars", 320, where),
         "codevector_dim": latent_dim,
         "proj_codevector_dim": final_dim,
         "contrastive_logits_temperature": get_float(model_cfg, "logit_temp", 0.1, where),
+        "feat_quantizer_dropout": dropout,
     }

@@ -261,6 +261,24 @@ def _safe_load(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def peek_pickle(path: str | Path) -> Any | None:
+    """A zip-format `torch.save` file unpickled by the safe loader with its tensors
+    memory-mapped (not read): its configs and key names at little cost. None when that is
+    not possible (a legacy-format file, a global outside the safe list, not a PyTorch
+    file); `load_pickle` then says why, when the file is really read.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            if f.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+                return None
+        torch = import_torch()
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - any failure: the family is not known up front
+        return None
+
+
 class _StandInUnpickler(pickle.Unpickler):
     """A full unpickler (opt-in only) that still maps the known names to the stand-ins."""
 

@@ -62,13 +62,15 @@ WAVLM_LARGE_HF_CONFIG = {
 # Which naming each fairseq-style source uses, per family.
 _FAIRSEQ_RENAMES = {"hubert": hubert.FAIRSEQ_RENAMES, "wav2vec2": wav2vec2.FAIRSEQ_RENAMES}
 
-# The HF config keys of wav2vec2's pre-training head, with transformers' defaults.
+# The HF config keys of wav2vec2's pre-training head, with transformers' defaults (the
+# quantizer dropout's None: the file does not say; `pretrain.quantizer_dropout` decides).
 _PRETRAIN_HEAD_KEYS = {
     "num_codevector_groups": 2,
     "num_codevectors_per_group": 320,
     "codevector_dim": 256,
     "proj_codevector_dim": 256,
     "contrastive_logits_temperature": 0.1,
+    "feat_quantizer_dropout": None,
 }
 
 # Weights only one family has, for state dicts that come without any config.
@@ -93,7 +95,8 @@ class Source:
       pretrain_head: wav2vec2's pre-training head, HF names.
       pretrain_head_config: its config values, in HF `Wav2Vec2Config` terms
         (`num_codevector_groups`, `num_codevectors_per_group`, `codevector_dim`,
-        `proj_codevector_dim`, `contrastive_logits_temperature`).
+        `proj_codevector_dim`, `contrastive_logits_temperature`,
+        `feat_quantizer_dropout`).
       emotion_head: an emotion model's head, its table's PyTorch names.
       emotion_head_config: that head's config values (see `emotion_models`).
       notes: what was dropped, assumed or created.

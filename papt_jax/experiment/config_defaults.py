@@ -130,6 +130,12 @@ def base_config() -> ml_collections.ConfigDict:
     t.objective = "auto"  # 'auto', 'masked_prediction' (pseudo-labels) or 'contrastive'
     t.utterance_mixing = "auto"  # WavLM's denoising: 'auto' (on for WavLM), 'on', 'off'
     t.mixing_prob = 0.2  # share of utterances mixed (WavLM authors' dataset default 0.2)
+    # WavLM mixes noise as well as speech (the paper: DNS challenge noise). The authors'
+    # microsoft/UniSpeech src/fairseq/tasks/utterance_mixing_pretraining.py: `mixing_noise`
+    # False, `mixing_noise_prob` 0.5, `noise_path` ''; utterance_mixing_dataset.py draws
+    # the noise energy ratio from U(-5, 20) dB (speech: U(-5, 5) dB).
+    t.noise_dir = ""  # folder of noise audio for WavLM's mixing ('': other utterances only)
+    t.noise_prob = 0.5  # of mixed utterances, the share mixed with noise (authors' task: 0.5)
     t.num_negatives = 100  # contrastive: negatives per masked frame (fairseq, transformers: 100)
     t.diversity_weight = 0.1  # contrastive: codebook-diversity loss weight (fairseq: 0.1)
     # Gumbel temperature max(max * decay**update, min): fairseq `latent_temp` (2, 0.5, 0.999995)
@@ -141,6 +147,11 @@ def base_config() -> ml_collections.ConfigDict:
     t.num_codevector_groups = 2  # G codebooks (fairseq `latent_groups`: 2)
     t.num_codevectors_per_group = 320  # V entries each (fairseq `latent_vars`: 320)
     t.codevector_dim = 768  # quantized vector width (fairseq `latent_dim`; wav2vec2-base 256)
+    # Dropout on the quantizer's input (fairseq `dropout_features`, transformers
+    # `feat_quantizer_dropout`). -1: the checkpoint's own value where its file has one, else
+    # 0.0, fairseq's Wav2Vec2Config default and large recipe, like the encoder dropouts
+    # above (its base recipe: 0.1).
+    t.quantizer_dropout = -1.0  # contrastive: quantizer-input dropout; -1: the checkpoint's own
     t.stop_after_steps = 0  # >0: stop there (resume later); for time-boxed jobs and tests
 
     # --- Every training stage (bootstrap, pretrain, finetune): preemption --------------

@@ -3,9 +3,10 @@
 Config values decide a stage's outputs, and so do the files some of them name. Each stage
 record keeps (`paths`) a fingerprint of every file or folder named by the path-valued keys
 it depends on (`PATH_KEYS`: the encoder to start from, the pseudo-label teacher, k-means
-centroids), and the prepare stage's dataset keeps its own record of the labels and audio it
-was read from (`papt_jax.data.sources`). A rerun compares both before reusing a stage; a
-difference redoes the stage and everything that read it, and the log says what changed.
+centroids, the noise folder of WavLM's utterance mixing), and the prepare stage's dataset
+keeps its own record of the labels and audio it was read from (`papt_jax.data.sources`).
+A rerun compares both before reusing a stage; a difference redoes the stage and everything
+that read it, and the log says what changed.
 
 A file's fingerprint is its size and modification time; a folder's covers every file in it
 (name, size and time), so a converted checkpoint rewritten in place counts as changed.
@@ -21,7 +22,9 @@ from typing import Any
 from papt_jax.data import dataset_files
 from papt_jax.experiment import settings
 
-PATH_KEYS = ("model.init", "pseudo_labels.teacher", "pseudo_labels.centroids")
+PATH_KEYS = ("model.init", "pseudo_labels.teacher", "pseudo_labels.centroids", "pretrain.noise_dir")
+# Keys whose value is a path itself (the others are encoder specs such as 'converted:DIR').
+_PLAIN_PATH_KEYS = ("pseudo_labels.centroids", "pretrain.noise_dir")
 MISSING = "missing"
 
 
@@ -30,7 +33,7 @@ def named_path(key: str, value: Any) -> Path | None:
     workdir's own encoder, or unset)."""
     if not value:
         return None
-    if key == "pseudo_labels.centroids":
+    if key in _PLAIN_PATH_KEYS:
         return Path(value).absolute()
     try:
         spec = settings.parse_encoder_spec(value)

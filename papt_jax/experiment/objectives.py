@@ -6,10 +6,13 @@ data2vec-audio and WavLM (WavLM's with utterance mixing, `pretrain.utterance_mix
 
 The planner needs the answer before any encoder is loaded (the pseudo-label stage is
 skipped for the contrastive objective), so the family is read from the config: a preset's
-name, the bootstrap preset, or a converted folder's `config.json`. A PyTorch checkpoint's
-family is only known once it is read; its objective is then assumed to need labels, and
-the pre-training stage resolves it from the loaded encoder (`resolve`). No JAX import:
-settings validation uses this.
+name, the bootstrap preset, a converted folder's `config.json`, or a PyTorch checkpoint's
+own config or header (`convert.peek`: a Hugging Face `config.json`, a safetensors header,
+a fairseq file's config unpickled by the safe loader with its tensors left on disk). Only
+when that does not tell (a legacy-format pickle, say) is the objective assumed to need
+labels; the pre-training stage resolves it from the loaded encoder either way
+(`resolve`). No JAX import unless a PyTorch checkpoint is named: settings validation uses
+this.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def preset_family(name: str) -> str:
 
 def spec_family(spec: str, values: Mapping[str, Any]) -> str | None:
     """The family of the encoder an encoder spec names, or None when only reading the
-    checkpoint would tell (a PyTorch file, a folder that cannot be read).
+    whole checkpoint would tell (a folder that cannot be read, a PyTorch file whose config
+    or header does not say).
 
     Args:
       spec: `model.init`'s value ('bootstrap', 'preset:NAME', 'converted:DIR', ...).
@@ -70,6 +74,10 @@ def spec_family(spec: str, values: Mapping[str, Any]) -> str | None:
             return None
         # Folders written before families existed are HuBERT's (convert.storage).
         return stored.get("family", "hubert") if isinstance(stored, dict) else None
+    if parsed.kind == "pytorch":
+        from papt_jax.convert.peek import checkpoint_family
+
+        return checkpoint_family(parsed.value)
     return None
 
 

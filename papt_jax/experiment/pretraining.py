@@ -3,6 +3,7 @@ with the encoder family's own objective (`objectives`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 
 from papt_jax import pseudo_label_files
 from papt_jax import pseudo_labels as pseudo_labels_lib
+from papt_jax.contrastive import FAIRSEQ_WAV2VEC2_LARGE
 from papt_jax.experiment import objectives, settings
 from papt_jax.experiment.workspace import (
     Workspace,
@@ -101,10 +103,34 @@ def _head(encoder, num_clusters: int, final_dim: int, own_labels: bool):
     return head_cfg, head_params, "checkpoint's own" if head_params is not None else "fresh"
 
 
-def _loss_config(t, objective: str, mixing: bool):
-    """`pretrain.PretrainLossConfig` of the objective from the config section `t`."""
+def _noise_bank(ws: Workspace, t, mixing: bool, description: str):
+    """WavLM's noise bank read from `t.noise_dir` (`data.noise_bank`), or None (no folder,
+    or nothing would draw from it). Rows hold at most `data.max_seconds` of audio, the
+    longest a training utterance (and so twice the longest mixed segment) can be."""
+    from papt_jax.data.audio import SAMPLE_RATE
+    from papt_jax.data.noise_bank import load_noise_bank
+
+    folder = str(t.noise_dir)
+    if not folder:
+        return None
+    if not mixing or float(t.noise_prob) == 0:
+        log.warning(
+            "%s: --config.pretrain.noise_dir=%s is not used: %s",
+            description,
+            folder,
+            "utterance mixing is off" if not mixing else "--config.pretrain.noise_prob is 0",
+        )
+        return None
+    length = round(float(ws.config.data.max_seconds) * SAMPLE_RATE)
+    return load_noise_bank(folder, length, bool(ws.config.data.resample))
+
+
+def _loss_config(t, objective: str, mixing: bool, noise: bool = False):
+    """`pretrain.PretrainLossConfig` of the objective from the config section `t`; `noise`:
+    a noise bank is given, which `t.noise_prob` of the mixed utterances draw from."""
     from papt_jax.utterance_mixing import MixingConfig
 
+    noise_prob = float(t.noise_prob) if noise else 0.0
     contrastive = None
     if objective == "contrastive":
         contrastive = pretrain.ContrastiveSettings(
@@ -122,13 +148,32 @@ def _loss_config(t, objective: str, mixing: bool):
         mask_length=int(t.mask_length),
         features_pen_weight=float(t.features_pen_weight),
         objective=objective,
-        mixing=MixingConfig(prob=float(t.mixing_prob)) if mixing else None,
+        mixing=MixingConfig(prob=float(t.mixing_prob), noise_prob=noise_prob) if mixing else None,
         contrastive=contrastive,
     )
 
 
-def _quantizer(encoder, t):
-    """wav2vec 2.0's head: the checkpoint's quantizer, else a fresh one of the config's shape."""
+def quantizer_dropout(setting: float, checkpoint_value: float | None) -> tuple[float, str]:
+    """The quantizer-input dropout rate of a run and where it comes from.
+
+    Args:
+      setting: `pretrain.quantizer_dropout`; -1: the checkpoint's own.
+      checkpoint_value: the rate the quantizer's source file states, or None (a fresh
+        quantizer, a file without it).
+
+    Returns:
+      (rate, 'config' | "checkpoint's own" | "fairseq's default").
+    """
+    if setting >= 0:
+        return float(setting), "config"
+    if checkpoint_value is not None:
+        return float(checkpoint_value), "checkpoint's own"
+    return float(FAIRSEQ_WAV2VEC2_LARGE["quantizer_dropout"]), "fairseq's default"
+
+
+def _quantizer(encoder, t, description: str):
+    """wav2vec 2.0's head: the checkpoint's quantizer, else a fresh one of the config's
+    shape; its input dropout `t.quantizer_dropout` (-1: the checkpoint's own rate)."""
     from papt_jax.models.quantizer import QuantizerHeadConfig
 
     fresh = QuantizerHeadConfig(
@@ -140,6 +185,10 @@ def _quantizer(encoder, t):
     head_cfg, head_params = pretrain.choose_quantizer(
         encoder.quantizer_config, encoder.quantizer_params, fresh
     )
+    own = head_cfg.feat_quantizer_dropout if head_params is not None else None
+    rate, origin = quantizer_dropout(float(t.quantizer_dropout), own)
+    log.info("%s: quantizer-input dropout %g (%s)", description, rate, origin)
+    head_cfg = dataclasses.replace(head_cfg, feat_quantizer_dropout=rate)
     return head_cfg, head_params, "checkpoint's quantizer" if head_params is not None else "fresh"
 
 
@@ -189,9 +238,12 @@ def _pretrain(
             encoder, num_clusters, int(t.final_dim), own_labels
         )
     else:
-        head_cfg, head_params, head_source = _quantizer(encoder, t)
+        head_cfg, head_params, head_source = _quantizer(encoder, t, description)
+    noise = _noise_bank(ws, t, mixing, description)
     model = pretrain.PretrainModelConfig(
-        encoder_config=enc_cfg, head_config=head_cfg, loss=_loss_config(t, objective, mixing)
+        encoder_config=enc_cfg,
+        head_config=head_cfg,
+        loss=_loss_config(t, objective, mixing, noise is not None),
     )
     run_settings = pretrain.PretrainSettings(
         epochs=int(t.epochs),
@@ -221,6 +273,7 @@ def _pretrain(
         ws.mesh,
         str(out),
         description=description,
+        noise=None if noise is None else (noise.noise, noise.mask),
     )
     if not result.finished:
         log.info("pretrain stopped at step %d (stop_after_steps); run again to resume", result.step)
@@ -247,7 +300,9 @@ def _pretrain(
         "best_loss": result.best,
         "objective": objective,
         "utterance_mixing": mixing,
+        "noise_files": 0 if noise is None else len(noise.files),
         "head": head_source,
+        **({"quantizer_dropout": head_cfg.feat_quantizer_dropout} if contrastive else {}),
     }
 
 

@@ -229,6 +229,13 @@ def encoder_spec(value: Any) -> str | None:
     return None
 
 
+def quantizer_dropout(value: Any) -> str | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == -1:
+        return None  # the checkpoint's own
+    problem = number(0.0, 1.0, high_open=True)(value)
+    return None if problem is None else f"{problem}, or -1 (the checkpoint's own)"
+
+
 FIELDS: dict[str, Rule] = {
     "name": _typed((str,), "a non-empty string", bool),
     "seed": integer(0),
@@ -310,6 +317,8 @@ FIELDS: dict[str, Rule] = {
     "pretrain.objective": choice("auto", "masked_prediction", "contrastive"),
     "pretrain.utterance_mixing": choice("auto", "on", "off"),
     "pretrain.mixing_prob": number(0.0, 1.0),
+    "pretrain.noise_dir": existing_dir_or_empty,
+    "pretrain.noise_prob": number(0.0, 1.0),
     "pretrain.num_negatives": integer(1),
     "pretrain.diversity_weight": number(0.0),
     "pretrain.gumbel_temp_max": positive,
@@ -319,6 +328,7 @@ FIELDS: dict[str, Rule] = {
     "pretrain.num_codevector_groups": integer(1),
     "pretrain.num_codevectors_per_group": integer(2),
     "pretrain.codevector_dim": integer(1),
+    "pretrain.quantizer_dropout": quantizer_dropout,
     # every training stage
     "train.checkpoint_every_minutes": number(0.0),
     # fine-tuning
@@ -443,21 +453,6 @@ def _batch_divisibility(values: Mapping[str, Any]) -> list[str]:
 
 def _cross_field(values: Mapping[str, Any]) -> list[str]:
     problems = _batch_divisibility(values)
-    if values["train.accumulate_steps"] > 1:
-        from papt_jax.experiment import objectives
-
-        stages = {
-            "pretrain": objectives.planned_objective(values),
-            "bootstrap": objectives.bootstrap_objective(values),
-        }
-        contrastive = [stage for stage, o in stages.items() if o == "contrastive"]
-        if contrastive:
-            problems.append(
-                f"--config.train.accumulate_steps={values['train.accumulate_steps']}: gradient "
-                "accumulation is implemented for masked prediction, not for the contrastive "
-                f"objective of the {' and '.join(contrastive)} stage (set "
-                "--config.pretrain.objective=masked_prediction, or accumulate_steps=1)"
-            )
     if values["finetune.speaker_dependent"] and not values["finetune.train_speakers"]:
         problems.append(
             "--config.finetune.speaker_dependent=True needs --config.finetune.train_speakers "
@@ -481,6 +476,21 @@ def _cross_field(values: Mapping[str, Any]) -> list[str]:
                 f"--config.{stage}.train_splits: its validation loss would be on training audio"
             )
     return problems
+
+
+def _noise_dir(values: Mapping[str, Any], stages: tuple[str, ...]) -> list[str]:
+    """The noise folder of WavLM's mixing holds audio files whose headers can be used
+    (read before any work; the samples are read when a training stage starts)."""
+    folder = values["pretrain.noise_dir"]
+    if not folder or not _needs(stages, "bootstrap", "pretrain"):
+        return []
+    from papt_jax.data.noise_bank import NoiseDirError, check_noise_dir
+
+    try:
+        check_noise_dir(folder, bool(values["data.resample"]))
+    except NoiseDirError as err:
+        return [f"--config.pretrain.noise_dir={folder!r}: {err.message} ({err.hint})"]
+    return []
 
 
 SHOW_CONFIG_HINT = "every setting with its value and meaning: add --show_config to the command"
@@ -518,7 +528,7 @@ def validate(config: ml_collections.ConfigDict, problems: Sequence[str] = ()) ->
     if found:  # later checks read the values, which must have the right types first
         _refuse(problems + found)
     stages = csv(values["stages"])
-    problems += _required(values, stages) + _cross_field(values)
+    problems += _required(values, stages) + _cross_field(values) + _noise_dir(values, stages)
     if problems:
         _refuse(problems)
     return stages

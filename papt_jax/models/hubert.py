@@ -174,6 +174,36 @@ class HubertModel(nn.Module):
                 name="speaker_embedding",
             )
 
+    def _cnn_features(self, audio: jax.Array, audio_mask: jax.Array | None):
+        """(batch, samples) waveforms -> CNN features (batch, frames, conv_dim[-1]) and the
+        (batch, frames) bool mask of frames computed from real audio."""
+        cfg = self.config
+        if audio.ndim != 2:
+            raise ValueError(f"audio must be (batch, samples), got shape {audio.shape}")
+        if audio_mask is None:
+            audio_mask = jnp.ones(audio.shape, dtype=bool)
+        audio_mask = audio_mask.astype(bool)
+        if cfg.input_shift != 0.0 or cfg.input_scale != 1.0:
+            audio = (audio.astype(jnp.float32) - cfg.input_shift) * cfg.input_scale
+        if cfg.normalize_waveform:
+            audio = normalize_waveform(audio.astype(jnp.float32), audio_mask)
+        else:
+            audio = jnp.where(audio_mask, audio, 0)
+        lengths = audio_mask.sum(-1).astype(jnp.int32)
+        features = self.feature_extractor(audio, lengths)
+        frame_lengths = conv_output_lengths(lengths, cfg.conv_kernel, cfg.conv_stride)
+        return features, lengths_to_mask(frame_lengths, features.shape[1])
+
+    def quantizer_input(self, audio: jax.Array, audio_mask: jax.Array | None = None) -> jax.Array:
+        """`HubertOutput.normalized_features` alone: the CNN and the feature projection's
+        LayerNorm, no Transformer (wav2vec 2.0's codebook statistics need only these).
+
+        Returns:
+          (batch, frames, conv_dim[-1]) features, as `__call__` computes them.
+        """
+        features, _ = self._cnn_features(audio, audio_mask)
+        return self.feature_projection(features, True)[1]
+
     def __call__(
         self,
         audio: jax.Array,
@@ -201,26 +231,11 @@ class HubertModel(nn.Module):
           A `HubertOutput`.
         """
         cfg = self.config
-        if audio.ndim != 2:
-            raise ValueError(f"audio must be (batch, samples), got shape {audio.shape}")
-        if audio_mask is None:
-            audio_mask = jnp.ones(audio.shape, dtype=bool)
-        audio_mask = audio_mask.astype(bool)
         if cfg.speaker_fusion != "none" and speaker is None:
             raise ValueError(f"speaker_fusion={cfg.speaker_fusion!r} needs `speaker` ids")
-        if cfg.input_shift != 0.0 or cfg.input_scale != 1.0:
-            audio = (audio.astype(jnp.float32) - cfg.input_shift) * cfg.input_scale
-        if cfg.normalize_waveform:
-            audio = normalize_waveform(audio.astype(jnp.float32), audio_mask)
-        else:
-            audio = jnp.where(audio_mask, audio, 0)
-
-        lengths = audio_mask.sum(-1).astype(jnp.int32)
-        features = self.feature_extractor(audio, lengths)
+        features, frame_mask = self._cnn_features(audio, audio_mask)
         if freeze_feature_extractor:
             features = jax.lax.stop_gradient(features)
-        frame_lengths = conv_output_lengths(lengths, cfg.conv_kernel, cfg.conv_stride)
-        frame_mask = lengths_to_mask(frame_lengths, features.shape[1])
 
         frame_maskf = frame_mask[..., None].astype(jnp.float32)
         n_values = jnp.maximum(frame_maskf.sum() * features.shape[-1], 1.0)

@@ -37,6 +37,9 @@ class QuantizerHeadConfig:
         similarity (256 base, 768 large; fairseq's `final_dim`).
       contrastive_logits_temperature: Cosine logits are divided by this (fairseq's
         `logit_temp`, 0.1).
+      feat_quantizer_dropout: Dropout on the quantizer's input in training (fairseq's
+        `dropout_features`: 0.1 in its base recipe, 0 in large and transformers'
+        default); None: the source did not say (a model built with None applies none).
     """
 
     num_codevector_groups: int = 2
@@ -44,8 +47,12 @@ class QuantizerHeadConfig:
     codevector_dim: int = 256
     proj_codevector_dim: int = 256
     contrastive_logits_temperature: float = 0.1
+    feat_quantizer_dropout: float | None = None
 
     def __post_init__(self):
+        rate = self.feat_quantizer_dropout
+        if rate is not None and not 0.0 <= rate < 1.0:
+            raise ValueError(f"feat_quantizer_dropout must be in [0, 1), got {rate}")
         if self.codevector_dim % self.num_codevector_groups:
             raise ValueError(
                 f"codevector_dim {self.codevector_dim} is not divisible by "
@@ -70,20 +77,25 @@ class QuantizerOutput:
       code_perplexity: () the same for the argmax codes (one-hot): how many entries are
         really used; near 1 per group means a collapsed codebook.
       codes: (batch, frames, groups) int32 index of the chosen entry of each group.
+      prob_sum: (groups, vars) the softmax summed over the selected frames: divided by
+        their number, the marginal `prob_perplexity` is taken of (micro-batches add these
+        up to the whole batch's marginal).
+      code_sum: (groups, vars) the same for the argmax codes.
     """
 
     quantized: jax.Array
     prob_perplexity: jax.Array
     code_perplexity: jax.Array
     codes: jax.Array
+    prob_sum: jax.Array
+    code_sum: jax.Array
 
 
-def _perplexity(probs: jax.Array, frame_weights: jax.Array) -> jax.Array:
-    """exp(entropy) of the frame-averaged distribution, summed over groups.
+def marginal_perplexity(marginal: jax.Array) -> jax.Array:
+    """exp(entropy) of each group's frame-averaged distribution, summed over groups.
 
     Args:
-      probs: (batch, frames, groups, vars) per-frame distributions.
-      frame_weights: (batch, frames) float, 1 on the frames averaged over.
+      marginal: (groups, vars) average distribution of each group.
 
     Returns:
       () float32, transformers' value (`xlogy`: 0 log 0 = 0; fairseq adds 1e-7 inside the
@@ -93,11 +105,20 @@ def _perplexity(probs: jax.Array, frame_weights: jax.Array) -> jax.Array:
       normal float instead, which leaves the value unchanged and the gradient finite
       (the entry's probabilities have zero gradient there anyway).
     """
-    total = jnp.maximum(frame_weights.sum(), 1.0)
-    marginal = jnp.einsum("btgv,bt->gv", probs, frame_weights) / total
     tiny = jnp.finfo(jnp.float32).tiny
     entropy = -(marginal * jnp.log(jnp.maximum(marginal, tiny))).sum(-1)
     return jnp.exp(entropy).sum()
+
+
+def _frame_sums(probs: jax.Array, frame_weights: jax.Array) -> jax.Array:
+    """(batch, frames, groups, vars), (batch, frames) -> (groups, vars) weighted sum."""
+    return jnp.einsum("btgv,bt->gv", probs, frame_weights)
+
+
+def _weights(frame_weights: jax.Array | None, batch: int, frames: int) -> jax.Array:
+    if frame_weights is None:
+        return jnp.ones((batch, frames), jnp.float32)
+    return frame_weights.astype(jnp.float32)
 
 
 class GumbelVectorQuantizer(nn.Module):
@@ -113,7 +134,46 @@ class GumbelVectorQuantizer(nn.Module):
 
     config: QuantizerHeadConfig
 
-    @nn.compact
+    def setup(self):
+        cfg = self.config
+        groups, num_vars = cfg.num_codevector_groups, cfg.num_codevectors_per_group
+        self.codevectors = self.param(
+            "codevectors",
+            nn.initializers.uniform(scale=1.0),
+            (groups * num_vars, cfg.codevector_dim // groups),
+        )
+        self.weight_proj = nn.Dense(
+            groups * num_vars,
+            kernel_init=nn.initializers.normal(stddev=1.0),
+            bias_init=nn.initializers.zeros,
+        )
+
+    def logits(self, features: jax.Array) -> jax.Array:
+        """(batch, frames, conv_dim) -> (batch, frames, groups, vars) float32 logits."""
+        cfg = self.config
+        batch, frames, _ = features.shape
+        logits = self.weight_proj(features.astype(jnp.float32))
+        return logits.reshape(
+            batch, frames, cfg.num_codevector_groups, cfg.num_codevectors_per_group
+        )
+
+    def code_sums(
+        self, features: jax.Array, frame_weights: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """`prob_sum` and `code_sum` of `QuantizerOutput` alone (no sampling, no codebook).
+
+        Args:
+          features: (batch, frames, conv_dim) the quantizer's input.
+          frame_weights: (batch, frames) the frames summed over; None: all.
+
+        Returns:
+          Two (groups, vars) float32 arrays.
+        """
+        logits = self.logits(features)
+        weights = _weights(frame_weights, *logits.shape[:2])
+        hard = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=jnp.float32)
+        return _frame_sums(jax.nn.softmax(logits, axis=-1), weights), _frame_sums(hard, weights)
+
     def __call__(
         self,
         features: jax.Array,
@@ -133,7 +193,8 @@ class GumbelVectorQuantizer(nn.Module):
             over (the masked frames, as fairseq and transformers); None: all frames.
           deterministic: Argmax codes (evaluation) instead of Gumbel samples (training).
           gumbel_noise: (batch, frames, groups, vars) float32 Gumbel(0, 1) draws to use
-            instead of drawing from the 'gumbel' rng stream (tests reproduce PyTorch's
+            instead of drawing from the 'gumbel' rng stream (the training step draws them
+            for the whole batch, so micro-batches see the same; tests reproduce PyTorch's
             draw this way).
 
         Returns:
@@ -141,19 +202,8 @@ class GumbelVectorQuantizer(nn.Module):
         """
         cfg = self.config
         groups, num_vars = cfg.num_codevector_groups, cfg.num_codevectors_per_group
-        batch, frames, _ = features.shape
-        codevectors = self.param(
-            "codevectors",
-            nn.initializers.uniform(scale=1.0),
-            (groups * num_vars, cfg.codevector_dim // groups),
-        )
-        logits = nn.Dense(
-            groups * num_vars,
-            kernel_init=nn.initializers.normal(stddev=1.0),
-            bias_init=nn.initializers.zeros,
-            name="weight_proj",
-        )(features.astype(jnp.float32))
-        logits = logits.reshape(batch, frames, groups, num_vars)
+        logits = self.logits(features)
+        batch, frames = logits.shape[:2]
         soft = jax.nn.softmax(logits, axis=-1)
         hard_codes = jnp.argmax(logits, axis=-1)
         if deterministic:
@@ -168,20 +218,19 @@ class GumbelVectorQuantizer(nn.Module):
             # PyTorch's straight-through estimator, written the same way so the forward
             # values round identically.
             onehot = hard - jax.lax.stop_gradient(sampled) + sampled
-        weights = (
-            jnp.ones((batch, frames), jnp.float32)
-            if frame_weights is None
-            else frame_weights.astype(jnp.float32)
-        )
-        table = codevectors.reshape(groups, num_vars, -1)
+        weights = _weights(frame_weights, batch, frames)
+        total = jnp.maximum(weights.sum(), 1.0)
+        table = self.codevectors.reshape(groups, num_vars, -1)
         quantized = jnp.einsum("btgv,gvd->btgd", onehot, table).reshape(batch, frames, -1)
+        prob_sum = _frame_sums(soft, weights)
+        code_sum = _frame_sums(jax.nn.one_hot(hard_codes, num_vars, dtype=jnp.float32), weights)
         return QuantizerOutput(
             quantized=quantized,
-            prob_perplexity=_perplexity(soft, weights),
-            code_perplexity=_perplexity(
-                jax.nn.one_hot(hard_codes, num_vars, dtype=jnp.float32), weights
-            ),
+            prob_perplexity=marginal_perplexity(prob_sum / total),
+            code_perplexity=marginal_perplexity(code_sum / total),
             codes=codes.astype(jnp.int32),
+            prob_sum=prob_sum,
+            code_sum=code_sum,
         )
 
 
@@ -189,16 +238,45 @@ class QuantizerHead(nn.Module):
     """`project_hid` on the Transformer output, the quantizer and `project_q` on the CNN
     features: the two sides of wav2vec 2.0's contrastive loss.
 
+    Dropout on the quantizer's input in training is `config.feat_quantizer_dropout`
+    (fairseq's `dropout_features`, applied where fairseq applies it: to the normalised CNN
+    features the quantizer reads, not to the Transformer's input).
+
     Attributes:
       config: The head's shape (stored with a converted checkpoint).
-      feature_dropout: Dropout on the quantizer's input in training (fairseq's
-        `dropout_features`: 0.1 in its base recipe, 0 in large and in transformers).
     """
 
     config: QuantizerHeadConfig
-    feature_dropout: float = 0.0
 
-    @nn.compact
+    def setup(self):
+        cfg = self.config
+        dense_init = nn.initializers.normal(stddev=0.02)  # transformers' initializer_range
+        self.project_hid = nn.Dense(cfg.proj_codevector_dim, kernel_init=dense_init)
+        self.quantizer = GumbelVectorQuantizer(cfg)
+        self.project_q = nn.Dense(cfg.proj_codevector_dim, kernel_init=dense_init)
+        self.feature_dropout = Dropout(cfg.feat_quantizer_dropout or 0.0)
+
+    def _quantizer_input(self, extract_features, deterministic, dropout_rng):
+        features = extract_features.astype(jnp.float32)
+        return self.feature_dropout(features, deterministic=deterministic, rng=dropout_rng)
+
+    def code_sums(
+        self,
+        extract_features: jax.Array,
+        mask_time_indices: jax.Array | None = None,
+        deterministic: bool = True,
+        dropout_rng: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """The quantizer's `prob_sum` and `code_sum` over the masked frames, nothing else
+        (a pass over micro-batches needs them before any gradient; same arguments as
+        `__call__`).
+
+        Returns:
+          Two (groups, vars) float32 arrays.
+        """
+        features = self._quantizer_input(extract_features, deterministic, dropout_rng)
+        return self.quantizer.code_sums(features, mask_time_indices)
+
     def __call__(
         self,
         hidden_states: jax.Array,
@@ -207,6 +285,7 @@ class QuantizerHead(nn.Module):
         mask_time_indices: jax.Array | None = None,
         deterministic: bool = True,
         gumbel_noise: jax.Array | None = None,
+        dropout_rng: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, QuantizerOutput]:
         """Projects both sides.
 
@@ -218,27 +297,20 @@ class QuantizerHead(nn.Module):
             perplexities are taken; None: all frames.
           deterministic: No dropout, argmax codes.
           gumbel_noise: Optional explicit noise, see `GumbelVectorQuantizer`.
+          dropout_rng: The key of the quantizer-input dropout; None: the 'dropout' stream.
 
         Returns:
           (projected_states, projected_quantized_states), both (batch, frames,
           proj_codevector_dim) float32, and the quantizer's output.
         """
-        cfg = self.config
-        dense_init = nn.initializers.normal(stddev=0.02)  # transformers' initializer_range
-        projected = nn.Dense(cfg.proj_codevector_dim, kernel_init=dense_init, name="project_hid")(
-            hidden_states.astype(jnp.float32)
-        )
-        features = Dropout(self.feature_dropout)(
-            extract_features.astype(jnp.float32), deterministic=deterministic
-        )
-        quantizer_out = GumbelVectorQuantizer(cfg, name="quantizer")(
+        projected = self.project_hid(hidden_states.astype(jnp.float32))
+        features = self._quantizer_input(extract_features, deterministic, dropout_rng)
+        quantizer_out = self.quantizer(
             features,
             temperature,
             frame_weights=mask_time_indices,
             deterministic=deterministic,
             gumbel_noise=gumbel_noise,
         )
-        projected_quantized = nn.Dense(
-            cfg.proj_codevector_dim, kernel_init=dense_init, name="project_q"
-        )(quantizer_out.quantized)
+        projected_quantized = self.project_q(quantizer_out.quantized)
         return projected, projected_quantized, quantizer_out

@@ -53,11 +53,26 @@ class EncoderForContrastive(nn.Module):
 
     config: HubertConfig
     head_config: QuantizerHeadConfig
-    feature_dropout: float = 0.0
 
     def setup(self):
         self.hubert = HubertModel(self.config)
-        self.head = QuantizerHead(self.head_config, self.feature_dropout)
+        self.head = QuantizerHead(self.head_config)
+
+    def code_sums(
+        self,
+        audio: jax.Array,
+        audio_mask: jax.Array,
+        mask_time_indices: jax.Array,
+        deterministic: bool = True,
+        quantizer_dropout_rng: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """The quantizer's `prob_sum` and `code_sum` (groups, vars) over the masked frames,
+        from the CNN, the feature LayerNorm and the quantizer's logits only (no
+        Transformer): what `__call__` would give with the same arguments."""
+        features = self.hubert.quantizer_input(audio, audio_mask)
+        return self.head.code_sums(
+            features, mask_time_indices, deterministic, dropout_rng=quantizer_dropout_rng
+        )
 
     def __call__(
         self,
@@ -68,12 +83,14 @@ class EncoderForContrastive(nn.Module):
         deterministic: bool = True,
         temperature: jax.Array | float = 1.0,
         gumbel_noise: jax.Array | None = None,
+        quantizer_dropout_rng: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array, QuantizerOutput, HubertOutput]:
         """Returns `project_hid(f_p)` and `project_q(quantized)`, both (batch, frames,
         proj_codevector_dim), the quantizer's output and the encoder output.
 
-        `temperature` and `gumbel_noise` are the quantizer's (`QuantizerHead`); training
-        (`deterministic=False`) needs the 'gumbel' and 'dropout' rng streams.
+        `temperature`, `gumbel_noise` and `quantizer_dropout_rng` are the quantizer's
+        (`QuantizerHead`); training (`deterministic=False`) needs the 'dropout' rng stream,
+        and the 'gumbel' stream unless `gumbel_noise` is given.
         """
         out = self.hubert(
             audio,
@@ -89,6 +106,7 @@ class EncoderForContrastive(nn.Module):
             mask_time_indices,
             deterministic=deterministic,
             gumbel_noise=gumbel_noise,
+            dropout_rng=quantizer_dropout_rng,
         )
         return projected, projected_quantized, quantizer_out, out
 

@@ -5,8 +5,9 @@ per batch shape with the state donated. Masks, negatives, Gumbel noise and utter
 mixing are drawn inside the step from `fold_in(rng, step)`, so a resumed run draws the
 same as an uninterrupted one. The objectives themselves are in `pretrain_objectives`.
 
-With `accumulate_steps = k` the masked-prediction step takes k micro-batches, masked as one
-batch (`train.masked_prediction`).
+With `accumulate_steps = k` the step takes k micro-batches, drawn for as one batch, and
+makes the update of that one batch (`train.masked_prediction`,
+`train.contrastive_objective`).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from papt_jax.models.heads import PretrainHeadConfig
 from papt_jax.models.quantizer import QuantizerHeadConfig
 from papt_jax.models.tasks import EncoderForContrastive, HubertForPretraining
 from papt_jax.train.loop import LoopConfig, train_in_workdir
-from papt_jax.train.masked_prediction import accumulated_loss_and_grads
+from papt_jax.train.masked_prediction import frame_mask_of
 from papt_jax.train.pretrain_objectives import (
+    ACCUMULATED,
     FORWARD,
     LOGGED,
     CodebookWatch,
     ContrastiveSettings,
     PretrainLossConfig,
-    frame_mask_of,
     mixed_batch,
 )
 from papt_jax.train.sharding import (
@@ -72,6 +73,7 @@ def make_train_step(
     mesh: Mesh,
     accumulate_steps: int = 1,
     state_shardings=None,
+    noise=None,
 ):
     """Returns the jitted, state-donating pre-training step of `loss_cfg.objective`.
 
@@ -80,24 +82,32 @@ def make_train_step(
       loss_cfg: The objective and its settings.
       mesh: Device mesh.
       accumulate_steps: Micro-batches per step (1: the batch in one pass); the batch's
-        rows must divide by accumulate_steps x devices. Masked prediction only.
+        rows must divide by accumulate_steps x devices. Either objective: the update is
+        that of one batch of all the rows.
       state_shardings: The state's shardings (`train.state.create_state`); None:
         replicated.
+      noise: None, or WavLM's noise bank `(noise, noise_mask)` as NumPy arrays, both
+        (noises, noise_samples): held on every device for the run and mixed in as
+        `loss_cfg.mixing` says.
     """
-    if accumulate_steps > 1 and loss_cfg.objective != "masked_prediction":
-        raise ValueError(
-            f"gradient accumulation is implemented for masked prediction only, not for the "
-            f"{loss_cfg.objective} objective"
-        )
     forward = FORWARD[loss_cfg.objective]
+    accumulated = ACCUMULATED[loss_cfg.objective]
     logged = LOGGED[loss_cfg.objective]
 
-    def train_step(state: TrainState, batch, rng):
+    def train_step(state: TrainState, batch, rng, noise=None):
         mask_key, dropout_key = jax.random.split(jax.random.fold_in(rng, state.step))
-        batch = mixed_batch(batch, loss_cfg, rng, state.step)
+        batch = mixed_batch(batch, loss_cfg, rng, state.step, noise)
         if accumulate_steps > 1:
-            (loss, stats), grads = accumulated_loss_and_grads(
-                model, loss_cfg, state.params, batch, mask_key, dropout_key, accumulate_steps, mesh
+            (loss, stats), grads = accumulated(
+                model,
+                loss_cfg,
+                state.params,
+                batch,
+                mask_key,
+                dropout_key,
+                state.step,
+                accumulate_steps,
+                mesh,
             )
         else:
 
@@ -117,7 +127,7 @@ def make_train_step(
         }
         return new_state, metrics
 
-    return jit_train_step(train_step, mesh, state_shardings)
+    return jit_train_step(train_step, mesh, state_shardings, noise)
 
 
 def make_eval_step(model, loss_cfg: PretrainLossConfig, mesh: Mesh, params_shardings=None):
@@ -331,6 +341,7 @@ def run_pretraining(
     mesh: Mesh,
     workdir: str,
     description: str = "pretrain",
+    noise=None,
 ):
     """Trains encoder + head with the configured objective; resumes from `workdir`.
 
@@ -345,6 +356,7 @@ def run_pretraining(
       mesh: Device mesh.
       workdir: Checkpoints and logs go here.
       description: Name on the progress bar and in the logs ('bootstrap', 'PAPT', ...).
+      noise: None, or WavLM's noise bank `(noise, noise_mask)` (see `make_train_step`).
 
     Returns:
       (LoopResult, best params {'hubert', 'head'}) — None params when stopped early by
@@ -362,7 +374,12 @@ def run_pretraining(
     tx = run.optimizer(total_steps)
     state, shardings = create_state(params, tx, mesh, run.param_sharding)
     train_step = make_train_step(
-        model, model_config.loss, mesh, run.accumulate_steps, state_shardings=shardings
+        model,
+        model_config.loss,
+        mesh,
+        run.accumulate_steps,
+        state_shardings=shardings,
+        noise=noise,
     )
     eval_step = make_eval_step(model, model_config.loss, mesh, shardings.params)
     loop_cfg = LoopConfig(

@@ -4,7 +4,7 @@
   WavLM); with a `MixingConfig`, WavLM's utterance mixing is applied to the training
   inputs first (`papt_jax.utterance_mixing`), the targets staying the primary's.
 * `contrastive`: wav2vec 2.0's loss against its Gumbel-quantized CNN features
-  (`papt_jax.contrastive`).
+  (`papt_jax.contrastive`; the batch's draws and sums in `train.contrastive_objective`).
 
 Both forward functions take `(params, batch, mask_key, dropout_key, step, deterministic)` and return
 `(loss, stats)` with at least `loss_sum`, `correct` and `count` (the validation sums).
@@ -16,11 +16,9 @@ import dataclasses
 import logging
 
 import jax
-import jax.numpy as jnp
 
-from papt_jax.contrastive import gumbel_temperature, sample_negative_indices, wav2vec2_loss
-from papt_jax.masking import compute_mask_indices_jax
-from papt_jax.train.masked_prediction import batch_loss, frame_mask_of
+from papt_jax.train import contrastive_objective
+from papt_jax.train import masked_prediction as masked_prediction_lib
 from papt_jax.utterance_mixing import MixingConfig, mix_utterances
 
 log = logging.getLogger(__name__)
@@ -83,86 +81,56 @@ class PretrainLossConfig:
             raise ValueError("the contrastive objective needs its ContrastiveSettings")
 
 
-def mixed_batch(batch, loss_cfg: PretrainLossConfig, rng: jax.Array, step: jax.Array):
+def mixed_batch(batch, loss_cfg: PretrainLossConfig, rng: jax.Array, step: jax.Array, noise=None):
     """The training batch with WavLM's utterance mixing applied (itself when off).
 
     The plan's key is folded from `rng` and the step on its own stream, so a resumed run
     mixes as an uninterrupted one and the mask and dropout keys are unchanged.
+
+    Args:
+      batch: The training batch.
+      loss_cfg: Its `mixing` settings (None: no mixing).
+      rng: The run's key.
+      step: The update count.
+      noise: None, or the noise bank `(noise, noise_mask)`, both (noises, noise_samples),
+        that `loss_cfg.mixing.noise_prob` of the mixed rows draw from.
     """
     if loss_cfg.mixing is None or loss_cfg.mixing.prob == 0:
         return batch
     key = jax.random.fold_in(jax.random.fold_in(rng, _MIXING_STREAM), step)
-    audio = mix_utterances(key, batch["audio"], batch["audio_mask"], loss_cfg.mixing)
-    return {**batch, "audio": audio.astype(batch["audio"].dtype)}
-
-
-def _masks(model, loss_cfg, batch, mask_key):
-    frame_mask = frame_mask_of(model, batch)
-    mask_indices = compute_mask_indices_jax(
-        mask_key, frame_mask, loss_cfg.mask_prob, loss_cfg.mask_length, loss_cfg.min_masks
+    bank, bank_mask = (None, None) if noise is None else noise
+    audio = mix_utterances(
+        key, batch["audio"], batch["audio_mask"], loss_cfg.mixing, bank, bank_mask
     )
-    speaker = batch["speaker"] if model.config.speaker_fusion != "none" else None
-    return frame_mask, mask_indices, speaker
+    return {**batch, "audio": audio.astype(batch["audio"].dtype)}
 
 
 def masked_prediction(model, loss_cfg, params, batch, mask_key, dropout_key, step, deterministic):
     """HuBERT's loss (mean over masked frames) + the feature penalty; `step` is unused."""
     del step
-    return batch_loss(model, loss_cfg, params, batch, mask_key, dropout_key, deterministic)
-
-
-def contrastive(model, loss_cfg, params, batch, mask_key, dropout_key, step, deterministic):
-    """wav2vec 2.0's loss, fairseq's sum divided by the masked frames.
-
-    Negatives are drawn from `mask_key`'s second stream and the Gumbel noise from
-    `dropout_key`'s; evaluation (`deterministic`) takes the quantizer's argmax codes.
-    """
-    c = loss_cfg.contrastive
-    frame_mask, mask_indices, speaker = _masks(model, loss_cfg, batch, mask_key)
-    temperature = gumbel_temperature(step + c.step_offset, *c.temperature)
-    rngs = {"dropout": dropout_key, "gumbel": jax.random.fold_in(dropout_key, 1)}
-    projected, projected_q, quantizer_out, out = model.apply(
-        {"params": params},
-        batch["audio"],
-        batch["audio_mask"],
-        speaker,
-        mask_indices,
-        deterministic=deterministic,
-        temperature=temperature,
-        rngs=None if deterministic else rngs,
+    return masked_prediction_lib.batch_loss(
+        model, loss_cfg, params, batch, mask_key, dropout_key, deterministic
     )
-    negatives = sample_negative_indices(
-        jax.random.fold_in(mask_key, 1), mask_indices, c.num_negatives
-    )
-    parts = wav2vec2_loss(
-        projected,
-        projected_q,
-        quantizer_out.prob_perplexity,
-        mask_indices,
-        negatives,
-        num_codevectors=model.head_config.num_codevectors,
-        logit_temperature=model.head_config.contrastive_logits_temperature,
-        diversity_weight=c.diversity_weight,
-        features_pen=out.features_pen,
-        features_pen_weight=loss_cfg.features_pen_weight,
-    )
-    count = jnp.maximum(parts["count"], 1.0)
-    stats = {
-        "loss_sum": parts["loss_sum"],
-        "correct": parts["correct"],
-        "count": parts["count"],
-        "contrastive": parts["contrastive_sum"] / count,
-        "diversity": parts["diversity"],
-        "prob_perplexity": quantizer_out.prob_perplexity,
-        "code_perplexity": quantizer_out.code_perplexity,
-        "temperature": temperature,
-        "features_pen": out.features_pen,
-    }
-    del frame_mask
-    return parts["loss_sum"] / count, stats
 
 
-FORWARD = {"masked_prediction": masked_prediction, "contrastive": contrastive}
+def accumulated_masked_prediction(
+    model, loss_cfg, params, batch, mask_key, dropout_key, step, steps, mesh
+):
+    """`masked_prediction`'s loss and gradient from `steps` micro-batches."""
+    del step
+    return masked_prediction_lib.accumulated_loss_and_grads(
+        model, loss_cfg, params, batch, mask_key, dropout_key, steps, mesh
+    )
+
+
+FORWARD = {"masked_prediction": masked_prediction, "contrastive": contrastive_objective.batch_loss}
+# The same losses and their gradients from k micro-batches (`train.accumulate_steps`):
+# `(model, loss_cfg, params, batch, mask_key, dropout_key, step, k, mesh) -> ((loss,
+# stats), grads)`, equal to one batch of all the rows.
+ACCUMULATED = {
+    "masked_prediction": accumulated_masked_prediction,
+    "contrastive": contrastive_objective.accumulated_loss_and_grads,
+}
 # Training metrics each objective logs beside loss, accuracy, grad_norm and finite.
 LOGGED = {
     "masked_prediction": ("features_pen",),

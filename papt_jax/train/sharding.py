@@ -122,13 +122,38 @@ def bytes_per_device(tree) -> dict[int, int]:
     return held
 
 
-def jit_train_step(step_fn, mesh: Mesh, state_shardings=None):
+class BoundStep:
+    """A jitted step whose last argument is fixed: arrays placed on the devices once (not
+    baked into the program as constants), called and lowered as `(state, batch, rng)`."""
+
+    def __init__(self, jitted, constants):
+        self.jitted = jitted
+        self.constants = constants
+
+    def __call__(self, *args):
+        return self.jitted(*args, self.constants)
+
+    def lower(self, *args):
+        return self.jitted.lower(*args, self.constants)
+
+
+def jit_train_step(step_fn, mesh: Mesh, state_shardings=None, constants=None):
     """Jits `(state, batch, rng) -> (state, metrics)`: state donated and kept on
-    `state_shardings` (default: replicated), batch split over the data axis."""
+    `state_shardings` (default: replicated), batch split over the data axis.
+
+    With `constants` (a pytree of arrays, e.g. a noise bank), `step_fn` takes them as a
+    fourth argument; they are replicated on the mesh once and bound (`BoundStep`).
+    """
     state = replicated(mesh) if state_shardings is None else state_shardings
-    return jax.jit(
+    in_shardings = (state, data_sharded(mesh), replicated(mesh))
+    if constants is not None:
+        in_shardings += (replicated(mesh),)
+    jitted = jax.jit(
         step_fn,
-        in_shardings=(state, data_sharded(mesh), replicated(mesh)),
+        in_shardings=in_shardings,
         out_shardings=(state, replicated(mesh)),
         donate_argnums=(0,),
     )
+    if constants is None:
+        return jitted
+    return BoundStep(jitted, jax.device_put(constants, replicated(mesh)))

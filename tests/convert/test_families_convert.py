@@ -82,13 +82,15 @@ def test_hf_folders_convert_store_and_export_both_ways(family, layout, tmp_path)
 
 
 def test_pretraining_folder_keeps_the_quantizer_through_storage(tmp_path):
-    model = hf_model("wav2vec2", "ForPreTraining", layout="stable")
+    model = hf_model("wav2vec2", "ForPreTraining", layout="stable", feat_quantizer_dropout=0.2)
     model.save_pretrained(tmp_path / "hf")
     ckpt = load_pytorch_checkpoint(tmp_path / "hf")
     stored = load_converted(save_converted(ckpt, tmp_path / "flax"))
     config = model.config
     assert stored.quantizer_config.num_codevector_groups == config.num_codevector_groups
     assert stored.quantizer_config.codevector_dim == config.codevector_dim
+    # Its quantizer-input dropout, which `pretrain.quantizer_dropout=-1` continues with.
+    assert stored.quantizer_config.feat_quantizer_dropout == 0.2
     quantizer = stored.quantizer_params
     codevectors = model.quantizer.codevectors.detach().numpy()[0]
     np.testing.assert_array_equal(np.asarray(quantizer["quantizer"]["codevectors"]), codevectors)

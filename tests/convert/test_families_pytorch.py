@@ -147,6 +147,7 @@ def _head_values(config) -> dict:
         "codevector_dim": config.codevector_dim,
         "proj_codevector_dim": config.proj_codevector_dim,
         "contrastive_logits_temperature": config.contrastive_logits_temperature,
+        "feat_quantizer_dropout": config.feat_quantizer_dropout,
     }
 
 
@@ -361,6 +362,11 @@ def test_fairseq_wav2vec2_pretraining_files(fairseq_files, name):
     got = _listify(source.config_values)
     expected.pop("layer_norm_eps")
     assert got == expected
+    # The quantizer's own input dropout (fairseq `dropout_features`) is kept with it.
+    assert source.pretrain_head_config == {
+        **_head_values(model.config),
+        "feat_quantizer_dropout": 0.1,
+    }
 
 
 @pytest.mark.parametrize("layout", ["group", "stable"])

@@ -18,9 +18,10 @@ from test_train import tone_batch
 
 from papt_jax.models import get_preset, to_layout
 from papt_jax.models.heads import PretrainHeadConfig
+from papt_jax.models.quantizer import QuantizerHeadConfig
 from papt_jax.models.stack import layout_of
-from papt_jax.models.tasks import HubertForPretraining, HubertForRegression
-from papt_jax.train import finetune, pretrain, sharding
+from papt_jax.models.tasks import EncoderForContrastive, HubertForPretraining, HubertForRegression
+from papt_jax.train import contrastive_objective, finetune, pretrain, sharding
 from papt_jax.train.accumulate import flatten_micro_batches, micro_batches
 from papt_jax.train.checkpoint import Checkpoints
 from papt_jax.train.state import TrainState, create_state, make_optimizer
@@ -77,6 +78,86 @@ def test_accumulated_pretraining_update_equals_one_batch(devices, steps):
     for name in ("loss", "accuracy", "features_pen", "grad_norm"):
         assert float(mk[name]) == pytest.approx(float(m1[name]), rel=1e-5), name
     assert float(m1["features_pen"]) > 0 and float(m1["loss"]) > 0
+
+
+CONTRASTIVE = pretrain.PretrainLossConfig(
+    mask_prob=0.5,
+    mask_length=3,
+    features_pen_weight=10.0,
+    objective="contrastive",
+    # A diversity weight of 1 (fairseq: 0.1) so its gradient weighs in the comparison.
+    contrastive=pretrain.ContrastiveSettings(
+        num_negatives=6, diversity_weight=1.0, temperature=(2.0, 0.5, 0.999995)
+    ),
+)
+
+
+@functools.cache
+def contrastive_model():
+    cfg = get_preset("wav2vec2-tiny", num_speakers=4, speaker_fusion="last")
+    head = QuantizerHeadConfig(
+        num_codevector_groups=2,
+        num_codevectors_per_group=8,
+        codevector_dim=8,
+        proj_codevector_dim=8,
+    )
+    model = EncoderForContrastive(cfg, head)
+    return model, jax.device_get(pretrain.init_params(model, jax.random.PRNGKey(0)))
+
+
+CONTRASTIVE_LOGGED = (
+    "loss",
+    "accuracy",
+    "contrastive",
+    "diversity",
+    "prob_perplexity",
+    "code_perplexity",
+    "temperature",
+    "features_pen",
+    "grad_norm",
+)
+
+
+@pytest.mark.parametrize("devices, steps", [(1, 2), (2, 4)])
+def test_accumulated_contrastive_update_equals_one_batch(devices, steps):
+    """Masks, negatives and Gumbel noise drawn for the whole batch, the diversity loss of
+    the whole batch's codebook marginals: the update and every logged metric are those of
+    one batch (before: accumulation with the contrastive objective was refused)."""
+    model, params = contrastive_model()
+    batch = unequal_batch(8)
+    results = {}
+    for k in (1, steps):
+        mesh = sharding.make_mesh(devices)
+        state, shardings = create_state(params, SGD, mesh, "replicated")
+        step = pretrain.make_train_step(model, CONTRASTIVE, mesh, k, shardings)
+        new, metrics = step(state, sharding.shard_batch(batch, mesh), jax.random.PRNGKey(5))
+        results[k] = (update(params, new), jax.device_get(metrics))
+    (one, m1), (acc, mk) = results[1], results[steps]
+    assert relative_error(acc, one) <= 1e-5
+    for name in CONTRASTIVE_LOGGED:
+        assert float(mk[name]) == pytest.approx(float(m1[name]), rel=1e-5), name
+    # Every term is present: a perplexity well inside (1, G*V) and a penalty.
+    assert 2.0 < float(m1["prob_perplexity"]) < 16.0 and float(m1["features_pen"]) > 0
+    assert float(m1["diversity"]) > 0
+
+
+def test_one_micro_batch_of_the_accumulated_contrastive_loss_is_the_batch_loss():
+    model, params = contrastive_model()
+    batch = sharding.shard_batch(unequal_batch(8), sharding.make_mesh(1))
+    mask_key, dropout_key = jax.random.split(jax.random.PRNGKey(2))
+    args = (model, CONTRASTIVE, params, batch, mask_key, dropout_key, jnp.int32(3))
+
+    def whole(params):
+        return contrastive_objective.batch_loss(*args[:2], params, *args[3:], False)
+
+    (loss, stats), grads = jax.jit(jax.value_and_grad(whole, has_aux=True))(params)
+    (acc_loss, acc_stats), acc_grads = jax.jit(
+        lambda: contrastive_objective.accumulated_loss_and_grads(*args, 1, sharding.make_mesh(1))
+    )()
+    assert float(acc_loss) == pytest.approx(float(loss), rel=1e-6)
+    assert relative_error(acc_grads, jax.device_get(grads)) <= 1e-6
+    for name in ("contrastive", "diversity", "prob_perplexity", "code_perplexity"):
+        assert float(acc_stats[name]) == pytest.approx(float(stats[name]), rel=1e-6), name
 
 
 def test_micro_batches_take_rows_from_every_device():
