@@ -25,7 +25,6 @@ from ml_collections import config_flags  # noqa: E402
 
 from papt_jax import cli, interrupts, storage  # noqa: E402
 from papt_jax.experiment import describe, settings  # noqa: E402
-from papt_jax.experiment.run import run as run_experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/papt.py or configs/papt.py:demo."
@@ -161,7 +160,13 @@ def main(argv: list[str]) -> int:
         return 0
     if not _WORKDIR.value:
         raise settings.ConfigError("--workdir is not set", hint="--workdir=runs/NAME")
+    # Every config problem is found before the pipeline is imported (run() checks again).
+    settings.validate(_CONFIG.value)
+    # Imported here, not at the top: the pipeline pulls in jax, optax, matplotlib, scipy
+    # and the data stack (seconds), which a mistyped flag or --show_config never needs.
     import jax
+
+    from papt_jax.experiment.run import run as run_experiment
 
     if _COMPILATION_CACHE.value:
         enable_compilation_cache(_COMPILATION_CACHE.value)

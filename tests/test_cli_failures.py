@@ -8,6 +8,8 @@ import gc
 import logging
 import sys
 
+import pytest
+
 from papt_jax import cli
 
 
@@ -27,6 +29,7 @@ class _OtherFailure:
         raise RuntimeError("a real bug")
 
 
+@pytest.mark.slow
 def test_late_event_loop_callbacks_are_silent_other_errors_are_not(capsys, monkeypatch):
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
     monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)

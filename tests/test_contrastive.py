@@ -121,6 +121,7 @@ def _reference_case(width, weight_proj_scale, unused_entry_bias=0.0):
 WEIGHT_PROJ_SCALE = {"tiny": 1.0, "base": 0.1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", ["tiny", "base"])
 def test_head_loss_and_gradients_equal_transformers(width):
     config, mask, row_negatives, theirs, ours = _reference_case(width, WEIGHT_PROJ_SCALE[width])
@@ -155,6 +156,7 @@ def test_head_loss_and_gradients_equal_transformers(width):
         assert equal.any()
 
 
+@pytest.mark.slow
 def test_gradients_stay_finite_where_transformers_xlogy_gives_nan():
     # Entry 0 of group 0 scores far below the others: its probability is exactly 0 on
     # every frame.
@@ -171,6 +173,7 @@ def test_gradients_stay_finite_where_transformers_xlogy_gives_nan():
     assert _rel(ours_kernel, theirs.grads["project_hid.weight"].T) <= 1e-3
 
 
+@pytest.mark.slow
 def test_negatives_come_from_the_same_rows_other_masked_frames_uniformly():
     frames, k = 40, 64
     mask = np.zeros((3, frames), bool)
@@ -196,6 +199,7 @@ def test_negatives_come_from_the_same_rows_other_masked_frames_uniformly():
     assert chi2 < 60  # 24 degrees of freedom: p < 1e-4 above 60
 
 
+@pytest.mark.slow
 def test_negative_equal_to_target_scores_minus_inf_and_costs_nothing():
     predicted = jnp.asarray([[[1.0, 0.0], [0.0, 1.0]]])
     targets = jnp.asarray([[[1.0, 0.0], [1.0, 0.0]]])  # frame 1's target equals frame 0's
@@ -225,6 +229,7 @@ def test_gumbel_temperature_follows_fairseqs_schedule(triple):
     np.testing.assert_allclose([jitted(s) for s in steps], ours, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_diversity_loss_is_zero_for_a_uniformly_used_codebook_and_near_one_when_collapsed():
     cfg = QuantizerHeadConfig(
         num_codevector_groups=2, num_codevectors_per_group=4, codevector_dim=4
@@ -246,6 +251,7 @@ def test_diversity_loss_is_zero_for_a_uniformly_used_codebook_and_near_one_when_
     assert float(diversity_loss(out.prob_perplexity, 8)) == pytest.approx(0.75, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_quantizer_draws_from_its_rng_in_training_and_takes_the_argmax_in_evaluation():
     cfg = QuantizerHeadConfig(
         num_codevector_groups=2, num_codevectors_per_group=16, codevector_dim=8
@@ -289,6 +295,7 @@ def test_quantizer_draws_from_its_rng_in_training_and_takes_the_argmax_in_evalua
     assert (codes(False, 3, temperature=1e-3)[0] != argmax).any()
 
 
+@pytest.mark.slow
 def test_straight_through_gradient_reaches_the_logits():
     cfg = QuantizerHeadConfig(
         num_codevector_groups=1,
@@ -318,6 +325,7 @@ def test_straight_through_gradient_reaches_the_logits():
     assert float(jnp.abs(evaluation).max()) == 0  # the argmax has no gradient
 
 
+@pytest.mark.slow
 def test_whole_converted_model_loss_and_gradients_equal_transformers(tmp_path):
     # The whole model this time: a transformers `Wav2Vec2ForPreTraining` saved, converted
     # with the public API (quantizer kept) and run as the pre-training step runs it, on

@@ -128,6 +128,7 @@ def _check(before, after, history, steps, held_out_fall, train_fall):
     )
 
 
+@pytest.mark.slow
 def test_short_continued_pretraining_lowers_the_contrastive_loss(converted, segments):
     before, after, history = _train(converted, segments, steps=40, peak_lr=1.5e-3)
     _check(before, after, history, 40, held_out_fall=0.95, train_fall=0.98)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from papt_jax import kmeans, pseudo_label_files, pseudo_labels
 from papt_jax.eval import evaluate
@@ -38,6 +39,7 @@ def test_with_speakers_replaces_real_rows_only():
     np.testing.assert_array_equal(batch["speaker"], [-1, -1, -1])  # input untouched
 
 
+@pytest.mark.slow
 def test_mfcc_pseudo_labels_cover_every_encoder_frame(tmp_path):
     rs = np.random.RandomState(0)
     lengths = [8000, 6000, 12000, 4000, 9000, 7000]

@@ -91,6 +91,7 @@ def _arousal(workdir, key):
     return float(source[index.keys.index(key)]["arousal"])
 
 
+@pytest.mark.slow
 def test_an_edited_label_redoes_prepare_and_every_stage_after_it(
     tmp_path, fakes_after_prepare, caplog
 ):
@@ -108,6 +109,7 @@ def test_an_edited_label_redoes_prepare_and_every_stage_after_it(
     assert _arousal(tmp_path, key) == pytest.approx(6.5, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_replaced_deleted_and_added_audio_are_named(tmp_path, fakes_after_prepare, caplog):
     config = smoke()
     config.data.on_bad_rows = "skip"  # a row whose audio is missing is left out
@@ -135,6 +137,7 @@ def test_replaced_deleted_and_added_audio_are_named(tmp_path, fakes_after_prepar
     assert f"1 audio file(s) added ({deleted})" in caplog.text
 
 
+@pytest.mark.slow
 def test_nothing_changed_nothing_redone_and_a_touched_file_is_seen(tmp_path, fakes_after_prepare):
     run_lib.run(smoke(), tmp_path)
     fakes_after_prepare.clear()
@@ -148,6 +151,7 @@ def test_nothing_changed_nothing_redone_and_a_touched_file_is_seen(tmp_path, fak
     assert fakes_after_prepare == list(LATER)
 
 
+@pytest.mark.slow
 def test_content_check_sees_bytes_changed_behind_a_kept_time(tmp_path, fakes_after_prepare):
     config = smoke()
     config.data.verify_audio = "content"
@@ -167,6 +171,7 @@ def test_content_check_sees_bytes_changed_behind_a_kept_time(tmp_path, fakes_aft
     assert fakes_after_prepare == list(LATER)
 
 
+@pytest.mark.slow
 def test_a_changed_encoder_folder_redoes_the_stages_that_read_it(tmp_path, fakes_after_prepare):
     encoder = tmp_path / "ckpt"
     (encoder / "params").mkdir(parents=True)
@@ -209,6 +214,7 @@ def test_a_changed_noise_file_redoes_the_pretraining_that_mixes_it_in(
     assert "prepare" not in fakes_after_prepare and "pretrain" in fakes_after_prepare
 
 
+@pytest.mark.slow
 def test_missing_outputs_of_a_finished_stage_redo_it_and_its_readers(
     tmp_path, fakes_after_prepare, caplog
 ):
@@ -222,6 +228,7 @@ def test_missing_outputs_of_a_finished_stage_redo_it_and_its_readers(
     assert fakes_after_prepare == ["pretrain", "finetune", "evaluate", "report"]
 
 
+@pytest.mark.slow
 def test_a_damaged_dataset_file_redoes_prepare(tmp_path, fakes_after_prepare, caplog):
     run_lib.run(smoke(), tmp_path)
     shard = next((tmp_path / "data").rglob("*-validation.array_record-*"))
@@ -233,6 +240,7 @@ def test_a_damaged_dataset_file_redoes_prepare(tmp_path, fakes_after_prepare, ca
     assert fakes_after_prepare == list(LATER)
 
 
+@pytest.mark.slow
 def test_a_redo_whose_input_is_missing_removes_nothing(tmp_path, fakes_after_prepare):
     config = smoke()
     run_lib.run(config, tmp_path / "w")
@@ -254,6 +262,7 @@ def test_a_redo_whose_input_is_missing_removes_nothing(tmp_path, fakes_after_pre
     assert fakes_after_prepare == []
 
 
+@pytest.mark.slow
 def test_a_record_that_is_not_an_object_counts_as_not_done(tmp_path, fakes_after_prepare, caplog):
     run_lib.run(smoke(), tmp_path)
     (tmp_path / "stages" / "report.json").write_text("[1, 2]")

@@ -203,6 +203,7 @@ def test_atomic_dir_never_leaves_a_half_folder_under_the_final_name(tmp_path):
     assert not (tmp_path / "encoder.partial").exists()
 
 
+@pytest.mark.slow
 def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
     first = workspace_lib.RunLock(tmp_path)
     first.acquire()

@@ -79,6 +79,7 @@ def test_matches_numpy_reference_and_deltas():
     np.testing.assert_allclose(feats[:, 26:], _reference_deltas(deltas), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_padding_invariance_and_padded_frames_zero():
     rng = np.random.default_rng(1)
     lengths = [16_000, 9_123, 400, 399, 0]

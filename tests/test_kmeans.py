@@ -104,6 +104,7 @@ def _small_mixture():
     return _gaussian_mixture(np.random.default_rng(4), 2_000, 4, 5, spread=5.0)
 
 
+@pytest.mark.slow
 def test_fit_is_deterministic_and_reports_consistent_numbers():
     x = _small_mixture()
     result = fit_minibatch_kmeans(jax.random.key(5), x, 5, batch_size=200, max_no_improvement=5)
@@ -116,6 +117,7 @@ def test_fit_is_deterministic_and_reports_consistent_numbers():
     assert result.n_iter == -(-result.n_steps * 200 // 2_000)
 
 
+@pytest.mark.slow
 def test_restarts_run_together_and_the_best_init_is_kept():
     x = jnp.asarray(_small_mixture())
     k, init_size, n_init = 8, 300, 6
@@ -136,6 +138,7 @@ def test_restarts_run_together_and_the_best_init_is_kept():
     assert np.ptp(expected) > 0.01 * np.min(expected)  # the restarts differ: the choice matters
 
 
+@pytest.mark.slow
 def test_fit_reports_its_restarts_and_is_deterministic():
     x = _small_mixture()
     settings = dict(batch_size=200, max_no_improvement=5, init_size=300)

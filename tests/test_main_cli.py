@@ -55,6 +55,7 @@ def test_user_mistakes_print_one_message_and_exit_2(tmp_path, args, message, hin
     assert not (tmp_path / "w" / "corpus").exists()
 
 
+@pytest.mark.slow
 def test_a_noise_folder_without_audio_is_one_error_before_any_work(tmp_path):
     (tmp_path / "noise").mkdir()
     proc = main(
@@ -69,6 +70,7 @@ def test_a_noise_folder_without_audio_is_one_error_before_any_work(tmp_path):
     assert not (tmp_path / "w" / "corpus").exists()
 
 
+@pytest.mark.slow
 def test_traceback_flag_shows_the_trace_of_a_user_error(tmp_path):
     proc = main("--config=configs/papt.py", f"--workdir={tmp_path}", "--traceback")
     assert proc.returncode != 0

@@ -130,6 +130,7 @@ def test_masked_fraction_matches_exact_expectation(impl):
     assert expected / sz < mask_prob - 0.2
 
 
+@pytest.mark.slow
 def test_host_and_jax_agree_in_distribution_on_mixed_batches():
     lengths = [150, 40, 97, 150, 66, 12, 120, 149]
     frame_mask = _frame_mask(lengths, 150)

@@ -83,6 +83,7 @@ def test_missing_files_are_user_errors(tmp_path):
         load_pseudo_labels(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_labels_are_written_under_a_temporary_name_then_renamed(tmp_path, monkeypatch):
     """A kill while np.savez writes leaves no file under the final name."""
     rs = np.random.RandomState(0)
@@ -211,6 +212,7 @@ def kmeans_config(**changes):
     return pseudo_labels.PseudoLabelConfig(**{**values, **changes})
 
 
+@pytest.mark.slow
 def test_bucketed_labels_equal_one_utterance_at_a_time_and_compile_once_per_shape(
     tmp_path, features_alone
 ):
@@ -233,6 +235,7 @@ def test_bucketed_labels_equal_one_utterance_at_a_time_and_compile_once_per_shap
     assert len(set(np.concatenate(list(labels.values())).tolist())) > 1  # ids do vary
 
 
+@pytest.mark.slow
 def test_fit_runs_the_teacher_on_chosen_utterances_only_in_pass_order(tmp_path, features_alone):
     utterances, batches = teacher_batches()
     config = kmeans_config(fit_fraction=0.5, seed=14)

@@ -90,6 +90,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_every_file_is_written(written):
     out, paths = written
     expected = {"summary.json", "results.md"}

@@ -88,6 +88,7 @@ def _check_plan_fits(plan, lengths, config, noise_lengths=None):
         assert low <= plan.ratio_db[i] <= high
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_noise", [False, True])
 def test_mixing_equals_the_numpy_reference_of_the_authors_loop(with_noise):
     audio, mask = _batch(silent_row=5)  # row 5 is silent: mixing it in adds nothing
@@ -111,6 +112,7 @@ def test_mixing_equals_the_numpy_reference_of_the_authors_loop(with_noise):
     assert seen_speech > 0 and (seen_noise > 0) == with_noise
 
 
+@pytest.mark.slow
 def test_the_added_segment_has_the_planned_energy_ratio():
     audio, mask = _batch()
     plan = MixingPlan(
@@ -135,6 +137,7 @@ def test_the_added_segment_has_the_planned_energy_ratio():
     assert (mixed[0, :2500] == audio[0, :2500]).all() and (mixed[0, 3500:] == audio[0, 3500:]).all()
 
 
+@pytest.mark.slow
 def test_plan_distribution():
     config = MixingConfig(prob=0.3)
     lengths = jnp.asarray(LENGTHS)
@@ -173,6 +176,7 @@ def test_plan_distribution():
     _check_plan_fits(jax.tree.map(lambda x: x[0], plans), LENGTHS, config)
 
 
+@pytest.mark.slow
 def test_noise_share_and_its_ratio_range():
     config = MixingConfig(prob=1.0, noise_prob=0.25)
     noise, noise_mask = _noise_bank()
@@ -187,6 +191,7 @@ def test_noise_share_and_its_ratio_range():
     assert noisy.min() >= -5 and noisy.max() <= 20 and noisy.max() > 15
 
 
+@pytest.mark.slow
 def test_prob_zero_returns_the_batch_unchanged_and_one_row_has_no_partner():
     audio, mask = _batch()
     out = mix_utterances(jax.random.key(0), audio, mask, MixingConfig(prob=0.0))
@@ -235,6 +240,7 @@ def _write_noise_folder(folder, seed=2):
     return written
 
 
+@pytest.mark.slow
 def test_a_noise_folder_becomes_a_bank_whose_segments_are_mixed_in(tmp_path):
     from papt_jax.data.noise_bank import load_noise_bank
 

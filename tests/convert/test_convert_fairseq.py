@@ -430,6 +430,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_converts_a_genuine_file_in_a_fresh_process(files, tmp_path):
     out = tmp_path / "flax"
     result = _cli("--source", str(files["large_finetuned_dictconfig"]), "--out", str(out))
@@ -447,6 +448,7 @@ def test_cli_converts_a_genuine_file_in_a_fresh_process(files, tmp_path):
     assert "--overwrite" in again.stderr
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_line_and_exit_2(files, tmp_path):
     out = str(tmp_path / "x")
     cases = {

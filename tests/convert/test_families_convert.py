@@ -61,6 +61,7 @@ def _difference(torch_model, ckpt) -> float:
     return max(float(np.abs(np.asarray(a) - b.numpy()).max()) for a, b in pairs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, layout", CASES)
 def test_hf_folders_convert_store_and_export_both_ways(family, layout, tmp_path):
     kwargs = {} if family == "data2vec-audio" else {"layout": layout}
@@ -81,6 +82,7 @@ def test_hf_folders_convert_store_and_export_both_ways(family, layout, tmp_path)
     assert _difference(reloaded.eval(), ckpt) < 1e-5
 
 
+@pytest.mark.slow
 def test_pretraining_folder_keeps_the_quantizer_through_storage(tmp_path):
     model = hf_model("wav2vec2", "ForPreTraining", layout="stable", feat_quantizer_dropout=0.2)
     model.save_pretrained(tmp_path / "hf")
@@ -101,6 +103,7 @@ def test_pretraining_folder_keeps_the_quantizer_through_storage(tmp_path):
     assert _difference(model.wav2vec2, stored) < 1e-5
 
 
+@pytest.mark.slow
 def test_fairseq_wav2vec2_and_wavlm_release_files_equal_transformers(tmp_path):
     w2v = hf_model("wav2vec2", "ForPreTraining", layout="group", seed=5)
     state = fairseq_wav2vec2_names(w2v.state_dict(), "group")
@@ -117,6 +120,7 @@ def test_fairseq_wav2vec2_and_wavlm_release_files_equal_transformers(tmp_path):
     assert _difference(wavlm, ckpt) < 1e-5
 
 
+@pytest.mark.slow
 def test_bare_state_dict_needs_a_preset_of_its_family(tmp_path):
     model = hf_model("wavlm", layout="stable")
     torch.save(model.state_dict(), tmp_path / "wavlm.bin")
@@ -159,6 +163,7 @@ def _cli(*args: str):
     )
 
 
+@pytest.mark.slow
 def test_cli_converts_and_exports_a_family_and_refuses_what_it_does_not_know(tmp_path):
     """The command line, end to end: the challenge model's release folder with
     --backbone_config, its export to a WavLM folder transformers loads, and one `error:`

@@ -257,6 +257,7 @@ def test_configs_this_port_does_not_implement_are_refused_by_name(changes, needl
     assert "\n" not in err.value.message
 
 
+@pytest.mark.slow
 def test_stable_layer_norm_wav2vec2_is_converted_as_wav2vec2_and_equals_it(tmp_path):
     """The issue's case: such a folder used to convert silently as HuBERT, off by up to 2.7
     (its waveform was normalised inside the model although transformers' model does not)."""

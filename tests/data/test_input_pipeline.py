@@ -159,6 +159,7 @@ def test_restored_iterator_continues_exactly(data):
         ip.BatchPipeline(source, index, small_config(seed=9)).iterator(state)
 
 
+@pytest.mark.slow
 def test_a_state_saved_with_worker_processes_resumes_without_them(data):
     """Before: Grain's own state was saved, and restoring a worker pool's state into an
     iterator without workers failed (KeyError: 'next_index'), although the worker count is

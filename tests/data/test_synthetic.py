@@ -71,6 +71,7 @@ def _cli_flags(*args: str) -> flags.FlagValues:
     return fv
 
 
+@pytest.mark.slow
 def test_same_seed_is_byte_identical_and_cli_matches_library(corpus, tmp_path, capsys):
     out = tmp_path / "again"
     flag_values = _cli_flags("--preset", "smoke", "--out", str(out), "--seed=0")
@@ -79,6 +80,7 @@ def test_same_seed_is_byte_identical_and_cli_matches_library(corpus, tmp_path, c
     assert _digest(out) == _digest(corpus)
 
 
+@pytest.mark.slow
 def test_different_seed_differs(corpus, tmp_path):
     other = synthetic.generate_corpus(tmp_path / "seed1", "smoke", seed=1)
     a, b = _digest(corpus), _digest(other)
@@ -265,6 +267,7 @@ def test_refuses_non_empty_dir_unless_overwrite(tmp_path):
     assert (out / "ground_truth.json").is_file() and (out / "something").is_file()
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_line_and_exit_2(tmp_path):
     out = tmp_path / "full"
     out.mkdir()

@@ -86,6 +86,7 @@ def test_one_seed_equals_paired_bootstrap():
         )
 
 
+@pytest.mark.slow
 def test_cli_prints_intervals_matched_by_key(tmp_path):
     vanilla = _write_run(tmp_path / "vanilla", "Vanilla-FT", 0.3, 2)
     papt = _write_run(tmp_path / "papt", "PAPT-FT", 0.6, 1, shuffle=True)
@@ -109,6 +110,7 @@ def test_cli_prints_intervals_matched_by_key(tmp_path):
     assert f"over the {N_SPEAKERS} test speakers" in text
 
 
+@pytest.mark.slow
 def test_cli_refuses_runs_on_other_utterances(tmp_path):
     vanilla = _write_run(tmp_path / "vanilla", "Vanilla-FT", 0.3, 2)
     other = _write_run(tmp_path / "other", "PAPT-FT", 0.6, 1, keys_from=1)
@@ -121,6 +123,7 @@ def test_cli_refuses_runs_on_other_utterances(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_seed_runs_are_summarised_and_compared_on_seed_means(tmp_path):
     vanilla = _write_run(tmp_path / "vanilla", "Vanilla-FT", 0.3, 2)
     seeds = [_write_run(tmp_path / f"s{i}", "papt", 0.5, 10 + i) for i in range(3)]

@@ -87,6 +87,7 @@ def written(workdir, tmp_path_factory):
     return out, paths
 
 
+@pytest.mark.slow
 def test_report_has_shift_and_retrieval_files_and_clean_plots(written, workdir):
     out, paths = written
     for r in workdir[1]:

@@ -37,6 +37,7 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", ["jax2onnx", "onnxruntime"])
 def test_a_missing_onnx_package_names_the_extra_to_install(tmp_path, package):
     proc = _cli(

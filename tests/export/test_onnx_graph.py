@@ -79,6 +79,7 @@ def converted(request, tmp_path_factory):
     return graph, folder, files, record
 
 
+@pytest.mark.slow
 def test_onnx_predictor_runs_as_jax_and_padded_rows_as_alone(converted):
     graph, folder, files, record = converted
     assert record["max_abs_difference"]["vs_jax"] <= TOLERANCE  # the writer's own check
@@ -148,6 +149,7 @@ def test_weights_over_a_megabyte_go_beside_the_graph(folded, tmp_path):
     np.testing.assert_allclose(got["valence"], want["valence"], rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_the_writers_check_refuses_graphs_that_differ_from_jax():
     graph = PredictorGraph(tiny_assets("last", "group"))
     predict, head = jax.jit(graph.predict), jax.jit(graph.head)

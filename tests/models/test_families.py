@@ -73,6 +73,7 @@ def _published(family: str, size: str):
     return perturbed(getattr(transformers, model_cls)(config), scale=0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family, size",
     [
@@ -105,6 +106,7 @@ def _tiny(family: str, layout: str):
     return (model, *_convert(model))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, layout", MASKED_FAMILIES)
 def test_masked_frames_equal_transformers(family, layout):
     """`mask_time_indices` replaces the same frames by `masked_spec_embed` as transformers."""
@@ -126,6 +128,7 @@ def test_masked_frames_equal_transformers(family, layout):
     assert not np.allclose(ours.last_hidden_state, plain.last_hidden_state, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family, layout", FUSED_FAMILIES)
 def test_speaker_fusion_works_for_every_family(family, layout):
     """Each fusion on each family: a zero table changes nothing ('last'/'first'), 'last'

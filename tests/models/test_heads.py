@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from papt_jax.models.heads import RegressionHead, TorchBatchNorm
@@ -24,6 +25,7 @@ def _apply_bn(variables, x, train, mask=None):
     return np.asarray(out), {**variables, **updates}
 
 
+@pytest.mark.slow
 def test_running_stats_and_outputs_equal_torch_batchnorm1d():
     rng = np.random.default_rng(0)
     batches = _batches(rng, (8, 8, 3, 8))
@@ -100,6 +102,7 @@ def _torch_head(params):
     return torch.nn.Sequential(*layers, out)
 
 
+@pytest.mark.slow
 def test_regression_head_matches_torch_in_train_and_eval_mode():
     rng = np.random.default_rng(2)
     head = RegressionHead(dropout=0.0)

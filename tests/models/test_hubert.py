@@ -101,6 +101,7 @@ def _audio(rng, *lengths):
     return batch, mask
 
 
+@pytest.mark.slow
 def test_matches_transformers(converted):
     variant, hf, model, params = converted
     rng = np.random.default_rng(1)
@@ -178,6 +179,7 @@ def _with_table(params, table):
     return {**params, "speaker_embedding": {"embedding": table}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["none", "last", "first", "prefix"])
 def test_speaker_fusion_shapes(speaker_setup, fusion):
     audio, mask, speaker, params, table, base = speaker_setup
@@ -239,6 +241,7 @@ def test_speaker_fusion_needs_speaker_ids(speaker_setup):
         HubertModel(config).apply({"params": _with_table(params, table)}, audio, mask)
 
 
+@pytest.mark.slow
 def test_dropout_only_when_not_deterministic(speaker_setup):
     audio, mask, _, params, _, base = speaker_setup
     config = _small()

@@ -83,6 +83,7 @@ def both(variant="base", **changes):
     return (unrolled, params), (unrolled.replace(scan_layers=True), to_layout(params, True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant, fusion",
     [("base", "none"), ("base", "last"), ("base", "first"), ("base", "prefix"), ("large", "none")],
@@ -106,6 +107,7 @@ def test_scanned_equals_unrolled_with_dropout(variant, fusion):
     assert not np.allclose(other.last_hidden_state, b.last_hidden_state, atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["base", "large"])
 def test_scanned_and_unrolled_gradients_agree(variant):
     (cfg_u, p_u), (cfg_s, p_s) = both(variant)
@@ -158,6 +160,7 @@ def _checkpoint_policies(cfg, params):
 
 
 # Every named policy on the scanned stack; the unrolled (debugging) stack with 'full'.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "scan, remat",
     [
@@ -206,6 +209,7 @@ def test_remat_names_and_old_booleans():
         HubertConfig(scan_layers="yes")
 
 
+@pytest.mark.slow
 def test_to_layout_round_trip_keeps_kinds_and_shardings():
     params = jax.device_get(per_layer_params(config(scan_layers=False)))
     stacked = to_layout(params, True)
@@ -261,6 +265,7 @@ def test_only_the_encoders_layer_stack_changes_layout():
     assert set(cut["encoder"]["pos_conv_embed"]) == {"layers_0", "layers_1"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [True, False])
 @pytest.mark.parametrize("variant", ["base", "large"])
 def test_first_layers_is_the_encoder_cut_after_n_layers(variant, scan):
@@ -281,6 +286,7 @@ def test_first_layers_is_the_encoder_cut_after_n_layers(variant, scan):
         first_layers(cfg, params, 4)
 
 
+@pytest.mark.slow
 def test_teacher_features_are_layer_outputs_and_skip_later_layers():
     from papt_jax.pseudo_labels import teacher_feature_fn
 
@@ -298,6 +304,7 @@ def test_teacher_features_are_layer_outputs_and_skip_later_layers():
     )
 
 
+@pytest.mark.slow
 def test_attention_bias_is_additive_and_reaches_every_layer():
     cfg = config(**dict.fromkeys(DROPOUT, 0.0))
     heads, time = cfg.num_attention_heads, 10
@@ -335,6 +342,7 @@ def test_attention_bias_is_additive_and_reaches_every_layer():
     assert not np.allclose(outs[1][0], outs[1][1], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_random_encoders_have_the_same_weights_in_either_layout():
     """Initialised one layer at a time and then stacked: scanning does not change the
     initial weights a run starts from (nn.scan's own init would draw others)."""

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 def test_predictor_is_exposed_lazily():
     code = (
         "import sys, papt_jax\n"

@@ -62,6 +62,7 @@ def models(tmp_path_factory):
     return {"audeering": aud, "msp": msp}, folders
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["audeering", "msp_release", "msp_package"])
 def test_predictions_equal_the_published_models(models, name):
     torch_models, folders = models
@@ -102,6 +103,7 @@ def _cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_predicts_every_dimension_and_shows_the_scale(models, tmp_path):
     _, folders = models
     import soundfile
@@ -132,6 +134,7 @@ def test_cli_predicts_every_dimension_and_shows_the_scale(models, tmp_path):
             )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, needle",
     [
@@ -151,6 +154,7 @@ def test_cli_refusals_are_one_line(models, tmp_path, args, needle):
     assert result.stderr.startswith("error: ") and needle in result.stderr.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_enrollment_calibrates_the_models_own_outputs(models, smoke_run):
     _, folders = models
     predictor = EmotionPredictor.from_converted(folders["msp_release"], **SETTINGS)

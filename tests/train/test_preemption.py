@@ -82,6 +82,7 @@ def run(folder, iterator=None, every_minutes=0.0, stop_after=None):
         checkpoints.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_the_current_step_and_the_resumed_run_is_identical(tmp_path, sig):
     full = run(tmp_path / "full")

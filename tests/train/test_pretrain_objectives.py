@@ -72,6 +72,7 @@ def wavlm():
     return pretrain.build_model(config)
 
 
+@pytest.mark.slow
 def test_wavlm_step_with_mixing_off_is_the_masked_prediction_step(wavlm):
     batch = _batch(0)
     plain, plain_metrics = _steps(wavlm, _masked(None), batch)
@@ -81,6 +82,7 @@ def test_wavlm_step_with_mixing_off_is_the_masked_prediction_step(wavlm):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_wavlm_step_with_mixing_trains_on_mixed_audio_and_the_primarys_targets(wavlm):
     batch = _batch(1)
     mixing = MixingConfig(prob=1.0)
@@ -101,6 +103,7 @@ def test_wavlm_step_with_mixing_trains_on_mixed_audio_and_the_primarys_targets(w
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_wavlm_step_with_a_noise_bank_mixes_noise_into_the_input(wavlm):
     batch = _batch(5)
     rs = np.random.RandomState(7)
@@ -156,6 +159,7 @@ def _contrastive_model(encoder="wav2vec2-tiny"):
     return pretrain.build_model(config), loss
 
 
+@pytest.mark.slow
 def test_contrastive_step_logs_its_parts_and_collapse_is_a_warning(caplog):
     model, loss = _contrastive_model()
     params, metrics = _steps(model, loss, _batch(2), steps=2)
@@ -178,6 +182,7 @@ def test_contrastive_step_logs_its_parts_and_collapse_is_a_warning(caplog):
     assert "step 20" in caplog.records[0].getMessage()
 
 
+@pytest.mark.slow
 def test_a_collapsed_codebook_gives_a_code_perplexity_of_one_per_group():
     # One entry of each group scores far above the others on every frame: the step's
     # logged code perplexity is 1 per group, which the watch turns into the warning.
@@ -295,6 +300,7 @@ def test_a_pytorch_checkpoint_whose_header_does_not_tell_is_assumed_to_need_labe
     assert objectives.labels_needed({**values, "model.init": legacy})
 
 
+@pytest.mark.slow
 def test_quantizer_dropout_drops_the_quantizers_input_and_is_identity_at_zero():
     import dataclasses
 

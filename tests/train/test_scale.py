@@ -62,6 +62,7 @@ def unequal_batch(rows: int) -> dict:
     return batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices, steps", [(1, 2), (2, 2), (2, 4)])
 def test_accumulated_pretraining_update_equals_one_batch(devices, steps):
     model, params = pretrain_model()
@@ -118,6 +119,7 @@ CONTRASTIVE_LOGGED = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices, steps", [(1, 2), (2, 4)])
 def test_accumulated_contrastive_update_equals_one_batch(devices, steps):
     """Masks, negatives and Gumbel noise drawn for the whole batch, the diversity loss of
@@ -141,6 +143,7 @@ def test_accumulated_contrastive_update_equals_one_batch(devices, steps):
     assert float(m1["diversity"]) > 0
 
 
+@pytest.mark.slow
 def test_one_micro_batch_of_the_accumulated_contrastive_loss_is_the_batch_loss():
     model, params = contrastive_model()
     batch = sharding.shard_batch(unequal_batch(8), sharding.make_mesh(1))
@@ -190,6 +193,7 @@ def regression_setup():
     return model, variables, batch, weights
 
 
+@pytest.mark.slow
 def test_accumulated_finetuning_gradient_is_that_of_the_whole_batch_ccc():
     """With the head's BatchNorm on micro-batch statistics (what accumulation can give), the
     update is the gradient of 1 - CCC over all k*B predictions, and the running statistics
@@ -285,6 +289,7 @@ def wide_pretrain_model():
     return model, jax.device_get(pretrain.init_params(model, jax.random.PRNGKey(0)))
 
 
+@pytest.mark.slow
 def test_fsdp_matches_replicated_with_a_quarter_of_the_parameters_per_device(tmp_path):
     model, params = wide_pretrain_model()
     mesh = sharding.make_mesh(4)
@@ -348,6 +353,7 @@ def test_fsdp_matches_replicated_with_a_quarter_of_the_parameters_per_device(tmp
             assert got.sharding.is_equivalent_to(place, got.ndim)
 
 
+@pytest.mark.slow
 def test_bf16_keeps_float32_state_and_loss_close_to_float32():
     model32, params = pretrain_model()
     batch = unequal_batch(8)
@@ -370,6 +376,7 @@ def test_bf16_keeps_float32_state_and_loss_close_to_float32():
     assert out["bfloat16"] != out["float32"]  # bf16 really computed something else
 
 
+@pytest.mark.slow
 def test_train_checkpoints_of_per_layer_models_restore_into_scanned_ones(tmp_path):
     """A run checkpointed before the layers were scanned resumes in the scanned model."""
     model, params = pretrain_model()

@@ -65,6 +65,7 @@ def _optax_run(params, grads_per_step, tx):
     return history
 
 
+@pytest.mark.slow
 def test_recipe_update_equals_torch_adamw_with_clipping():
     rng = np.random.default_rng(0)
     params = _params(rng)
@@ -101,6 +102,7 @@ def test_recipe_update_equals_torch_adamw_with_clipping():
     assert moved  # the comparison is not between two frozen parameter sets
 
 
+@pytest.mark.slow
 def test_pretrain_run_builds_the_stated_optimizer():
     recipe = FAIRSEQ_HUBERT_LARGE_ADAM
     # The optimiser fields have no defaults: leaving one out is an error.

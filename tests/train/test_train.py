@@ -99,6 +99,7 @@ def pretrain_setup(num_devices: int):
     return model, jax.device_get(state), train_step, eval_step, mesh
 
 
+@pytest.mark.slow
 def test_pretraining_learns_masked_frames():
     rs = np.random.RandomState(0)
     batches = [tone_batch(rs, 8) for _ in range(4)]
@@ -114,6 +115,7 @@ def test_pretraining_learns_masked_frames():
     assert float(metrics["finite"]) == 1.0
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_take_the_same_step():
     assert jax.device_count() >= 8, "tests/conftest.py should emulate 8 CPU devices"
     batch = tone_batch(np.random.RandomState(3), 8)
@@ -178,6 +180,7 @@ def _run(
         checkpoints.close()
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     rs = np.random.RandomState(1)
     batches = [tone_batch(rs, 4) for _ in range(5)]
@@ -197,6 +200,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert (tmp_path / "full" / "logs" / "metrics.jsonl").read_text().count("train/loss") >= 4
 
 
+@pytest.mark.slow
 def test_nan_guard_stops_and_keeps_a_restorable_checkpoint(tmp_path):
     rs = np.random.RandomState(2)
     batches = [tone_batch(rs, 4) for _ in range(4)]
@@ -215,6 +219,7 @@ def test_nan_guard_stops_and_keeps_a_restorable_checkpoint(tmp_path):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_evaluation(tmp_path):
     rs = np.random.RandomState(4)
     batches = [tone_batch(rs, 4) for _ in range(2)]
@@ -235,6 +240,7 @@ def test_early_stopping_keeps_the_best_evaluation(tmp_path):
     checkpoints.close()
 
 
+@pytest.mark.slow
 def test_finetune_step_is_one_program_for_every_dimension():
     """Arousal and valence give the step the same inputs, so they lower to the same HLO (and
     the second dimension's compilations come from the persistent cache)."""
@@ -258,6 +264,7 @@ def test_finetune_step_is_one_program_for_every_dimension():
     assert texts[0] == texts[1]
 
 
+@pytest.mark.slow
 def test_finetune_step_lowers_ccc_loss_and_predicts():
     rs = np.random.RandomState(5)
     batches = [tone_batch(rs, 8) for _ in range(3)]
@@ -323,6 +330,7 @@ def test_masked_prediction_loss_ignores_unlabelled_and_unmasked_frames():
     assert float(loss) < 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode, centre", [("none", 4.0), ("unit", 0.5)])
 def test_regression_head_starts_at_the_centre_of_the_label_scale(mode, centre):
     model = HubertForRegression(get_preset("tiny"), head_dropout=0.0)
@@ -440,6 +448,7 @@ def assert_same_params(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_kill_between_best_and_latest_saves_resumes(tmp_path, monkeypatch):
     full = toy_run(tmp_path / "full")
     save_latest = Checkpoints.save_latest

@@ -12,7 +12,6 @@ advance; it says nothing about real speech.
 * `__main__`: the command line, ``python -m papt_jax.data.synthetic --preset demo --out DIR``.
 """
 
-from papt_jax.data.synthetic.corpus import generate_corpus
 from papt_jax.data.synthetic.presets import (
     CORPUS_PRESETS,
     CorpusPreset,
@@ -29,3 +28,14 @@ __all__ = [
     "TraitRanges",
     "generate_corpus",
 ]
+
+
+def __getattr__(name: str):
+    # `generate_corpus` pulls in the synthesis (scipy.signal, about a second to import);
+    # the config code imports this package for its presets only, so every
+    # `python -m papt_jax.main` would pay for it. Load it on first use instead.
+    if name == "generate_corpus":
+        from papt_jax.data.synthetic.corpus import generate_corpus
+
+        return generate_corpus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
