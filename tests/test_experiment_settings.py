@@ -230,3 +230,14 @@ def test_preset_names_agree_with_their_owners():
     config = smoke()
     config.data.synthetic_preset = "huge"
     assert f"one of '', {', '.join(repr(p) for p in CORPUS_PRESETS)}" in problems_of(config)
+
+
+def test_the_old_config_defaults_module_still_works_and_names_the_new_one():
+    import importlib
+    import sys
+
+    sys.modules.pop("papt_jax.config_defaults", None)  # the warning is given on import
+    with pytest.warns(FutureWarning, match="papt_jax.experiment.config_defaults"):
+        old = importlib.import_module("papt_jax.config_defaults")
+    assert old.base_config is base_config
+    assert old.apply_embedded_corpus is apply_embedded_corpus
