@@ -106,6 +106,12 @@ def _train(converted, segments, steps: int, peak_lr: float):
     eval_batches = [_batch(held_out[i : i + BATCH]) for i in range(0, HELD_OUT, BATCH)]
     before = pretrain.evaluate_loss(eval_step, state.params, eval_batches, mesh)["loss"]
     rng, history = np.asarray([0, 0], np.uint32), []
+    # The suite compiles at LLVM level 0 (tests/conftest.py: tiny programs, compile-bound);
+    # these hundreds of steps are run-bound, and level 1 runs them twice as fast.
+    example = sharding.shard_batch(_batch(train[:BATCH]), mesh)
+    train_step = train_step.lower(state, example, rng).compile(
+        compiler_options={"xla_backend_optimization_level": 1}
+    )
     for _ in range(steps):
         batch = _batch(train[rs.randint(0, len(train), BATCH)])
         state, metrics = train_step(state, sharding.shard_batch(batch, mesh), rng)
