@@ -36,6 +36,7 @@ again, non_finite, clipping, silent) when the audio is read into the dataset.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from pathlib import Path
@@ -348,3 +349,37 @@ def read_audio(
     if dtype == "float32":
         return samples
     return _to_int16(samples)
+
+
+# libsndfile format name -> extensions it is stored under.
+_FORMAT_EXTENSIONS = {
+    "WAV": ("wav", "wave"),
+    "WAVEX": ("wav",),
+    "FLAC": ("flac",),
+    "OGG": ("ogg", "oga", "opus"),
+    "MP3": ("mp3",),
+    "AIFF": ("aif", "aiff", "aifc"),
+    "AU": ("au", "snd"),
+    "CAF": ("caf",),
+    "W64": ("w64",),
+    "RF64": ("rf64",),
+    "NIST": ("sph", "nist"),
+    "IRCAM": ("sf", "ircam"),
+    "VOC": ("voc",),
+    "HTK": ("htk",),
+    "AVR": ("avr",),
+    "SVX": ("8svx", "iff", "svx"),
+    "PAF": ("paf", "fap"),
+    "PVF": ("pvf",),
+    "SD2": ("sd2",),
+    "WVE": ("wve",),
+}
+
+
+@functools.cache
+def audio_extensions() -> frozenset[str]:
+    """Lower-case extensions (no dot) of the formats this libsndfile reads."""
+    available = soundfile.available_formats()
+    return frozenset(
+        ext for fmt, exts in _FORMAT_EXTENSIONS.items() if fmt in available for ext in exts
+    )

@@ -24,15 +24,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import soundfile
 
 from papt_jax.data import audio as audio_lib
 from papt_jax.errors import UserError
 
 log = logging.getLogger(__name__)
-
-# File name endings of the formats libsndfile reads ('.wav', '.flac', '.ogg', ...).
-AUDIO_SUFFIXES = frozenset("." + name.lower() for name in soundfile.available_formats())
 
 
 class NoiseDirError(UserError):
@@ -64,7 +60,7 @@ def noise_files(folder: str | Path) -> list[Path]:
         parts = path.relative_to(root).parts
         if any(part.startswith(".") for part in parts) or not path.is_file():
             continue
-        if path.suffix.lower() in AUDIO_SUFFIXES:
+        if path.suffix.lower().lstrip(".") in audio_lib.audio_extensions():
             found.append(path)
     return sorted(found)
 
@@ -84,9 +80,10 @@ def check_noise_dir(folder: str | Path, resample: bool) -> list[Path]:
     """
     files = noise_files(folder)
     if not files:
+        known = ", .".join(sorted(audio_lib.audio_extensions())[:6])
         raise NoiseDirError(
             f"the noise folder {folder} holds no audio file",
-            hint=f"put audio files ({', '.join(sorted(AUDIO_SUFFIXES)[:6])}, ...) in it, or "
+            hint=f"put audio files (.{known}, ...) in it, or "
             "set --config.pretrain.noise_dir='' to mix speech only",
         )
     for path in files:

@@ -1,9 +1,9 @@
 """Finding audio files under user paths and reading them for prediction.
 
 Paths may be files or folders. Folders are searched recursively for files whose extension is
-an audio format libsndfile reads (`AUDIO_EXTENSIONS`, limited to the formats this libsndfile
-build has); a file named explicitly is tried whatever its extension. Reading goes through
-`papt_jax.data.audio.read_audio` with resampling on and channels averaged, so a file is
+an audio format libsndfile reads (`data.audio.audio_extensions()`, limited to the formats
+this libsndfile build has); a file named explicitly is tried whatever its extension. Reading
+goes through `papt_jax.data.audio.read_audio` with resampling on and channels averaged, so a file is
 accepted or refused for the same reasons as in the dataset (`AudioError.reason`);
 `read_chunks` checks files the same way in blocks and hands them on as `FileRecording`s that
 read one window at a time (`stream.py`), so memory does not grow with a recording's length.
@@ -12,50 +12,20 @@ read one window at a time (`stream.py`), so memory does not grow with a recordin
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from papt_jax.data.audio import SAMPLE_RATE, AudioError, probe_audio, read_audio
+from papt_jax.data.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    audio_extensions,
+    probe_audio,
+    read_audio,
+)
 from papt_jax.errors import UserError
 from papt_jax.predict.stream import FileRecording, open_recording
-
-# libsndfile format name -> extensions it is stored under.
-_FORMAT_EXTENSIONS = {
-    "WAV": ("wav", "wave"),
-    "WAVEX": ("wav",),
-    "FLAC": ("flac",),
-    "OGG": ("ogg", "oga", "opus"),
-    "MP3": ("mp3",),
-    "AIFF": ("aif", "aiff", "aifc"),
-    "AU": ("au", "snd"),
-    "CAF": ("caf",),
-    "W64": ("w64",),
-    "RF64": ("rf64",),
-    "NIST": ("sph", "nist"),
-    "IRCAM": ("sf", "ircam"),
-    "VOC": ("voc",),
-    "HTK": ("htk",),
-    "AVR": ("avr",),
-    "SVX": ("8svx", "iff", "svx"),
-    "PAF": ("paf", "fap"),
-    "PVF": ("pvf",),
-    "SD2": ("sd2",),
-    "WVE": ("wve",),
-}
-
-
-@functools.cache
-def audio_extensions() -> frozenset[str]:
-    """Lower-case extensions (no dot) of the formats this libsndfile reads."""
-    import soundfile
-
-    available = soundfile.available_formats()
-    return frozenset(
-        ext for fmt, exts in _FORMAT_EXTENSIONS.items() if fmt in available for ext in exts
-    )
 
 
 class NoAudioError(UserError, FileNotFoundError):
