@@ -71,6 +71,22 @@ def test_a_noise_folder_without_audio_is_one_error_before_any_work(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_pytorch_init_that_is_no_checkpoint_is_one_error_before_any_work(tmp_path):
+    text = tmp_path / "model.pt"
+    text.write_text("not a checkpoint\n")
+    proc = main(
+        "--config=configs/papt_wavlm.py:smoke",
+        f"--config.model.init=pytorch:{text}",
+        f"--workdir={tmp_path / 'w'}",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert f"{text} is not a PyTorch checkpoint" in proc.stderr
+    assert "it looks like a text file" in proc.stderr and "hint: " in proc.stderr
+    assert not (tmp_path / "w").exists()  # refused by the config check: nothing ran
+
+
+@pytest.mark.slow
 def test_traceback_flag_shows_the_trace_of_a_user_error(tmp_path):
     proc = main("--config=configs/papt.py", f"--workdir={tmp_path}", "--traceback")
     assert proc.returncode != 0

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from papt_jax.convert import fairseq, hf_config, sources, wavlm_release
+from papt_jax.convert.conversion_errors import CheckpointFormatError
 from papt_jax.convert.safe_unpickle import peek_pickle
 from papt_jax.convert.torch_io import INDEX_SUFFIX, SAFETENSORS_NAME, TORCH_BIN_NAME
 from papt_jax.errors import UserError
@@ -36,7 +37,11 @@ log = logging.getLogger(__name__)
 
 def checkpoint_family(path: str | Path) -> str | None:
     """'hubert', 'wav2vec2', 'wavlm' or 'data2vec_audio' for a PyTorch checkpoint, or None
-    when its config or header does not tell (see the module docstring)."""
+    when its config or header does not tell (see the module docstring).
+
+    Raises:
+      CheckpointFormatError: `path` is a file that is no PyTorch checkpoint at all.
+    """
     path = Path(path).absolute()
     try:
         st = path.stat()
@@ -59,6 +64,8 @@ def _family(path: Path, size: int, mtime_ns: int) -> str | None:
         if path.suffix == ".safetensors":
             return _safetensors_family(path)
         return _pickle_family(path)
+    except CheckpointFormatError:
+        raise  # no checkpoint at all (a text file, an empty one): refused before any work
     except (UserError, OSError, ValueError) as err:
         log.info("%s: the family is known only once it is read (%s)", path, err)
         return None

@@ -264,10 +264,15 @@ def _safe_load(path: Path):
 def peek_pickle(path: str | Path) -> Any | None:
     """A zip-format `torch.save` file unpickled by the safe loader with its tensors
     memory-mapped (not read): its configs and key names at little cost. None when that is
-    not possible (a legacy-format file, a global outside the safe list, not a PyTorch
-    file); `load_pickle` then says why, when the file is really read.
+    not possible (a legacy-format file, a global outside the safe list); `load_pickle` then
+    says why, when the file is really read.
+
+    Raises:
+      CheckpointFormatError: the file is no PyTorch checkpoint at all (neither a zip archive
+        nor a pickle), or cannot be read: refused as early as the file is first looked at.
     """
     path = Path(path)
+    _check_container(path)
     try:
         with path.open("rb") as f:
             if f.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
