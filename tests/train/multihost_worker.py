@@ -61,7 +61,7 @@ def main() -> None:
             coordinator_address=f"localhost:{args.port}",
             num_processes=args.num_processes,
             process_id=args.process_id,
-            initialization_timeout=600,  # a hang guard: loaded machines start slowly
+            initialization_timeout=1800,  # a hang guard: loaded machines start slowly
         )
 
     from papt_jax.models import get_preset

@@ -19,7 +19,7 @@ import portpicker
 import pytest
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
-TIMEOUT_S = 240
+TIMEOUT_S = 1800
 
 
 def _env(local_devices: int) -> dict[str, str]:

@@ -161,7 +161,7 @@ def test_save_schedule_waits_for_its_interval():
 
 WORKER = Path(__file__).with_name("preemption_worker.py")
 # Hang guard only: each process imports JAX and compiles a toy step.
-WORKER_TIMEOUT_S = 300
+WORKER_TIMEOUT_S = 1800
 
 
 def _start_pair(workdir, out_stem):
