@@ -13,7 +13,8 @@
 # Checking the script without a GPU:
 #   SMOKE=1 benchmarks/gpu.sh /tmp/gpu_smoke       # every command, tiny model, CPU (~15 min
 #                                                  # on 2 cores: each step compiles)
-#   CHECK=1 benchmarks/gpu.sh /tmp/gpu_check       # every command's arguments only (seconds)
+#   CHECK=1 benchmarks/gpu.sh /tmp/gpu_check       # every command's arguments only (seconds:
+#                                                  # recorded, then parsed in one process)
 set -uo pipefail
 OUT=${1:-runs/gpu_bench}
 mkdir -p "$OUT"
@@ -38,8 +39,10 @@ else
 fi
 # JAX and PyTorch share the GPU inside one benchmark process: JAX must not take 75 % of it.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
-EXTRA=()
-if [[ "${CHECK:-0}" == 1 ]]; then EXTRA=(--check_args); fi
+# CHECK=1: each command is recorded in OUT/commands.txt instead of run, and at the end
+# benchmarks/check_commands.py parses them all with the scripts' own parsers in one process.
+CHECK=${CHECK:-0}
+if [[ "$CHECK" == 1 ]]; then : >"$OUT/commands.txt"; fi
 REPEATS=2
 if [[ "$LEASE" == 1 ]]; then REPEATS=1; fi
 
@@ -52,6 +55,10 @@ LEASE_END=$(($(date +%s) + ${LEASE_SECONDS:-480}))
 step() {  # name, seconds (LEASE=1 time box), command...
   local name=$1 seconds=$2
   shift 2
+  if [[ "$CHECK" == 1 ]]; then
+    printf '%q ' "$@" >>"$OUT/commands.txt" && echo >>"$OUT/commands.txt"
+    return
+  fi
   local box=()
   if [[ "$LEASE" == 1 ]]; then
     local left=$((LEASE_END - $(date +%s)))
@@ -75,18 +82,26 @@ encoder() {  # name, seconds, then benchmarks/encoder.py arguments
   shift 2
   step "$name" "$seconds" python benchmarks/encoder.py --model "$MODEL" --batch "$BATCH" \
     --seconds "$SECONDS_" --steps "$STEPS" --warmup "$WARMUP" --torch_device "$TORCH_DEVICE" \
-    "$@" --json "$OUT/$name.json" "${EXTRA[@]}"
+    "$@" --json "$OUT/$name.json"
 }
 memory() {  # name, seconds, then benchmarks/memory.py arguments (4 x 8 s as in BENCHMARKS.md)
   local name=$1 seconds=$2
   shift 2
   step "$name" "$seconds" python benchmarks/memory.py --model "$MODEL" --batch 4 \
-    --seconds "$SECONDS_" "$@" --json "$OUT/$name.json" "${EXTRA[@]}"
+    --seconds "$SECONDS_" "$@" --json "$OUT/$name.json"
 }
 compile_times() {  # seconds
   step compile_times "$1" python benchmarks/encoder.py --compile_times \
     --compile_models "$COMPILE_MODELS" --compile_repeats "$REPEATS" --batch 4 \
-    --seconds "$SECONDS_" --json "$OUT/compile_times.json" "${EXTRA[@]}"
+    --seconds "$SECONDS_" --json "$OUT/compile_times.json"
+}
+
+finish() {  # CHECK=1: parse the recorded commands; then the exit status: no failure listed
+  if [[ "$CHECK" == 1 ]]; then
+    python benchmarks/check_commands.py "$OUT/commands.txt" ||
+      echo "check: a command's arguments were refused" >>"$OUT/failures.txt"
+  fi
+  test ! -s "$OUT/failures.txt"
 }
 
 python -c "import jax, torch; print(jax.devices()[0].device_kind, '| devices:', jax.device_count(), '| jax', jax.__version__, '| torch', torch.__version__, '| torch cuda:', torch.cuda.is_available())" \
@@ -103,7 +118,7 @@ if [[ "$LEASE" == 1 ]]; then
     --parts finetune,pretrain
   encoder "${MODEL}_bfloat16_accumulate-2" 90 --dtype bfloat16 --batch $((2 * BATCH)) \
     --accumulate 2 --parts finetune,pretrain
-  test ! -s "$OUT/failures.txt"
+  finish
   exit
 fi
 
@@ -136,4 +151,4 @@ memory "memory_${MODEL}_float32_unrolled" 0 --unrolled --remat none,full
 
 # Cold compile times, scanned vs unrolled, each compile in a fresh process.
 compile_times 0
-test ! -s "$OUT/failures.txt"
+finish

@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 import transformers
+from fixtures.xla_options import USER_CODEGEN
 
 from papt_jax.convert import load_pytorch_checkpoint
 from papt_jax.data.synthetic import generate_corpus
@@ -106,11 +107,12 @@ def _train(converted, segments, steps: int, peak_lr: float):
     eval_batches = [_batch(held_out[i : i + BATCH]) for i in range(0, HELD_OUT, BATCH)]
     before = pretrain.evaluate_loss(eval_step, state.params, eval_batches, mesh)["loss"]
     rng, history = np.asarray([0, 0], np.uint32), []
-    # The suite compiles at LLVM level 0 (tests/conftest.py: tiny programs, compile-bound);
-    # these hundreds of steps are run-bound, and level 1 runs them twice as fast.
+    # The suite compiles for compile speed (tests/conftest.py: tiny programs, compile-bound);
+    # these hundreds of steps are run-bound: LLVM level 1 runs them twice as fast, and
+    # XLA's default emitters (USER_CODEGEN) give the figures a user's run gives.
     example = sharding.shard_batch(_batch(train[:BATCH]), mesh)
     train_step = train_step.lower(state, example, rng).compile(
-        compiler_options={"xla_backend_optimization_level": 1}
+        compiler_options={"xla_backend_optimization_level": 1, **USER_CODEGEN}
     )
     for _ in range(steps):
         batch = _batch(train[rs.randint(0, len(train), BATCH)])

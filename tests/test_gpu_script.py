@@ -1,7 +1,8 @@
 """benchmarks/gpu.sh cannot fail on its GPU host for a typo: every command's arguments parse.
 
-The script runs nowhere here (no GPU is lent to this project); `CHECK=1` runs each of its
-commands with `--check_args`, which parses the arguments as the benchmark would and stops.
+The script runs nowhere here (no GPU is lent to this project); `CHECK=1` records each of its
+commands instead of running it, and benchmarks/check_commands.py then parses them all with
+the benchmarks' own parsers in one process (one import of JAX and PyTorch, not fifteen).
 `SMOKE=1 benchmarks/gpu.sh DIR` runs them all for real on the CPU with the tiny model
 (about 15 minutes on 2 cores, too long for the suite).
 """
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+CHECKER = REPO / "benchmarks" / "check_commands.py"
 
 
 @pytest.mark.slow
@@ -35,3 +38,28 @@ def test_every_gpu_script_command_parses_its_arguments(tmp_path):
     assert len(checked) >= 14
     for option in ("--remat dots_saveable", "--unrolled", "--accumulate 2", "fsdp", "--compile"):
         assert any(option in line for line in checked), option
+
+
+@pytest.mark.slow
+def test_the_checker_refuses_a_bad_command_and_names_it(tmp_path):
+    commands = tmp_path / "commands.txt"
+    commands.write_text(
+        "python benchmarks/memory.py --model tiny --remat full\n"
+        "python benchmarks/encoder.py --model tiny --remat no_such_policy\n"
+        "python benchmarks/encoder.py --model tiny --batch 3 --accumulate 2\n"
+        "python benchmarks/train.py --model tiny\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(CHECKER), str(commands)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=1800,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == ["arguments ok: --model tiny --remat full"]
+    assert "--remat 'no_such_policy'" in done.stderr
+    assert "does not split into 2 micro-batches" in done.stderr
+    assert "benchmarks/train.py: not a benchmark script this checker knows" in done.stderr
+    assert done.stderr.count("refused:") == 3

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures.xla_options import USER_CODEGEN
 from flax.traverse_util import flatten_dict
 from jax.extend.core import jaxprs_in_params
 from jax.sharding import NamedSharding, PartitionSpec
@@ -57,15 +58,19 @@ def per_layer_params(cfg: HubertConfig):
 
 
 @functools.cache
-def _apply(cfg: HubertConfig):
+def _apply(cfg: HubertConfig, user_codegen: bool = False):
     return jax.jit(
-        HubertModel(cfg).apply, static_argnames=("deterministic", "output_hidden_states")
+        HubertModel(cfg).apply,
+        static_argnames=("deterministic", "output_hidden_states"),
+        compiler_options=USER_CODEGEN if user_codegen else None,
     )
 
 
-def run(cfg, params, deterministic=False, seed=7):
+def run(cfg, params, deterministic=False, seed=7, user_codegen=False):
+    """The model's outputs on `batch()` (`user_codegen`: compiled as a user's run is,
+    tests/fixtures/xla_options.py)."""
     audio, mask, speaker = batch()
-    return _apply(cfg)(
+    return _apply(cfg, user_codegen)(
         {"params": params},
         audio,
         mask,
@@ -92,7 +97,8 @@ def test_scanned_equals_unrolled_with_dropout(variant, fusion):
     speakers = NUM_SPEAKERS if fusion != "none" else 0
     (cfg_u, p_u), (cfg_s, p_s) = both(variant, speaker_fusion=fusion, num_speakers=speakers)
     assert layout_of(p_u) is False and layout_of(p_s) is True
-    a, b = run(cfg_u, p_u), run(cfg_s, p_s)
+    # The <= 1e-6 bound is issue #23's, measured with XLA's default code generation.
+    a, b = run(cfg_u, p_u, user_codegen=True), run(cfg_s, p_s, user_codegen=True)
     frames = np.asarray(a.frame_mask)
     assert frames.sum(1).tolist() == [24, 17]  # the padded row is in the comparison
     assert len(a.hidden_states) == len(b.hidden_states) == 4

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from fixtures.xla_options import USER_CODEGEN
 from jax.sharding import PartitionSpec
 from test_train import tone_batch
 
@@ -208,6 +209,9 @@ def test_accumulated_finetuning_gradient_is_that_of_the_whole_batch_ccc():
     )
     device_batch = sharding.shard_batch(batch, mesh)
     rng = jax.random.PRNGKey(4)
+    # The <= 1e-5 bound is issue #23's, measured on the step as XLA's default code generation
+    # compiles it (tests/fixtures/xla_options.py); the reference runs op by op.
+    step = step.lower(state, device_batch, rng).compile(compiler_options=USER_CODEGEN)
     new, metrics = step(state, device_batch, rng)
 
     # The reference: the same micro-batches, each through the model in turn (its own
