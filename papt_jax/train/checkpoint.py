@@ -25,6 +25,7 @@ run (e.g. the fine-tuned model's best variables).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -182,12 +183,34 @@ def _rmtree(path: Path) -> None:
         path.unlink()
 
 
+# Orbax splits a replicated array among its replicas so that each writes a part
+# ("replica-parallel" saving), one device-side slice per part. That pays for large arrays on
+# many accelerators; for the many small leaves of a train state it is only overhead (a
+# tiny model's 10 saves over 8 CPU devices: 6.1 s, 7,568 slices; 1.7 s without). Parts are
+# split only when each is at least this large; the bytes written are the same either way.
+MIN_REPLICA_PARALLEL_BYTES = 1 << 20
+
+
+@functools.cache
+def _use_replica_parallel_for_large_arrays() -> None:
+    """Registers Orbax's array handler with the threshold above (once per process; the
+    registry is Orbax's global one, which its standard and composite handlers read)."""
+    ocp.type_handlers.register_type_handler(
+        jax.Array,
+        ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_BYTES
+        ),
+        override=True,
+    )
+
+
 def _save_sealed(path: Path, handler, args) -> None:
     """Orbax-saves to `<path>.unfinished`, writes the manifest, renames it to `path`.
 
     `path` must not exist. A kill at any point leaves either nothing under `path` or a
     finished save with its manifest.
     """
+    _use_replica_parallel_for_large_arrays()
     partial = path.with_name(path.name + UNFINISHED_SUFFIX)
     _remove_leftovers(path.parent, path.name)
     _sync(f"papt_jax_save_start:{path}")

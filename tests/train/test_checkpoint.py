@@ -207,3 +207,24 @@ def test_save_tree_ignores_and_cleans_a_killed_save(tmp_path):
     save_tree(path, tree(3.0))
     np.testing.assert_array_equal(restore_tree(path)["w"], tree(3.0)["w"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["enc"]
+
+
+def test_replicated_arrays_are_split_among_replicas_only_when_large(tmp_path):
+    """Over 8 devices a replicated leaf is written by its replicas in parts only when each
+    part is at least MIN_REPLICA_PARALLEL_BYTES (one device-side slice per part, which
+    for a train state's many small leaves is only overhead); both round trip exactly."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.asarray(jax.devices()[:8]), ("data",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    per_part = checkpoint.MIN_REPLICA_PARALLEL_BYTES // 4  # float32 values in one part
+    tree = {
+        "small": np.arange(1000, dtype=np.float32),
+        "large": np.arange(8 * per_part, dtype=np.float32),  # 8 parts of the threshold
+    }
+    save_tree(tmp_path / "tree", jax.device_put(tree, replicated))
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    assert handler._min_slice_bytes_for_replica_parallel == checkpoint.MIN_REPLICA_PARALLEL_BYTES
+    restored = restore_tree(tmp_path / "tree", jax.device_put(tree, replicated))
+    for name, value in tree.items():
+        np.testing.assert_array_equal(np.asarray(restored[name]), value, err_msg=name)
