@@ -35,6 +35,13 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python benchmarks/check_commands.py COMMANDS_FILE", file=sys.stderr)
         return 2
+    if not Path(argv[0]).is_file():
+        print(
+            f"error: {argv[0]}: no such file (CHECK=1 benchmarks/gpu.sh OUT writes "
+            "OUT/commands.txt)",
+            file=sys.stderr,
+        )
+        return 2
     lines = [line for line in Path(argv[0]).read_text().splitlines() if line.strip()]
     refused = 0
     for line in lines:
