@@ -194,11 +194,18 @@ MIN_REPLICA_PARALLEL_BYTES = 1 << 20
 @functools.cache
 def _use_replica_parallel_for_large_arrays() -> None:
     """Registers Orbax's array handler with the threshold above (once per process; the
-    registry is Orbax's global one, which its standard and composite handlers read)."""
+    registry is Orbax's global one, which its standard and composite handlers read).
+
+    Configured as Orbax's default handler is (with an array metadata store, so every save
+    keeps its `array_metadatas/`) but for the threshold.
+    """
+    from orbax.checkpoint._src.metadata import array_metadata_store  # not re-exported
+
     ocp.type_handlers.register_type_handler(
         jax.Array,
         ocp.type_handlers.ArrayHandler(
-            min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_BYTES
+            array_metadata_store=array_metadata_store.Store(),
+            min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_BYTES,
         ),
         override=True,
     )

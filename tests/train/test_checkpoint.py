@@ -225,6 +225,10 @@ def test_replicated_arrays_are_split_among_replicas_only_when_large(tmp_path):
     save_tree(tmp_path / "tree", jax.device_put(tree, replicated))
     handler = ocp.type_handlers.get_type_handler(jax.Array)
     assert handler._min_slice_bytes_for_replica_parallel == checkpoint.MIN_REPLICA_PARALLEL_BYTES
+    # Otherwise as Orbax's default handler: the save keeps its per-array metadata.
+    assert list((tmp_path / "tree").rglob("array_metadatas")), sorted(
+        p.name for p in (tmp_path / "tree").rglob("*")
+    )
     restored = restore_tree(tmp_path / "tree", jax.device_put(tree, replicated))
     for name, value in tree.items():
         np.testing.assert_array_equal(np.asarray(restored[name]), value, err_msg=name)
