@@ -5,7 +5,7 @@
   and run time does not matter. LLVM's optimisations are off (3-5x less compile time on
   CPU) and XLA's CPU back end emits element-wise code with its older emitters instead of
   its fusion emitters (`--xla_cpu_use_fusion_emitters=false`: a tiny train step compiles
-  in 1.5 s instead of 3.2 s; the whole suite ran in 14.5 min instead of 19). Both are
+  in 1.5 s instead of 3.2 s; the whole suite ran in 14 min instead of 19). Both are
   float32 throughout; they may round a reduction differently in the last bits, so the
   tests whose bounds sit at float32's rounding floor compile as a user's run does
   (tests/fixtures/xla_options.py). Benchmarks never use these settings.
