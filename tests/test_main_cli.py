@@ -46,13 +46,19 @@ def main(*args: str) -> subprocess.CompletedProcess:
 )
 def test_user_mistakes_print_one_message_and_exit_2(tmp_path, args, message, hint):
     proc = main(*args, f"--workdir={tmp_path / 'w'}")
+    assert_one_error(proc, message, hint)
+    assert not (tmp_path / "w" / "corpus").exists()
+
+
+def assert_one_error(proc, message: str, hint: str | None = None):
+    """Exit code 2, no traceback, stderr starting with `error: ` and holding `message`
+    (and `hint:` with `hint`, when given)."""
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: ")
     assert message in proc.stderr
     if hint:
         assert "hint: " in proc.stderr and hint in proc.stderr
-    assert not (tmp_path / "w" / "corpus").exists()
 
 
 @pytest.mark.slow
@@ -63,9 +69,7 @@ def test_a_noise_folder_without_audio_is_one_error_before_any_work(tmp_path):
         f"--config.pretrain.noise_dir={tmp_path / 'noise'}",
         f"--workdir={tmp_path / 'w'}",
     )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    assert f"the noise folder {tmp_path / 'noise'} holds no audio file" in proc.stderr
+    assert_one_error(proc, f"the noise folder {tmp_path / 'noise'} holds no audio file")
     assert "hint: " in proc.stderr
     assert not (tmp_path / "w" / "corpus").exists()
 
@@ -79,9 +83,7 @@ def test_a_pytorch_init_that_is_no_checkpoint_is_one_error_before_any_work(tmp_p
         f"--config.model.init=pytorch:{text}",
         f"--workdir={tmp_path / 'w'}",
     )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    assert f"{text} is not a PyTorch checkpoint" in proc.stderr
+    assert_one_error(proc, f"{text} is not a PyTorch checkpoint")
     assert "it looks like a text file" in proc.stderr and "hint: " in proc.stderr
     assert not (tmp_path / "w").exists()  # refused by the config check: nothing ran
 
