@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 
@@ -24,6 +25,27 @@ import jax
 log = logging.getLogger(__name__)
 
 JSONL_FILE = "metrics.jsonl"
+
+
+def _summary_writer_class():
+    """tensorboardX's `SummaryWriter`, imported without importing PyTorch.
+
+    tensorboardX imports torch whenever it is installed, only to accept torch tensors as
+    values; these writers log Python floats. Importing torch costs a run about 1.5 s and a
+    few hundred MB, so unless torch is loaded already it is hidden for this one import (a
+    None entry in `sys.modules` makes `import torch` raise ImportError, which tensorboardX
+    catches) and the entry is removed at once: a later `import torch` works as usual.
+    """
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def _record_step(line: bytes) -> int | None:
@@ -87,7 +109,7 @@ class MetricWriter:
         if self._tb is not None:
             raise RuntimeError(f"the metric writer for {self.logdir} was already started")
         os.makedirs(self.logdir, exist_ok=True)
-        from tensorboardX import SummaryWriter
+        SummaryWriter = _summary_writer_class()
 
         path = os.path.join(self.logdir, JSONL_FILE)
         later, damaged = truncate_jsonl(path, step)

@@ -1,9 +1,12 @@
-"""The JSON-lines metric log on resume: damaged lines are dropped with a warning."""
+"""The metric writer: damaged JSON-lines records are dropped with a warning on resume, and
+TensorBoard logging does not load PyTorch."""
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 from papt_jax.train.metric_writer import JSONL_FILE, MetricWriter
 
@@ -37,3 +40,31 @@ def test_a_damaged_line_is_dropped_with_one_warning_on_resume(tmp_path, caplog):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["train/loss"] == 0.5
+
+
+def test_the_writer_leaves_torch_unloaded_and_importable(tmp_path):
+    """tensorboardX imports PyTorch when installed (1.5 s, hundreds of MB per run); the
+    writer imports it without, and `import torch` still works after it."""
+    script = f"""
+import sys
+from papt_jax.train.metric_writer import MetricWriter
+writer = MetricWriter({str(tmp_path)!r})
+writer.start(0)
+writer.write_scalars(1, {{"loss": 0.25}}, prefix="train/")
+writer.close()
+print("torch loaded by the writer:", "torch" in sys.modules)
+import torch
+print("torch imports after:", torch.zeros(2).sum().item() == 0.0)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=1800
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "torch loaded by the writer: False" in out.stdout
+    assert "torch imports after: True" in out.stdout
+    # The TensorBoard event file holds the scalar.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 0.25)]
