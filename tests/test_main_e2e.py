@@ -204,7 +204,7 @@ def _kill_inside_pretrain(w):
     (encoder.with_name("encoder.partial") / "config.json").unlink()
 
 
-def _same_tree(a, b):
+def assert_same_tree(a, b):
     """Two parameter trees hold the same leaves, bit for bit."""
     flat_b = dict(jax.tree_util.tree_leaves_with_path(b))
     flat_a = jax.tree_util.tree_leaves_with_path(a)
@@ -222,7 +222,8 @@ def _encoder_of(stage):
     return read
 
 
-def _finetuned(w):
+def finetuned_of(w):
+    """Each dimension's fine-tuned variables and `result.json`."""
     from papt_jax.train.checkpoint import restore_tree
 
     return {
@@ -234,36 +235,37 @@ def _finetuned(w):
     }
 
 
+def assert_same_finetuned(a, b):
+    assert a.keys() == b.keys()
+    for dimension, (variables, result) in a.items():
+        assert_same_tree(variables, b[dimension][0])
+        assert b[dimension][1] == result, dimension
+
+
 # Each kill is resumed by the same command limited to the killed stage, and its output must
 # equal the uninterrupted run's bit for bit: every later stage reads only that output, and
 # is itself deterministic (its own kill here resumes it to the same output), so the whole
 # resumed run equals the uninterrupted one. The report kill runs to the end.
 @pytest.mark.parametrize(
-    "kill, stage, outputs",
+    "kill, stage, outputs, assert_same",
     [
-        (_kill_inside_report, "report", results_of),
-        (_kill_inside_evaluate, "evaluate", results_of),
-        (_kill_inside_finetune, "finetune", _finetuned),
-        (_kill_inside_pretrain, "pretrain", _encoder_of("pretrain")),
+        (_kill_inside_report, "report", results_of, assert_same_results),
+        (_kill_inside_evaluate, "evaluate", results_of, assert_same_results),
+        (_kill_inside_finetune, "finetune", finetuned_of, assert_same_finetuned),
+        (_kill_inside_pretrain, "pretrain", _encoder_of("pretrain"), assert_same_tree),
     ],
     ids=["report", "evaluate", "finetune-between-best-and-latest", "pretrain-encoder-write"],
 )
-def test_a_killed_run_resumes_to_identical_results(smoke_run, tmp_path, kill, stage, outputs):
+def test_a_killed_run_resumes_to_identical_results(
+    smoke_run, tmp_path, kill, stage, outputs, assert_same
+):
     workdir = copy_run(smoke_run, tmp_path)
     expected = outputs(workdir)
     kill(workdir)
     resumed = run_main(workdir, "--config=configs/papt.py:smoke", f"--config.stages={stage}")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"stage {stage}: starting" in resumed.stderr
-    got = outputs(workdir)
-    if outputs is results_of:
-        assert_same_results(expected, got)
-    elif outputs is _finetuned:
-        for dimension, (variables, result) in expected.items():
-            _same_tree(variables, got[dimension][0])
-            assert got[dimension][1] == result, dimension
-    else:
-        _same_tree(expected, got)
+    assert_same(expected, outputs(workdir))
     assert not list(workdir.rglob("*.partial"))
     if stage == "report":
         assert (workdir / "report" / "results.md").read_text() == (
@@ -356,7 +358,7 @@ def test_kill_while_writing_bootstrap_labels_resumes_to_the_same_encoder(smoke_r
     shutil.rmtree(w / "bootstrap" / "encoder")
     run = run_main(w, "--config=configs/papt.py:smoke", "--config.stages=bootstrap")
     assert run.returncode == 0, run.stderr[-4000:]
-    _same_tree(expected, _encoder_of("bootstrap")(w))
+    assert_same_tree(expected, _encoder_of("bootstrap")(w))
 
 
 def test_kill_inside_pseudo_labelling_recomputes_the_same_labels(smoke_run, tmp_path):
