@@ -16,13 +16,14 @@ import time
 
 import pytest
 from fixtures.main_runs import alive, descendants, run_main, start_main, wait_for
-from test_main_e2e import assert_same_results, copy_run, results_of
+from test_main_e2e import assert_same_finetuned, copy_run, finetuned_of
 
 from papt_jax.interrupts import INTERRUPTED_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 
 SMOKE = "--config=configs/papt.py:smoke"
+FINETUNE = "--config.stages=finetune"
 # Hang guards only: on a loaded 2-core machine these stages take a minute or two.
 STAGE_TIMEOUT_S = 1200
 
@@ -53,11 +54,14 @@ def _signal_group(proc, sig):
 
 def test_sigterm_mid_epoch_saves_exits_75_and_the_resumed_run_is_identical(smoke_run, tmp_path):
     w = copy_run(smoke_run, tmp_path)
-    expected = results_of(w)
+    expected = finetuned_of(w)
     _forget(w, "finetune", "evaluate", "report")
+    # Fine-tuning alone: evaluation and the report read only its models (their own kill
+    # tests in test_main_e2e.py show them deterministic), so equal models make an equal run.
     proc = start_main(
         w,
         SMOKE,
+        FINETUNE,
         "--config.log_every=1",
         "--config.data.worker_count=2",
         log=tmp_path / "log.txt",
@@ -79,10 +83,10 @@ def test_sigterm_mid_epoch_saves_exits_75_and_the_resumed_run_is_identical(smoke
     assert steps and steps[-1] < per_epoch["steps"]  # mid-way, not at an epoch's end
     wait_for(lambda: not alive(workers), 300, "the workers to end")  # a hang guard
 
-    resumed = run_main(w, SMOKE)
+    resumed = run_main(w, SMOKE, FINETUNE)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"finetune[arousal]: resumed from step {steps[-1]}" in resumed.stderr
-    assert_same_results(expected, results_of(w))
+    assert_same_finetuned(expected, finetuned_of(w))
 
 
 def test_no_worker_outlives_a_sigkilled_run(smoke_run, tmp_path):
