@@ -3,11 +3,11 @@
 Started by tests/train/test_preemption.py, never imported by it. Run as
 
   python tests/train/preemption_worker.py --process-id I --num-processes N --port P \
-      --workdir DIR --out FILE
+      --workdir DIR --out FILE [--pause-s S]
 
 with one emulated CPU device per process. It trains a linear toy model with the training
-loop (checkpoints in DIR/ckpt, shared by the processes), its batch iterator pausing a
-little per batch so that a signal lands mid-run, and SIGTERM left to JAX's preemption
+loop (checkpoints in DIR/ckpt, shared by the processes), its batch iterator pausing S
+seconds per batch (for the run a signal must land in mid-way), and SIGTERM left to JAX's preemption
 notifier as `papt_jax.main` does with several hosts. It prints `batch <position>` as it
 hands out batches, then `finished` or `interrupted: <the one-line message>` (exit code 75),
 and writes the final parameters to FILE (.npz).
@@ -25,7 +25,6 @@ import numpy as np
 GLOBAL_BATCH = 4
 TOTAL_STEPS = 30
 EVAL_EVERY = 10
-PAUSE_S = 0.3
 
 
 def global_batch(position: int) -> dict[str, np.ndarray]:
@@ -41,14 +40,15 @@ def global_batch(position: int) -> dict[str, np.ndarray]:
 class LocalRows:
     """This process's rows of every global batch, with a saveable position."""
 
-    def __init__(self, process_id: int, num_processes: int):
+    def __init__(self, process_id: int, num_processes: int, pause_s: float):
         self.position, self.process_id, self.num_processes = 0, process_id, num_processes
+        self.pause_s = pause_s
 
     def __next__(self):
         batch = global_batch(self.position)
         self.position += 1
         print(f"batch {self.position}", flush=True)
-        time.sleep(PAUSE_S)
+        time.sleep(self.pause_s)
         per = GLOBAL_BATCH // self.num_processes
         rows = slice(self.process_id * per, (self.process_id + 1) * per)
         return {k: v[rows] for k, v in batch.items()}
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--pause-s", type=float, default=0.0)
     args = parser.parse_args()
 
     import jax
@@ -119,7 +120,7 @@ def main() -> None:
                 state=state,
                 train_step=step,
                 evaluate=evaluate,
-                train_iter=LocalRows(args.process_id, args.num_processes),
+                train_iter=LocalRows(args.process_id, args.num_processes, args.pause_s),
                 mesh=mesh,
                 rng=jax.random.PRNGKey(0),
                 checkpoints=checkpoints,

@@ -164,7 +164,8 @@ WORKER = Path(__file__).with_name("preemption_worker.py")
 WORKER_TIMEOUT_S = 1800
 
 
-def _start_pair(workdir, out_stem):
+def _start_pair(workdir, out_stem, pause_s=0.0):
+    """Two worker processes; `pause_s` seconds per batch give a signal time to land."""
     port = portpicker.pick_unused_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
@@ -178,6 +179,7 @@ def _start_pair(workdir, out_stem):
                 f"--port={port}",
                 f"--workdir={workdir}",
                 f"--out={workdir}/{out_stem}{i}.npz",
+                f"--pause-s={pause_s}",
             ],
             env=env,
             stdout=subprocess.PIPE,
@@ -206,7 +208,7 @@ def test_two_hosts_agree_on_the_step_a_sigterm_saves(tmp_path):
     assert all(rc == 0 for rc, _ in full), full
 
     stopped = tmp_path / "stopped"
-    procs = _start_pair(stopped, "params")
+    procs = _start_pair(stopped, "params", pause_s=0.3)
     # SIGTERM to the second process only, as a scheduler preempting one host would.
     deadline = time.monotonic() + WORKER_TIMEOUT_S
     seen = ""
