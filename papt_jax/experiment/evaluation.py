@@ -11,7 +11,6 @@ from typing import Any
 from papt_jax.data import input_pipeline
 from papt_jax.data.audio import SAMPLE_RATE
 from papt_jax.eval import evaluate as evaluate_lib
-from papt_jax.eval import report as report_lib
 from papt_jax.eval.results import load_result, save_result
 from papt_jax.experiment import settings
 from papt_jax.experiment.finetuning import load_finetuned
@@ -107,6 +106,10 @@ def evaluation_fingerprint(
 
 
 def run_report(ws: Workspace) -> dict[str, Any]:
+    # Imported here: the report's statistics and figures (SciPy, matplotlib) take about a
+    # second to import, which every run that stops earlier or reuses its report would pay.
+    from papt_jax.eval import report as report_lib
+
     paths = sorted(ws.path("evaluate").glob("*.npz"))
     results = [load_result(p) for p in paths]
     record = ws.record("evaluate") or {}
