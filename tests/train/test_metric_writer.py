@@ -8,6 +8,8 @@ import logging
 import subprocess
 import sys
 
+import pytest
+
 from papt_jax.train.metric_writer import JSONL_FILE, MetricWriter
 
 
@@ -42,6 +44,7 @@ def test_a_damaged_line_is_dropped_with_one_warning_on_resume(tmp_path, caplog):
     assert records[-1]["train/loss"] == 0.5
 
 
+@pytest.mark.slow  # a fresh process: imports JAX, then PyTorch
 def test_the_writer_leaves_torch_unloaded_and_importable(tmp_path):
     """tensorboardX imports PyTorch when installed (1.5 s, hundreds of MB per run); the
     writer imports it without, and `import torch` still works after it."""
