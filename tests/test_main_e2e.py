@@ -245,7 +245,7 @@ def assert_same_finetuned(a, b):
 # Each kill is resumed by the same command limited to the killed stage, and its output must
 # equal the uninterrupted run's bit for bit: every later stage reads only that output, and
 # is itself deterministic (its own kill here resumes it to the same output), so the whole
-# resumed run equals the uninterrupted one. The report kill runs to the end.
+# resumed run equals the uninterrupted one. The report's own output is results.md.
 @pytest.mark.parametrize(
     "kill, stage, outputs, assert_same",
     [
