@@ -15,7 +15,6 @@ What each test simulates, and how, without faking the failure inside the program
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,13 +48,6 @@ def _copy_of_the_shared_compilation_cache(folder: Path) -> Path:
     return folder
 
 
-def _file_size_limit(limit: int):
-    def apply():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 def _assert_one_error_line(run, *words):
     assert run.returncode == 2, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
@@ -79,7 +71,7 @@ def test_a_full_disk_while_building_the_dataset_is_one_line_and_the_rerun_is_ide
 ):
     w = tmp_path / "w"
     # 2 MB: the corpus fits, the training split's record file (about 3.7 MB) does not.
-    full = run_main(w, SMOKE, DATA_STAGES, preexec_fn=_file_size_limit(2_000_000))
+    full = run_main(w, SMOKE, DATA_STAGES, file_size_limit=2_000_000)
     # Before: a RuntimeError traceback from the record writer, exit code 1.
     _assert_one_error_line(full, "file too large")
     assert not (w / "stages" / "prepare.json").exists()
@@ -101,8 +93,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_rerun_is_iden
     # tests' compilation cache (it holds the smoke run's steps): a write that crosses the
     # limit would leave a truncated entry in the cache the other tests share.
     cache = _copy_of_the_shared_compilation_cache(tmp_path / "xla")
-    limited = _file_size_limit(120_000)
-    full = run_main(w, SMOKE, FINETUNE, f"--compilation_cache={cache}", preexec_fn=limited)
+    full = run_main(w, SMOKE, FINETUNE, f"--compilation_cache={cache}", file_size_limit=120_000)
     # Before: about 250 lines of Orbax and tensorstore tracebacks.
     _assert_one_error_line(full, "file too large")
     assert not (w / "stages" / "finetune.json").exists()
