@@ -1,4 +1,4 @@
-"""End to end per family: each family's `:smoke` runs the whole pipeline from the command line.
+"""End to end per family: each family's `:smoke` runs the pipeline from the command line.
 
 Each run bootstraps a tiny encoder of its family from scratch on the embedded corpus, then
 PAPT, fine-tuning and evaluation with PLDC, as `configs/papt.py:smoke` does for HuBERT

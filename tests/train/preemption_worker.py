@@ -7,10 +7,11 @@ Started by tests/train/test_preemption.py, never imported by it. Run as
 
 with one emulated CPU device per process. It trains a linear toy model with the training
 loop (checkpoints in DIR/ckpt, shared by the processes), its batch iterator pausing S
-seconds per batch (for the run a signal must land in mid-way), and SIGTERM left to JAX's preemption
-notifier as `papt_jax.main` does with several hosts. It prints `batch <position>` as it
-hands out batches, then `finished` or `interrupted: <the one-line message>` (exit code 75),
-and writes the final parameters to FILE (.npz).
+seconds per batch (default 0; the run that is signalled pauses, so the signal lands
+mid-way), and SIGTERM left to JAX's preemption notifier as `papt_jax.main` does with
+several hosts. It prints `batch <position>` as it hands out batches, then `finished` or
+`interrupted: <the one-line message>` (exit code 75), and writes the final parameters to
+FILE (.npz).
 """
 
 from __future__ import annotations
