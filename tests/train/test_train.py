@@ -334,7 +334,7 @@ def test_masked_prediction_loss_ignores_unlabelled_and_unmasked_frames():
 @pytest.mark.parametrize("mode, centre", [("none", 4.0), ("unit", 0.5)])
 def test_regression_head_starts_at_the_centre_of_the_label_scale(mode, centre):
     model = HubertForRegression(get_preset("tiny"), head_dropout=0.0)
-    head = finetune.init_variables(model, jax.random.PRNGKey(0))["params"]["head"]
+    head = finetune.init_head_variables(model, jax.random.PRNGKey(0))["params"]["head"]
     centred = finetune.centre_output_bias(head, finetune.LabelScaling(mode))
     np.testing.assert_array_equal(centred["output"]["bias"], [centre])
     # Everything else is untouched, and the input tree is not modified in place.
@@ -564,3 +564,23 @@ def test_nan_guard_names_what_exists_not_a_checkpoint_that_is_not_there(tmp_path
     message = str(info.value)
     assert "no checkpoint has been saved yet" in message and "last good" not in message
     assert "pseudo-label" in info.value.hint
+
+
+@pytest.mark.slow
+def test_head_only_initialisation_equals_the_whole_models():
+    """Training that brings its own encoder initialises only the rest, bit for bit the
+    values the whole model's initialisation gives them (the encoder's is not compiled)."""
+    model, state, *_ = pretrain_setup(1)
+    head = jax.device_get(pretrain.init_head_params(model, jax.random.PRNGKey(0)))
+    assert set(head) == set(state.params) - {"hubert"}
+    for a, b in zip(jax.tree.leaves(head), jax.tree.leaves(state.params["head"]), strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    regression = HubertForRegression(get_preset("tiny", num_speakers=2, speaker_fusion="last"))
+    whole = jax.device_get(finetune.init_variables(regression, jax.random.PRNGKey(3)))
+    ours = jax.device_get(finetune.init_head_variables(regression, jax.random.PRNGKey(3)))
+    assert set(ours["params"]) == set(whole["params"]) - {"hubert"}
+    whole["params"].pop("hubert")
+    ours_leaves, structure = jax.tree.flatten(ours)
+    assert structure == jax.tree.structure(whole)
+    for a, b in zip(ours_leaves, jax.tree.leaves(whole), strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
