@@ -20,11 +20,10 @@ import json
 import os
 from pathlib import Path
 
-os.environ.setdefault(
-    "XLA_FLAGS",
-    "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    " --xla_cpu_use_fusion_emitters=false",
-)
+# Constants only: importing them initialises nothing.
+from fixtures.xla_options import TEST_CODEGEN_FLAGS
+
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_CODEGEN_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
     "PAPT_JAX_COMPILATION_CACHE", str(Path(__file__).resolve().parents[1] / ".cache" / "xla-tests")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import portpicker
 import pytest
+from fixtures.xla_options import TEST_CODEGEN_FLAGS
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
 TIMEOUT_S = 1800
@@ -24,10 +25,9 @@ TIMEOUT_S = 1800
 
 def _env(local_devices: int) -> dict[str, str]:
     env = dict(os.environ)
-    # Optimisation level 0 as in conftest: the model is tiny, compile time dominates.
-    env["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={local_devices} --xla_backend_optimization_level=0"
-    )
+    # The suite's compile-speed settings (conftest): the model is tiny, compile time dominates.
+    devices = f"--xla_force_host_platform_device_count={local_devices}"
+    env["XLA_FLAGS"] = f"{devices} {TEST_CODEGEN_FLAGS}"
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import portpicker
 import pytest
+from fixtures.xla_options import TEST_CODEGEN_FLAGS
 from test_train import (
     TOY_EVAL_EVERY,
     TOY_SCHEDULE,
@@ -168,7 +169,7 @@ def _start_pair(workdir, out_stem, pause_s=0.0):
     """Two worker processes; `pause_s` seconds per batch give a signal time to land."""
     port = portpicker.pick_unused_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=1 {TEST_CODEGEN_FLAGS}"
     return [
         subprocess.Popen(
             [
