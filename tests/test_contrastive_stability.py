@@ -4,8 +4,9 @@ codebook stays in use (transformers' Flax version was reported to diverge, its l
 A random-init `Wav2Vec2ForPreTraining` built by transformers is saved, converted with the
 public API (its quantizer kept) and trained with the pre-training step on one-second
 segments of the embedded corpus, with fairseq's objective (100 negatives, diversity weight
-0.1, Gumbel temperature from 2). The slow test is the README's measured run; the fast one
-checks the same direction in fewer steps.
+0.1, Gumbel temperature from 2): the README's measured run. (A 40-step run at three times
+the learning rate used to check the same directions, less strictly; as both were `slow`,
+it only repeated, in the full suite, what this one asserts.)
 """
 
 from __future__ import annotations
@@ -133,16 +134,6 @@ def _check(before, after, history, steps, held_out_fall, train_fall):
     # The Gumbel temperature follows fairseq's schedule from 2.
     np.testing.assert_allclose(
         history["temperature"], 2.0 * 0.999995 ** np.arange(steps), rtol=1e-5
-    )
-
-
-@pytest.mark.slow
-def test_short_continued_pretraining_lowers_the_contrastive_loss(converted, segments):
-    before, after, history = _train(converted, segments, steps=40, peak_lr=1.5e-3)
-    _check(before, after, history, 40, held_out_fall=0.95, train_fall=0.98)
-    print(  # the README's figures (pytest -s)
-        f"held-out loss {before:.3f} -> {after:.3f}; contrastive "
-        f"{history['contrastive'][:10].mean():.3f} -> {history['contrastive'][-10:].mean():.3f}"
     )
 
 
