@@ -154,11 +154,19 @@ def test_a_finished_run_is_reused_and_a_changed_one_is_redone(smoke_run, tmp_pat
     assert "earlier run, reused" in again.stdout and "| PAPT-FT |" in again.stdout
     assert time.time() - start < 600  # no training: a reused run only imports and prints
 
-    changed = run_main(workdir, "--config=configs/papt.py:smoke", "--config.evaluate.pldc_k=2")
+    # Up to evaluate: that the report follows a redone evaluation is the stage graph's
+    # (tests/test_experiment_run.py), and re-drawing its figures would add 10 s here.
+    changed = run_main(
+        workdir,
+        "--config=configs/papt.py:smoke",
+        "--config.evaluate.pldc_k=2",
+        f"--config.stages={','.join(STAGES[: STAGES.index('evaluate') + 1])}",
+    )
     assert changed.returncode == 0, changed.stderr[-4000:]
     assert "evaluate.pldc_k: 3 -> 2" in changed.stderr
     assert "stage evaluate: starting" in changed.stderr
     assert "stage finetune: starting" not in changed.stderr
+    assert "done earlier with the same settings, reused" in changed.stderr
     config = json.loads((workdir / "config.json").read_text())
     assert config["evaluate"]["pldc_k"] == 2
     assert len(list((workdir / "config_history").iterdir())) == 1
