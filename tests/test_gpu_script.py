@@ -24,6 +24,8 @@ CHECKER = REPO / "benchmarks" / "check_commands.py"
 def test_every_gpu_script_command_parses_its_arguments(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["CHECK"] = "1"
+    # The script runs `python3` from PATH: this interpreter's, even from an unactivated venv.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     done = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu.sh"), str(tmp_path)],
         capture_output=True,
