@@ -2,7 +2,7 @@
 
 Usage:
 
-    python benchmarks/init_programs.py [--model base] [--repeat 2]
+    python benchmarks/init_programs.py [--model base] [--repeat 2]   # any model preset
 
 Pre-training and fine-tuning start from an encoder they are given, so they initialise
 only what sits beside it (`pretrain.init_head_params`, `finetune.init_head_variables`);
@@ -21,7 +21,7 @@ import time
 
 import jax
 
-from papt_jax.models import get_preset
+from papt_jax.models import MODEL_PRESETS, get_preset
 from papt_jax.train import finetune, pretrain
 
 
@@ -54,7 +54,7 @@ def cold_seconds(init, model) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="base", help="a model preset (tiny, base, large)")
+    parser.add_argument("--model", choices=sorted(MODEL_PRESETS), default="base")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     for name, (model, whole, head) in models(args.model).items():
