@@ -9,7 +9,12 @@ are handled alike while `handling()` is active (the experiment's command line):
   step with the input position, and raises `Interrupted` naming what it saved;
 * anywhere else, `Interrupted` is raised at once, like `KeyboardInterrupt` (a stage that is
   not a training loop starts over on the next run; finished stages are kept);
-* a second signal while a save is pending stops at once (the newest checkpoint is kept).
+* a second signal while a save is pending stops at once (the newest checkpoint is kept);
+* Python drops an exception raised while the main thread runs a finalizer or a garbage
+  collector callback (JAX registers one), so a signal landing there would be lost and the
+  run would go on; `handling()` notes such a dropped `Interrupted` and raises it again at
+  the next safe point (`raise_if_lost()`: the experiment calls it after each stage) or when
+  the handled block ends.
 
 `papt_jax.cli` prints `Interrupted` as one line and exits with `INTERRUPTED_EXIT_CODE`
 (75, `EX_TEMPFAIL` in sysexits.h: "try again later"), so a batch script can requeue on it.
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -64,6 +70,7 @@ class _State:
         self.active = False
         self.deferring = 0
         self.pending: str | None = None
+        self.lost: Interrupted | None = None  # raised in a finalizer: Python dropped it
 
 
 _state = _State()
@@ -93,13 +100,38 @@ def handling(signals: tuple[signal.Signals, ...] = HANDLED_SIGNALS) -> Iterator[
         yield
         return
     previous = {sig: signal.signal(sig, _handler) for sig in signals}
-    _state.active, _state.pending = True, None
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _note_lost(previous_hook)
+    _state.active, _state.pending, _state.lost = True, None, None
     try:
         yield
+        raise_if_lost()
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        _state.active, _state.pending, _state.deferring = False, None, 0
+        sys.unraisablehook = previous_hook
+        _state.active, _state.pending, _state.deferring, _state.lost = False, None, 0, None
+
+
+def _note_lost(previous_hook):
+    """An unraisable-exception hook that keeps a dropped `Interrupted` for
+    `raise_if_lost()` and passes anything else on to `previous_hook`."""
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            _state.lost = _state.lost or unraisable.exc_value
+            return
+        previous_hook(unraisable)
+
+    return hook
+
+
+def raise_if_lost() -> None:
+    """Raises the `Interrupted` that Python dropped (its signal landed while a finalizer or
+    a garbage collector callback ran), if any; call it at safe points of the main thread."""
+    if _state.lost is not None:
+        lost, _state.lost = _state.lost, None
+        raise Interrupted(lost.signal_name)
 
 
 @contextlib.contextmanager

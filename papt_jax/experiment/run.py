@@ -246,6 +246,7 @@ def _run_locked(config, ws: Workspace, wanted: tuple[str, ...], redo: tuple[str,
         start = time.time()
         try:
             facts = STAGES[name].run(ws)
+            interrupts.raise_if_lost()  # a signal Python dropped: this stage starts over
         except interrupts.Interrupted as e:
             e.where = f"stage {name}"
             if e.saved is None and STAGES[name].resumable:
