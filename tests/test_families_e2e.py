@@ -14,11 +14,7 @@ import json
 
 import numpy as np
 import pytest
-from fixtures.main_runs import run_main
-
-from papt_jax.experiment.settings import STAGES
-
-UP_TO_EVALUATE = STAGES[: STAGES.index("evaluate") + 1]
+from fixtures.main_runs import UP_TO_EVALUATE, run_main
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from fixtures.main_runs import run_main
+from fixtures.main_runs import UP_TO_EVALUATE, run_main
 
 from papt_jax.experiment.settings import STAGES
 
@@ -160,7 +160,7 @@ def test_a_finished_run_is_reused_and_a_changed_one_is_redone(smoke_run, tmp_pat
         workdir,
         "--config=configs/papt.py:smoke",
         "--config.evaluate.pldc_k=2",
-        f"--config.stages={','.join(STAGES[: STAGES.index('evaluate') + 1])}",
+        f"--config.stages={','.join(UP_TO_EVALUATE)}",
     )
     assert changed.returncode == 0, changed.stderr[-4000:]
     assert "evaluate.pldc_k: 3 -> 2" in changed.stderr
