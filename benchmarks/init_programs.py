@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODEL_PRESETS), default="base")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     for name, (model, whole, head) in models(args.model).items():
         for i in range(args.repeat):
             whole_s, head_s = cold_seconds(whole, model), cold_seconds(head, model)
