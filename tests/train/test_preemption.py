@@ -109,8 +109,16 @@ def test_a_signal_saves_the_current_step_and_the_resumed_run_is_identical(tmp_pa
 
 
 def test_without_the_handler_sigint_is_a_plain_keyboard_interrupt(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "plain", SignalAt(toy_batches(), step=2, signals=(signal.SIGINT,)))
+    # Garbage collection off: Python drops an exception raised inside a gc callback (JAX
+    # registers one), so a plain KeyboardInterrupt landing there is lost and the run ends
+    # normally; once in about ten suite runs. `handling()` itself keeps such a signal
+    # (test_a_signal_whose_exception_python_drops_is_raised_at_the_next_safe_point).
+    gc.disable()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "plain", SignalAt(toy_batches(), step=2, signals=(signal.SIGINT,)))
+    finally:
+        gc.enable()
     assert Checkpoints(str(tmp_path / "plain" / "ckpt")).latest_steps() == []
 
 
