@@ -64,6 +64,16 @@ from papt_jax.errors import UserError
 log = logging.getLogger(__name__)
 
 
+class _CorpusInfo(tfds.core.DatasetInfo):
+    """The `DatasetInfo` of a user's own corpus, whose statistics TFDS never published."""
+
+    def initialize_from_bucket(self) -> None:
+        # A builder whose folder holds no dataset_info.json yet asks TFDS's bucket for it.
+        # TFDS's own version makes a temporary folder before it finds the bucket off (or
+        # without this name) and never removes it: one empty /tmp/tmp*tfds per build.
+        return None
+
+
 class PaptMspPodcast(dataset_builder.FileReaderBuilder):
     """MSP-Podcast (or the embedded synthetic corpus) split as in Tran et al. 2023."""
 
@@ -119,7 +129,7 @@ class PaptMspPodcast(dataset_builder.FileReaderBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         # dataset_info_from_configs would look for metadata files next to this module.
-        return tfds.core.DatasetInfo(
+        return _CorpusInfo(
             builder=self,
             description="Speech emotion corpus in MSP-Podcast layout, split as in PAPT.",
             features=tfds.features.FeaturesDict(

@@ -320,6 +320,19 @@ def test_a_split_whose_audio_all_fails_is_named(tmp_path):
         prepare.prepare(mp.CorpusConfig(corpus_dir=root), tmp_path / "data")
 
 
+def test_a_build_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
+    # TFDS's bucket lookup used to leave one empty tmp*tfds folder there per build.
+    import tempfile
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    rows = [row("a.wav", 1, "Train"), row("b.wav", 2, "Development"), row("c.wav", 3, "Test1")]
+    root = write_corpus(tmp_path / "corpus", rows)
+    out = prepare.prepare(mp.CorpusConfig(corpus_dir=root), tmp_path / "data")
+    assert (out / "index" / "train.json").is_file()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_a_file_that_changes_between_the_passes_stops_the_build(tmp_path):
     from papt_jax.data import shard_jobs, tf_example
 
