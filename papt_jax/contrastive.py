@@ -152,14 +152,30 @@ def contrastive_logits(
       (batch, frames, 1 + K) float32 logits, the target first; a negative equal to the
       target (every element) is -inf, as in fairseq's `compute_preds`.
     """
-    batch, frames, k = negative_indices.shape
-    dim = targets.shape[-1]
-    flat = negative_indices.reshape(batch, frames * k, 1)
-    negatives = jnp.take_along_axis(targets, flat, axis=1).reshape(batch, frames, k, dim)
-    candidates = jnp.concatenate([targets[:, :, None, :], negatives], axis=2)
-    cosine = (_unit(predicted.astype(jnp.float32))[:, :, None, :] * _unit(candidates)).sum(-1)
-    logits = cosine / logit_temperature
-    neg_is_pos = jnp.all(negatives == targets[:, :, None, :], axis=-1)
+    unit_predicted = _unit(predicted.astype(jnp.float32))
+    unit_targets = _unit(targets.astype(jnp.float32))  # fairseq: `targets.float()`
+    positive = (unit_predicted * unit_targets).sum(-1)
+    # Negatives are frames of the same row, so their logits are read from the cosine of
+    # every prediction with every target of its row, (batch, frames, frames), rather than
+    # from K gathered target vectors per frame, (batch, frames, K, dim): the same numbers
+    # (up to float32 summation order) in a fraction of the memory and memory traffic.
+    # HIGHEST: a float32 product stays float32 on every backend (TPU's default would
+    # round the inputs to bfloat16, which the temperature of 0.1 magnifies).
+    cosine = jnp.einsum(
+        "btd,bsd->bts", unit_predicted, unit_targets, precision=jax.lax.Precision.HIGHEST
+    )
+    negative = jnp.take_along_axis(cosine, negative_indices, axis=2)
+    logits = jnp.concatenate([positive[..., None], negative], axis=-1) / logit_temperature
+    # Frames whose target vectors are equal element for element (the same codebook
+    # entries); a negative among them scores -inf, as fairseq's `neg_is_pos`. Asked as
+    # "the largest absolute difference is 0", which XLA reduces as it compares, where
+    # `jnp.all(a == b)` makes the CPU backend hold (batch, frames, frames, dim) booleans.
+    # For finite values the two agree (a - b is 0 only when a == b) except where a
+    # backend flushes subnormal differences, i.e. components both below about 1e-30.
+    fixed = jax.lax.stop_gradient(targets)
+    difference = jnp.max(jnp.abs(fixed[:, :, None, :] - fixed[:, None, :, :]), axis=-1)
+    same_target = difference == 0
+    neg_is_pos = jnp.take_along_axis(same_target, negative_indices, axis=2)
     return logits.at[..., 1:].set(jnp.where(neg_is_pos, -jnp.inf, logits[..., 1:]))
 
 

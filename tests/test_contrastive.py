@@ -214,6 +214,32 @@ def test_negative_equal_to_target_scores_minus_inf_and_costs_nothing():
     logits = contrastive_logits(predicted, targets, negatives, 0.1)
     assert np.isfinite(np.asarray(logits)).all()
     assert float(contrastive_loss(logits, jnp.asarray([[True, True]]))["contrastive_sum"]) > 0
+    # Equal means equal in every bit: one unit in the last place apart is a negative.
+    nearly = targets.at[0, 1].set(jnp.asarray([np.nextafter(np.float32(0.6), 1), 0.8]))
+    assert np.isfinite(np.asarray(contrastive_logits(predicted, nearly, negatives, 0.1))).all()
+    tiny = jnp.asarray([[[1e-3, 0.0], [1e-3, 0.0]]]).at[0, 1, 1].set(1e-20)
+    assert np.isfinite(np.asarray(contrastive_logits(predicted, tiny, negatives, 0.1))).all()
+
+
+def test_the_logits_and_their_gradient_hold_no_vector_per_negative():
+    # Negatives' logits are read from each row's (frames, frames) cosines: the compiled
+    # loss and gradient need far less than one (batch, frames, K, dim) float32 array
+    # (205 MB here; gathering the negatives' vectors took 796 MiB of temporaries).
+    batch, frames, dim, k = 8, 250, 256, 100
+
+    def loss(predicted, targets, negatives, mask):
+        logits = contrastive_logits(predicted, targets, negatives, 0.1)
+        return contrastive_loss(logits, mask)["contrastive_sum"]
+
+    shapes = (
+        jax.ShapeDtypeStruct((batch, frames, dim), jnp.float32),
+        jax.ShapeDtypeStruct((batch, frames, dim), jnp.float32),
+        jax.ShapeDtypeStruct((batch, frames, k), jnp.int32),
+        jax.ShapeDtypeStruct((batch, frames), jnp.bool_),
+    )
+    program = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(*shapes).compile()
+    per_negative = batch * frames * k * dim * 4
+    assert program.memory_analysis().temp_size_in_bytes < per_negative / 8
 
 
 @pytest.mark.parametrize("triple", [(2.0, 0.5, 0.999995), (2.0, 0.1, 0.999995), (1.0, 0.2, 0.9)])

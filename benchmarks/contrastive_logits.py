@@ -1,0 +1,170 @@
+"""Benchmark: wav2vec 2.0's contrastive logits and loss, forward and backward.
+
+Run:
+  python benchmarks/contrastive_logits.py                       # base: 8 x 250 frames, dim 256
+  python benchmarks/contrastive_logits.py --frames 781 --batch 4 --dim 768   # large, 15.6 s
+
+Three formulations of the same numbers (fairseq's `compute_preds` and loss; the targets
+first, 100 negatives, temperature 0.1, cross-entropy summed over the masked frames), each
+timed as loss + gradient with respect to the predictions and the targets:
+- `papt_jax`: `papt_jax.contrastive` as it is (the negatives' logits read from each row's
+  (frames, frames) cosine matrix);
+- `gathered`: the formulation papt_jax used before 2026-12-05 and transformers uses, in
+  JAX: K target vectors gathered per frame, (batch, frames, K, dim), then the cosine;
+- `torch`: transformers' `Wav2Vec2ForPreTraining` steps (the gather, its
+  `compute_contrastive_logits`, `neg_is_pos`, `cross_entropy(reduction="sum")`) in PyTorch
+  on the same device kind.
+It prints the median seconds per call of each, the ratios to `papt_jax` from this same run,
+XLA's temporary memory of the two compiled JAX programs (`memory_analysis()`), and the
+largest differences of the loss and gradients from PyTorch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from papt_jax import contrastive
+
+MIB = 1024**2
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--frames", type=int, default=250, help="frames per row (50 per s)")
+    parser.add_argument("--dim", type=int, default=256, help="final_dim (base 256, large 768)")
+    parser.add_argument("--negatives", type=int, default=100)
+    parser.add_argument("--mask_prob", type=float, default=0.65, help="share of masked frames")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
+    args = parser.parse_args(argv)
+    for name in ("batch", "frames", "dim", "negatives", "repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not 0.0 < args.mask_prob <= 1.0:
+        parser.error(f"--mask_prob must be in (0, 1], got {args.mask_prob}")
+    if args.frames < 2:
+        parser.error("--frames must be at least 2 (a negative is another frame)")
+    return args
+
+
+def _gathered_logits(predicted, targets, negative_indices, logit_temperature):
+    """The gathered formulation (papt_jax before 2026-12-05; transformers' layout)."""
+    batch, frames, k = negative_indices.shape
+    dim = targets.shape[-1]
+    flat = negative_indices.reshape(batch, frames * k, 1)
+    negatives = jnp.take_along_axis(targets, flat, axis=1).reshape(batch, frames, k, dim)
+    candidates = jnp.concatenate([targets[:, :, None, :], negatives], axis=2)
+    cosine = (contrastive._unit(predicted)[:, :, None, :] * contrastive._unit(candidates)).sum(-1)
+    logits = cosine / logit_temperature
+    neg_is_pos = jnp.all(negatives == targets[:, :, None, :], axis=-1)
+    return logits.at[..., 1:].set(jnp.where(neg_is_pos, -jnp.inf, logits[..., 1:]))
+
+
+def _jax_program(logits_fn):
+    def loss(predicted, targets, negatives, mask):
+        logits = logits_fn(predicted, targets, negatives, 0.1)
+        return contrastive.contrastive_loss(logits, mask)["contrastive_sum"]
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+
+
+def _torch_loss_and_grads(predicted, targets, negatives, mask):
+    """transformers' steps, with the negatives as offsets into the flattened batch."""
+    import torch
+    from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2ForPreTraining
+
+    predicted = torch.tensor(predicted, requires_grad=True)
+    targets = torch.tensor(targets, requires_grad=True)
+    batch, frames, dim = targets.shape
+    offsets = negatives + (np.arange(batch) * frames)[:, None, None]
+    k = negatives.shape[-1]
+    negative_features = targets.view(-1, dim)[torch.tensor(offsets.reshape(-1))]
+    negative_features = negative_features.view(batch, frames, k, dim).permute(2, 0, 1, 3)
+    logits = Wav2Vec2ForPreTraining.compute_contrastive_logits(
+        targets[None, :], negative_features, predicted, 0.1
+    )
+    neg_is_pos = (targets == negative_features).all(-1)
+    logits = logits.clone()
+    logits[1:][neg_is_pos] = float("-inf")
+    logits = logits.transpose(0, 2).reshape(-1, logits.size(0))
+    labels = ((1 - torch.tensor(mask).long()) * -100).transpose(0, 1).flatten()
+    loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+    loss.backward()
+    return loss.detach().numpy(), predicted.grad.numpy(), targets.grad.numpy()
+
+
+def _median_seconds(fn, repeat: int) -> float:
+    fn()  # warm-up (compilation for JAX)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    rng = np.random.default_rng(0)
+    shape = (args.batch, args.frames, args.dim)
+    predicted = rng.standard_normal(shape, np.float32)
+    targets = rng.standard_normal(shape, np.float32)
+    mask = rng.random((args.batch, args.frames)) < args.mask_prob
+    mask[:, :2] = True  # at least two masked frames per row
+    negatives = np.asarray(
+        contrastive.sample_negative_indices(jax.random.key(0), jnp.asarray(mask), args.negatives)
+    )
+    inputs = [jnp.asarray(x) for x in (predicted, targets, negatives, mask)]
+    print(
+        f"batch {args.batch} x {args.frames} frames, dim {args.dim}, {args.negatives} negatives, "
+        f"{int(mask.sum())} masked frames; device {jax.devices()[0].device_kind}"
+    )
+
+    results = {}
+    for name, logits_fn in (
+        ("papt_jax", contrastive.contrastive_logits),
+        ("gathered", _gathered_logits),
+    ):
+        program = _jax_program(logits_fn)
+        compiled = program.lower(*inputs).compile()
+        memory = compiled.memory_analysis()
+        seconds = _median_seconds(lambda p=compiled: jax.block_until_ready(p(*inputs)), args.repeat)
+        value, grads = compiled(*inputs)
+        results[name] = (seconds, float(value), [np.asarray(g) for g in grads])
+        temp = f"{memory.temp_size_in_bytes / MIB:8.1f} MiB" if memory is not None else "n/a"
+        print(f"{name:9s} {seconds * 1e3:9.2f} ms per call   temporaries {temp}")
+    if not args.no_torch:
+        seconds = _median_seconds(
+            lambda: _torch_loss_and_grads(predicted, targets, negatives, mask), args.repeat
+        )
+        value, *grads = _torch_loss_and_grads(predicted, targets, negatives, mask)
+        results["torch"] = (seconds, float(value), grads)
+        print(f"{'torch':9s} {seconds * 1e3:9.2f} ms per call")
+
+    base = results["papt_jax"][0]
+    print(
+        "same-run ratios (seconds / papt_jax's): "
+        + ", ".join(f"{name} {seconds / base:.2f}" for name, (seconds, _, _) in results.items())
+    )
+    if "torch" in results:
+        _, loss_ref, grads_ref = results["torch"]
+        for name in ("papt_jax", "gathered"):
+            _, loss, grads = results[name]
+            diffs = [float(np.max(np.abs(g - r))) for g, r in zip(grads, grads_ref, strict=True)]
+            print(
+                f"{name} vs torch: loss {abs(loss - loss_ref) / abs(loss_ref):.1e} relative; "
+                f"gradients max |diff| {max(diffs):.1e}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
