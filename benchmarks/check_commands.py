@@ -25,7 +25,11 @@ sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other as plain mo
 def parse_with_script(script: str, argv: list[str]) -> None:
     """Parses `argv` with the parse_args of `script` (raises SystemExit when refused)."""
     name = Path(script).stem
-    if Path(script).parent.name != "benchmarks" or name not in ("encoder", "memory"):
+    if Path(script).parent.name != "benchmarks" or name not in (
+        "encoder",
+        "memory",
+        "contrastive_logits",
+    ):
         raise SystemExit(f"{script}: not a benchmark script this checker knows")
     module = __import__(name)
     module.parse_args(argv)

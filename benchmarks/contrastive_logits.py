@@ -3,6 +3,7 @@
 Run:
   python benchmarks/contrastive_logits.py                       # base: 8 x 250 frames, dim 256
   python benchmarks/contrastive_logits.py --frames 781 --batch 4 --dim 768   # large, 15.6 s
+  python benchmarks/contrastive_logits.py ... --torch_device cuda --json OUT.json  # gpu.sh
 
 Three formulations of the same numbers (fairseq's `compute_preds` and loss; the targets
 first, 100 negatives, temperature 0.1, cross-entropy summed over the masked frames), each
@@ -13,7 +14,7 @@ timed as loss + gradient with respect to the predictions and the targets:
   JAX: K target vectors gathered per frame, (batch, frames, K, dim), then the cosine;
 - `torch`: transformers' `Wav2Vec2ForPreTraining` steps (the gather, its
   `compute_contrastive_logits`, `neg_is_pos`, `cross_entropy(reduction="sum")`) in PyTorch
-  on the same device kind.
+  on `--torch_device` (the CPU by default; benchmarks/gpu.sh gives `cuda`).
 It prints the median seconds per call of each, the ratios to `papt_jax` from this same run,
 XLA's temporary memory of the two compiled JAX programs (`memory_analysis()`), and the
 largest differences of the loss and gradients from PyTorch's.
@@ -22,6 +23,7 @@ largest differences of the loss and gradients from PyTorch's.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -35,7 +37,7 @@ from papt_jax import contrastive
 MIB = 1024**2
 
 
-def _parse(argv):
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--frames", type=int, default=250, help="frames per row (50 per s)")
@@ -44,6 +46,8 @@ def _parse(argv):
     parser.add_argument("--mask_prob", type=float, default=0.65, help="share of masked frames")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--torch_device", default="cpu", help="where PyTorch runs (cpu, cuda)")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     for name in ("batch", "frames", "dim", "negatives", "repeat"):
         if getattr(args, name) < 1:
@@ -52,6 +56,15 @@ def _parse(argv):
         parser.error(f"--mask_prob must be in (0, 1], got {args.mask_prob}")
     if args.frames < 2:
         parser.error("--frames must be at least 2 (a negative is another frame)")
+    if not args.no_torch:
+        import torch
+
+        try:
+            device = torch.device(args.torch_device)
+        except RuntimeError as err:
+            parser.error(f"--torch_device {args.torch_device!r}: {err}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            parser.error("--torch_device cuda: this torch build sees no GPU")
     return args
 
 
@@ -76,17 +89,17 @@ def _jax_program(logits_fn):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
-def _torch_loss_and_grads(predicted, targets, negatives, mask):
+def _torch_loss_and_grads(predicted, targets, negatives, mask, device: str):
     """transformers' steps, with the negatives as offsets into the flattened batch."""
     import torch
     from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2ForPreTraining
 
-    predicted = torch.tensor(predicted, requires_grad=True)
-    targets = torch.tensor(targets, requires_grad=True)
+    predicted = torch.tensor(predicted, device=device, requires_grad=True)
+    targets = torch.tensor(targets, device=device, requires_grad=True)
     batch, frames, dim = targets.shape
     offsets = negatives + (np.arange(batch) * frames)[:, None, None]
     k = negatives.shape[-1]
-    negative_features = targets.view(-1, dim)[torch.tensor(offsets.reshape(-1))]
+    negative_features = targets.view(-1, dim)[torch.tensor(offsets.reshape(-1), device=device)]
     negative_features = negative_features.view(batch, frames, k, dim).permute(2, 0, 1, 3)
     logits = Wav2Vec2ForPreTraining.compute_contrastive_logits(
         targets[None, :], negative_features, predicted, 0.1
@@ -95,10 +108,11 @@ def _torch_loss_and_grads(predicted, targets, negatives, mask):
     logits = logits.clone()
     logits[1:][neg_is_pos] = float("-inf")
     logits = logits.transpose(0, 2).reshape(-1, logits.size(0))
-    labels = ((1 - torch.tensor(mask).long()) * -100).transpose(0, 1).flatten()
+    labels = ((1 - torch.tensor(mask, device=device).long()) * -100).transpose(0, 1).flatten()
     loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
     loss.backward()
-    return loss.detach().numpy(), predicted.grad.numpy(), targets.grad.numpy()
+    # .cpu() waits for the device, so the timing covers the whole computation.
+    return tuple(t.detach().cpu().numpy() for t in (loss, predicted.grad, targets.grad))
 
 
 def _median_seconds(fn, repeat: int) -> float:
@@ -112,7 +126,7 @@ def _median_seconds(fn, repeat: int) -> float:
 
 
 def main(argv=None) -> int:
-    args = _parse(argv)
+    args = parse_args(argv)
     rng = np.random.default_rng(0)
     shape = (args.batch, args.frames, args.dim)
     predicted = rng.standard_normal(shape, np.float32)
@@ -128,7 +142,7 @@ def main(argv=None) -> int:
         f"{int(mask.sum())} masked frames; device {jax.devices()[0].device_kind}"
     )
 
-    results = {}
+    results, record = {}, {"arguments": vars(args), "device": jax.devices()[0].device_kind}
     for name, logits_fn in (
         ("papt_jax", contrastive.contrastive_logits),
         ("gathered", _gathered_logits),
@@ -140,13 +154,17 @@ def main(argv=None) -> int:
         value, grads = compiled(*inputs)
         results[name] = (seconds, float(value), [np.asarray(g) for g in grads])
         temp = f"{memory.temp_size_in_bytes / MIB:8.1f} MiB" if memory is not None else "n/a"
+        record[name] = {
+            "seconds": seconds,
+            "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+        }
         print(f"{name:9s} {seconds * 1e3:9.2f} ms per call   temporaries {temp}")
     if not args.no_torch:
-        seconds = _median_seconds(
-            lambda: _torch_loss_and_grads(predicted, targets, negatives, mask), args.repeat
-        )
-        value, *grads = _torch_loss_and_grads(predicted, targets, negatives, mask)
+        torch_args = (predicted, targets, negatives, mask, args.torch_device)
+        seconds = _median_seconds(lambda: _torch_loss_and_grads(*torch_args), args.repeat)
+        value, *grads = _torch_loss_and_grads(*torch_args)
         results["torch"] = (seconds, float(value), grads)
+        record["torch"] = {"seconds": seconds, "device": args.torch_device}
         print(f"{'torch':9s} {seconds * 1e3:9.2f} ms per call")
 
     base = results["papt_jax"][0]
@@ -163,6 +181,11 @@ def main(argv=None) -> int:
                 f"{name} vs torch: loss {abs(loss - loss_ref) / abs(loss_ref):.1e} relative; "
                 f"gradients max |diff| {max(diffs):.1e}"
             )
+            record[name]["loss_relative_to_torch"] = abs(loss - loss_ref) / abs(loss_ref)
+            record[name]["gradient_max_abs_diff_to_torch"] = max(diffs)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
     return 0
 
 

@@ -2,8 +2,9 @@
 # Issues #14 and #23 on a GPU host: HuBERT-large encoder, fine-tuning and pre-training steps
 # against PyTorch in the same run (fp32 and bf16; scanned and unrolled layers; remat policies;
 # gradient accumulation; sharded parameters over every local device), the steps' memory under
-# each remat policy (XLA's memory analysis of the compiled step), and cold compile times of
-# both steps, scanned and unrolled. Needs a CUDA build of jax and of torch.
+# each remat policy (XLA's memory analysis of the compiled step), cold compile times of
+# both steps, scanned and unrolled, and wav2vec 2.0's contrastive logits against
+# transformers' formulation (full run only). Needs a CUDA build of jax and of torch.
 #   benchmarks/gpu.sh runs/gpu_bench                # everything (about 30-40 min on one GPU)
 #   LEASE=1 benchmarks/gpu.sh runs/gpu_bench        # the most telling half, in priority order,
 #                                                   # ends within LEASE_SECONDS (default 480)
@@ -27,7 +28,7 @@ if [[ "${SMOKE:-0}" == 1 || "${CHECK:-0}" == 1 ]]; then
   # The CPU with 4 emulated devices (so 'fsdp' really splits) and the tiny model.
   export JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=4"
   MODEL=tiny BATCH=4 SECONDS_=1 STEPS=1 WARMUP=0 DEVICES=4 COMPILE_MODELS=tiny
-  TORCH_DEVICE=cpu
+  TORCH_DEVICE=cpu CONTRASTIVE=(--batch 2 --frames 50 --dim 32 --negatives 10 --repeat 1)
 elif [[ "$LEASE" == 1 ]]; then
   MODEL=large BATCH=8 SECONDS_=8 STEPS=10 WARMUP=2 COMPILE_MODELS=large
   DEVICES=$(python -c "import jax; print(jax.local_device_count())")
@@ -37,6 +38,8 @@ else
   DEVICES=$(python -c "import jax; print(jax.local_device_count())")
   TORCH_DEVICE=cuda
 fi
+# wav2vec 2.0's contrastive logits at the large recipe's shape: 15.6 s rows, final_dim 768.
+if [[ -z "${CONTRASTIVE+set}" ]]; then CONTRASTIVE=(--batch 8 --frames 781 --dim 768); fi
 # JAX and PyTorch share the GPU inside one benchmark process: JAX must not take 75 % of it.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
 # CHECK=1: each command is recorded in OUT/commands.txt instead of run, and at the end
@@ -151,4 +154,7 @@ memory "memory_${MODEL}_float32_unrolled" 0 --unrolled --remat none,full
 
 # Cold compile times, scanned vs unrolled, each compile in a fresh process.
 compile_times 0
+# The contrastive logits and loss against transformers' gathered formulation in PyTorch.
+step contrastive_logits 0 python benchmarks/contrastive_logits.py "${CONTRASTIVE[@]}" \
+  --torch_device "$TORCH_DEVICE" --json "$OUT/contrastive_logits.json"
 finish

@@ -36,9 +36,11 @@ def test_every_gpu_script_command_parses_its_arguments(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     checked = [line for line in done.stdout.splitlines() if line.startswith("arguments ok:")]
-    # 4 fp32/bf16 x remat runs, 2 policies, unrolled, accumulation, fsdp, 4 memory, compile.
-    assert len(checked) >= 14
-    for option in ("--remat dots_saveable", "--unrolled", "--accumulate 2", "fsdp", "--compile"):
+    # 4 fp32/bf16 x remat runs, 2 policies, unrolled, accumulation, fsdp, 4 memory, compile,
+    # contrastive logits.
+    assert len(checked) >= 15
+    options = ("--remat dots_saveable", "--unrolled", "--accumulate 2", "fsdp", "--compile")
+    for option in (*options, "--frames"):
         assert any(option in line for line in checked), option
 
 
