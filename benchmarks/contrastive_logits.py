@@ -31,6 +31,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from torch_device import check_torch_device  # benchmarks/torch_device.py, beside this file
 
 from papt_jax import contrastive
 
@@ -57,14 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.frames < 2:
         parser.error("--frames must be at least 2 (a negative is another frame)")
     if not args.no_torch:
-        import torch
-
-        try:
-            device = torch.device(args.torch_device)
-        except RuntimeError as err:
-            parser.error(f"--torch_device {args.torch_device!r}: {err}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            parser.error("--torch_device cuda: this torch build sees no GPU")
+        check_torch_device(parser, args.torch_device)
     return args
 
 

@@ -76,6 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from torch_device import check_torch_device  # benchmarks/torch_device.py, beside this file
 
 from papt_jax.convert.hf_config import to_hf_config
 from papt_jax.data.audio import SAMPLE_RATE
@@ -525,12 +526,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown or not families:
         parser.error(f"unknown --family {sorted(unknown)}; choose from {FAMILIES} or 'all'")
     args.families = families
-    try:
-        device = torch.device(args.torch_device)
-    except RuntimeError as err:
-        parser.error(f"--torch_device {args.torch_device!r}: {err}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--torch_device cuda: this torch build sees no GPU (install a CUDA build)")
+    check_torch_device(parser, args.torch_device)
     return args
 
 
