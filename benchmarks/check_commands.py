@@ -20,16 +20,14 @@ from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other as plain modules
+# The scripts gpu.sh runs, each with a `parse_args(argv)`.
+KNOWN_SCRIPTS = ("encoder", "memory", "contrastive_logits")
 
 
 def parse_with_script(script: str, argv: list[str]) -> None:
     """Parses `argv` with the parse_args of `script` (raises SystemExit when refused)."""
     name = Path(script).stem
-    if Path(script).parent.name != "benchmarks" or name not in (
-        "encoder",
-        "memory",
-        "contrastive_logits",
-    ):
+    if Path(script).parent.name != "benchmarks" or name not in KNOWN_SCRIPTS:
         raise SystemExit(f"{script}: not a benchmark script this checker knows")
     module = __import__(name)
     module.parse_args(argv)

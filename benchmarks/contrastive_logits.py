@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -57,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--mask_prob must be in (0, 1], got {args.mask_prob}")
     if args.frames < 2:
         parser.error("--frames must be at least 2 (a negative is another frame)")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f"--json {args.json}: its folder does not exist")
     if not args.no_torch:
         check_torch_device(parser, args.torch_device)
     return args
@@ -136,48 +139,51 @@ def main(argv=None) -> int:
         f"{int(mask.sum())} masked frames; device {jax.devices()[0].device_kind}"
     )
 
-    results, record = {}, {"arguments": vars(args), "device": jax.devices()[0].device_kind}
+    # name -> seconds, loss, gradients and (JAX) XLA's temporary bytes of the program.
+    runs: dict[str, dict] = {}
     for name, logits_fn in (
         ("papt_jax", contrastive.contrastive_logits),
         ("gathered", _gathered_logits),
     ):
-        program = _jax_program(logits_fn)
-        compiled = program.lower(*inputs).compile()
-        memory = compiled.memory_analysis()
+        compiled = _jax_program(logits_fn).lower(*inputs).compile()
+        memory = compiled.memory_analysis()  # None where a backend has none
         seconds = _median_seconds(lambda p=compiled: jax.block_until_ready(p(*inputs)), args.repeat)
         value, grads = compiled(*inputs)
-        results[name] = (seconds, float(value), [np.asarray(g) for g in grads])
-        temp = f"{memory.temp_size_in_bytes / MIB:8.1f} MiB" if memory is not None else "n/a"
-        record[name] = {
-            "seconds": seconds,
-            "temp_bytes": getattr(memory, "temp_size_in_bytes", None),
-        }
+        temp_bytes = memory.temp_size_in_bytes if memory is not None else None
+        runs[name] = {"seconds": seconds, "loss": float(value), "grads": grads}
+        runs[name]["temp_bytes"] = temp_bytes
+        temp = "n/a" if temp_bytes is None else f"{temp_bytes / MIB:8.1f} MiB"
         print(f"{name:9s} {seconds * 1e3:9.2f} ms per call   temporaries {temp}")
     if not args.no_torch:
         torch_args = (predicted, targets, negatives, mask, args.torch_device)
         seconds = _median_seconds(lambda: _torch_loss_and_grads(*torch_args), args.repeat)
         value, *grads = _torch_loss_and_grads(*torch_args)
-        results["torch"] = (seconds, float(value), grads)
-        record["torch"] = {"seconds": seconds, "device": args.torch_device}
+        runs["torch"] = {"seconds": seconds, "loss": float(value), "grads": grads}
         print(f"{'torch':9s} {seconds * 1e3:9.2f} ms per call")
 
-    base = results["papt_jax"][0]
+    base = runs["papt_jax"]["seconds"]
     print(
         "same-run ratios (seconds / papt_jax's): "
-        + ", ".join(f"{name} {seconds / base:.2f}" for name, (seconds, _, _) in results.items())
+        + ", ".join(f"{name} {run['seconds'] / base:.2f}" for name, run in runs.items())
     )
-    if "torch" in results:
-        _, loss_ref, grads_ref = results["torch"]
+    if "torch" in runs:
+        reference = runs["torch"]
         for name in ("papt_jax", "gathered"):
-            _, loss, grads = results[name]
-            diffs = [float(np.max(np.abs(g - r))) for g, r in zip(grads, grads_ref, strict=True)]
-            print(
-                f"{name} vs torch: loss {abs(loss - loss_ref) / abs(loss_ref):.1e} relative; "
-                f"gradients max |diff| {max(diffs):.1e}"
+            run = runs[name]
+            run["loss_relative_to_torch"] = abs(run["loss"] - reference["loss"]) / abs(
+                reference["loss"]
             )
-            record[name]["loss_relative_to_torch"] = abs(loss - loss_ref) / abs(loss_ref)
-            record[name]["gradient_max_abs_diff_to_torch"] = max(diffs)
+            run["gradient_max_abs_diff_to_torch"] = max(
+                float(np.max(np.abs(np.asarray(g) - r)))
+                for g, r in zip(run["grads"], reference["grads"], strict=True)
+            )
+            print(
+                f"{name} vs torch: loss {run['loss_relative_to_torch']:.1e} relative; "
+                f"gradients max |diff| {run['gradient_max_abs_diff_to_torch']:.1e}"
+            )
     if args.json:
+        record = {"arguments": vars(args), "device": jax.devices()[0].device_kind}
+        record.update({n: {k: v for k, v in r.items() if k != "grads"} for n, r in runs.items()})
         with open(args.json, "w") as f:
             json.dump(record, f, indent=1)
     return 0

@@ -37,9 +37,9 @@ else
   MODEL=large BATCH=8 SECONDS_=8 STEPS=10 WARMUP=2 COMPILE_MODELS=base,large
   DEVICES=$(python -c "import jax; print(jax.local_device_count())")
   TORCH_DEVICE=cuda
+  # wav2vec 2.0's contrastive logits at the large recipe's shape: 15.6 s rows, final_dim 768.
+  CONTRASTIVE=(--batch 8 --frames 781 --dim 768)
 fi
-# wav2vec 2.0's contrastive logits at the large recipe's shape: 15.6 s rows, final_dim 768.
-if [[ -z "${CONTRASTIVE+set}" ]]; then CONTRASTIVE=(--batch 8 --frames 781 --dim 768); fi
 # JAX and PyTorch share the GPU inside one benchmark process: JAX must not take 75 % of it.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}
 # CHECK=1: each command is recorded in OUT/commands.txt instead of run, and at the end

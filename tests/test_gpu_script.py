@@ -39,8 +39,14 @@ def test_every_gpu_script_command_parses_its_arguments(tmp_path):
     # 4 fp32/bf16 x remat runs, 2 policies, unrolled, accumulation, fsdp, 4 memory, compile,
     # contrastive logits.
     assert len(checked) >= 15
-    options = ("--remat dots_saveable", "--unrolled", "--accumulate 2", "fsdp", "--compile")
-    for option in (*options, "--frames"):
+    for option in (
+        "--remat dots_saveable",
+        "--unrolled",
+        "--accumulate 2",
+        "fsdp",
+        "--compile",
+        "--frames",
+    ):
         assert any(option in line for line in checked), option
 
 
