@@ -154,16 +154,17 @@ def contrastive_logits(
     """
     unit_predicted = _unit(predicted.astype(jnp.float32))
     unit_targets = _unit(targets.astype(jnp.float32))  # fairseq: `targets.float()`
-    positive = (unit_predicted * unit_targets).sum(-1)
-    # Negatives are frames of the same row, so their logits are read from the cosine of
-    # every prediction with every target of its row, (batch, frames, frames), rather than
-    # from K gathered target vectors per frame, (batch, frames, K, dim): the same numbers
-    # (up to float32 summation order) in a fraction of the memory and memory traffic.
+    # The target and the negatives are frames of the same row, so their logits are read
+    # from the cosine of every prediction with every target of its row, (batch, frames,
+    # frames) (the target on the diagonal), rather than from K gathered target vectors per
+    # frame, (batch, frames, K, dim): the same numbers (up to float32 summation order) in
+    # a fraction of the memory and memory traffic.
     # HIGHEST: a float32 product stays float32 on every backend (TPU's default would
     # round the inputs to bfloat16, which the temperature of 0.1 magnifies).
     cosine = jnp.einsum(
         "btd,bsd->bts", unit_predicted, unit_targets, precision=jax.lax.Precision.HIGHEST
     )
+    positive = jnp.diagonal(cosine, axis1=1, axis2=2)
     negative = jnp.take_along_axis(cosine, negative_indices, axis=2)
     logits = jnp.concatenate([positive[..., None], negative], axis=-1) / logit_temperature
     # Frames whose target vectors are equal element for element (the same codebook
