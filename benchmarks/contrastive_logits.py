@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import median_seconds  # benchmarks/timing.py, beside this file
 from torch_device import check_torch_device  # benchmarks/torch_device.py, beside this file
 
 from papt_jax import contrastive
@@ -112,16 +111,6 @@ def _torch_loss_and_grads(predicted, targets, negatives, mask, device: str):
     return tuple(t.detach().cpu().numpy() for t in (loss, predicted.grad, targets.grad))
 
 
-def _median_seconds(fn, repeat: int) -> float:
-    fn()  # warm-up (compilation for JAX)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     rng = np.random.default_rng(0)
@@ -147,8 +136,9 @@ def main(argv=None) -> int:
     ):
         compiled = _jax_program(logits_fn).lower(*inputs).compile()
         memory = compiled.memory_analysis()  # None where a backend has none
-        seconds = _median_seconds(lambda p=compiled: jax.block_until_ready(p(*inputs)), args.repeat)
-        value, grads = compiled(*inputs)
+        # The first call warms up and gives the values compared below; then the timed calls.
+        value, grads = jax.block_until_ready(compiled(*inputs))
+        seconds = median_seconds(lambda p=compiled: jax.block_until_ready(p(*inputs)), args.repeat)
         temp_bytes = memory.temp_size_in_bytes if memory is not None else None
         runs[name] = {"seconds": seconds, "loss": float(value), "grads": grads}
         runs[name]["temp_bytes"] = temp_bytes
@@ -156,8 +146,8 @@ def main(argv=None) -> int:
         print(f"{name:9s} {seconds * 1e3:9.2f} ms per call   temporaries {temp}")
     if not args.no_torch:
         torch_args = (predicted, targets, negatives, mask, args.torch_device)
-        seconds = _median_seconds(lambda: _torch_loss_and_grads(*torch_args), args.repeat)
-        value, *grads = _torch_loss_and_grads(*torch_args)
+        value, *grads = _torch_loss_and_grads(*torch_args)  # warm-up, and the values compared
+        seconds = median_seconds(lambda: _torch_loss_and_grads(*torch_args), args.repeat)
         runs["torch"] = {"seconds": seconds, "loss": float(value), "grads": grads}
         print(f"{'torch':9s} {seconds * 1e3:9.2f} ms per call")
 

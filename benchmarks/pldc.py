@@ -15,11 +15,11 @@ included. The results of both sides are compared before any time is printed.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
 import numpy as np
+from timing import median_seconds  # benchmarks/timing.py, beside this file
 
 from papt_jax import pldc
 
@@ -73,15 +73,6 @@ def numpy_loop_pldc(preds, test_speaker, test_vecs, train_vecs, train_labels, tr
     return out
 
 
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
@@ -119,12 +110,12 @@ def main():
     start = time.perf_counter()
     got = run_jax()
     first_call = time.perf_counter() - start
-    steady = _median_time(run_jax, args.repeats)
+    steady = median_seconds(run_jax, args.repeats)
 
     want = numpy_loop_pldc(**host, k=args.k)
     for mode in pldc.MODES:
         np.testing.assert_allclose(np.asarray(got[mode]), want[mode], rtol=1e-4, atol=1e-4)
-    ref = _median_time(lambda: numpy_loop_pldc(**host, k=args.k), args.repeats)
+    ref = median_seconds(lambda: numpy_loop_pldc(**host, k=args.k), args.repeats)
 
     print(f"jax first call (compile + run): {first_call * 1e3:9.1f} ms")
     print(f"jax steady state (median of {args.repeats}): {steady * 1e3:9.1f} ms")
