@@ -34,6 +34,10 @@ import pytest  # noqa: E402
 from filelock import FileLock  # noqa: E402
 from fixtures.main_runs import MainRun, run_main  # noqa: E402
 
+# Longest test files first across the xdist workers (and --record-file-durations);
+# pytester runs small pytest sessions for tests/test_schedule.py.
+pytest_plugins = ("fixtures.schedule", "pytester")
+
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory, request) -> MainRun:
