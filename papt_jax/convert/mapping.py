@@ -178,6 +178,33 @@ def _shape_of(value) -> tuple[int, ...]:
     return tuple(int(d) for d in value.shape)
 
 
+# Columns copied at a time by `contiguous`: 16 float32 values are one 64-byte cache line.
+_COLUMNS_PER_COPY = 16
+
+
+def contiguous(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """`array` as a C-contiguous array of `dtype` (the same array when it already is one).
+
+    A dense layer's weight is transposed between the layouts, and NumPy copies a
+    transposed (column-major) 2-D view one element at a time along its rows, about 0.5 GB/s
+    here. Copying a few columns at a time writes whole cache lines of the result instead:
+    3-4x faster for a large model's 1024x4096 weights (benchmarks/convert_copy.py).
+
+    Args:
+      array: Any NumPy array (a transposed view, a slice, a contiguous array).
+      dtype: The result's dtype (values are cast as `np.ascontiguousarray` casts them).
+
+    Returns:
+      A C-contiguous array equal to `array.astype(dtype)`.
+    """
+    if array.ndim != 2 or array.flags.c_contiguous or not array.flags.f_contiguous:
+        return np.ascontiguousarray(array, dtype=dtype)
+    out = np.empty(array.shape, dtype)
+    for start in range(0, array.shape[1], _COLUMNS_PER_COPY):
+        out[:, start : start + _COLUMNS_PER_COPY] = array[:, start : start + _COLUMNS_PER_COPY]
+    return out
+
+
 def torch_to_flax(
     state_dict: Mapping[str, np.ndarray],
     expected: Mapping[str, object],
@@ -232,7 +259,7 @@ def torch_to_flax(
                 f"model expects {_shape_of(want)}"
             )
             continue
-        out[path] = np.ascontiguousarray(array, dtype=np.dtype(want.dtype))
+        out[path] = contiguous(array, np.dtype(want.dtype))
     missing = [path for path in expected if path not in explained]
     if unexpected or mismatched or missing:
         raise ConversionError(missing, unexpected, mismatched, context)
@@ -257,9 +284,8 @@ def flax_to_torch(
             unexpected.append(f"{path} (no mapping rule)")
             continue
         entry, groups = found
-        out[entry.torch.fill(groups)] = np.ascontiguousarray(
-            entry.rule.transform.to_torch(np.asarray(value))
-        )
+        array = entry.rule.transform.to_torch(np.asarray(value))
+        out[entry.torch.fill(groups)] = contiguous(array, array.dtype)
     if unexpected:
         raise ConversionError(unexpected=unexpected, context=context)
     return out

@@ -25,6 +25,7 @@ from papt_jax.convert import (
     load_converted,
     load_pytorch,
     load_pytorch_checkpoint,
+    mapping,
     params_to_torch,
     save_converted,
 )
@@ -349,6 +350,23 @@ def test_unsupported_fairseq_architecture_is_named(base_hf, tmp_path):
     torch.save({"cfg": {"model": cfg}, "model": _fairseq_state_dict(hf, "base")}, pt)
     with pytest.raises(ValueError, match="activation_fn='relu'.*target_glu=True"):
         load_pytorch_checkpoint(pt)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(37 * 70, dtype=np.float32).reshape(37, 70).T,  # a dense weight's view
+        np.arange(5 * 16, dtype=np.float16).reshape(5, 16).T,  # cast as it is copied
+        np.arange(24, dtype=np.float32).reshape(2, 3, 4).transpose(2, 1, 0),  # a conv's
+        np.arange(40, dtype=np.float32).reshape(4, 10)[:, ::3],  # neither C nor F order
+        np.arange(12, dtype=np.float64).reshape(3, 4),  # already contiguous
+    ],
+)
+def test_contiguous_copy_equals_numpys(array):
+    want = np.ascontiguousarray(array, dtype=np.float32)
+    got = mapping.contiguous(array, np.dtype(np.float32))
+    assert got.flags.c_contiguous and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
 
 
 def test_conv_feature_layers_parsed_without_eval():
