@@ -41,20 +41,21 @@ from fixtures.main_runs import MainRun, run_main  # noqa: E402
 pytest_plugins = ("fixtures.schedule", "pytester")
 
 
-def pytest_configure(config):
-    if hasattr(config, "workerinput"):  # an xdist worker
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if hasattr(config, "workerinput"):  # an xdist worker, its session over
         atexit.register(_end_the_worker_without_teardown)
 
 
 def _end_the_worker_without_teardown():
-    """Ends an xdist worker once the interpreter is exiting, skipping the rest.
+    """Ends an xdist worker as the interpreter starts exiting, skipping the rest.
 
     By then the worker has sent every report to the controller, and the controller waits
-    for each worker to exit before it ends the run: the interpreter's teardown (JAX freeing
-    the thousands of programs the tests compiled, then the heap) took about 6 s after the
-    last test of a full suite run, with nothing else left to do. Registered when the worker
-    is configured, this runs before the exit handlers registered earlier (JAX's) and ends
-    the process instead of running them.
+    for each worker to exit before it ends the run: the exit handlers of what the tests
+    imported (JAX's frees the thousands of programs they compiled) and the interpreter's
+    teardown took 3-6 s after the last test, with nothing else left to do. Registered last
+    (when the worker's session is over), this runs first of the exit handlers and ends
+    the process instead of running the others.
     """
     sys.stdout.flush()
     sys.stderr.flush()
