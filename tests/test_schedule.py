@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 PLUGIN = ("-p", "fixtures.schedule", "-n", "0")
 
 
@@ -56,8 +58,16 @@ def test_recorded_durations_are_merged_into_the_table(pytester):
     assert 0 <= table["tests/test_few_fast.py"] < 50
 
 
-def test_a_table_that_is_not_file_seconds_is_a_usage_error(pytester):
-    _project(pytester, {"tests/test_few_fast.py": "long"})
-    result = pytester.runpytest(*PLUGIN, "--collect-only", "-q")
+@pytest.mark.parametrize(
+    "table, args, says",
+    [
+        ({"tests/test_few_fast.py": "long"}, (), "must map test files to seconds"),
+        (None, ("--record-file-durations=no/such/folder/d.json",), "no folder"),
+    ],
+)
+def test_mistakes_are_usage_errors_before_any_test_runs(pytester, table, args, says):
+    _project(pytester, table)
+    result = pytester.runpytest(*PLUGIN, *args)
     assert result.ret == 4  # pytest's usage error
-    assert "must map test files to seconds" in "\n".join(result.errlines + result.outlines)
+    assert says in "\n".join(result.errlines + result.outlines)
+    assert "passed" not in "\n".join(result.outlines)
