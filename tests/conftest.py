@@ -55,7 +55,9 @@ def _end_the_worker_without_teardown():
     imported (JAX's frees the thousands of programs they compiled) and the interpreter's
     teardown took 3-6 s after the last test, with nothing else left to do. Registered last
     (when the worker's session is over), this runs first of the exit handlers and ends
-    the process instead of running the others.
+    the process instead of running the others. A tool that writes its data at exit (e.g.
+    `coverage run`) therefore measures workers only with `-n 0`, as the README's coverage
+    command runs.
     """
     sys.stdout.flush()
     sys.stderr.flush()
