@@ -15,8 +15,9 @@ def _project(pytester, table=None):
         "import pytest\n\n@pytest.mark.slow\ndef test_c():\n    pass\n"
     )
     (tests / "test_measured_long.py").write_text("def test_d():\n    pass\n")
-    if table is not None:
-        (tests / "durations.json").write_text(json.dumps(table))
+    if table is not None:  # a string is written as it is (a damaged table)
+        text = table if isinstance(table, str) else json.dumps(table)
+        (tests / "durations.json").write_text(text)
 
 
 def _collected_files(result) -> list[str]:
@@ -62,12 +63,15 @@ def test_recorded_durations_are_merged_into_the_table(pytester):
     "table, args, says",
     [
         ({"tests/test_few_fast.py": "long"}, (), "must map test files to seconds"),
+        ("{not json", (), "cannot be read as a durations table"),
         (None, ("--record-file-durations=no/such/folder/d.json",), "no folder"),
     ],
 )
-def test_mistakes_are_usage_errors_before_any_test_runs(pytester, table, args, says):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_mistakes_are_usage_errors_before_any_test_runs(pytester, table, args, says, workers):
     _project(pytester, table)
-    result = pytester.runpytest(*PLUGIN, *args)
+    result = pytester.runpytest("-p", "fixtures.schedule", "-n", workers, *args)
     assert result.ret == 4  # pytest's usage error
     assert says in "\n".join(result.errlines + result.outlines)
     assert "passed" not in "\n".join(result.outlines)
+    assert "INTERNALERROR" not in "\n".join(result.errlines + result.outlines)
