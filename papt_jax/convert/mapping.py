@@ -183,12 +183,13 @@ _COLUMNS_PER_COPY = 16
 
 
 def contiguous(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """`array` as a C-contiguous array of `dtype` (the same array when it already is one).
+    """`array` as a C-contiguous array of `dtype` (the same array when it already is one
+    of that dtype).
 
     A dense layer's weight is transposed between the layouts, and NumPy copies a
-    transposed (column-major) 2-D view one element at a time along its rows, about 0.5 GB/s
-    here. Copying a few columns at a time writes whole cache lines of the result instead:
-    3-4x faster for a large model's 1024x4096 weights (benchmarks/convert_copy.py).
+    transposed (column-major) 2-D view at about 0.5-0.7 GB/s here. Copying a few columns
+    at a time writes whole cache lines of the result instead: 2.8x faster over a large
+    model's dense weights (BENCHMARKS.md, benchmarks/convert_copy.py).
 
     Args:
       array: Any NumPy array (a transposed view, a slice, a contiguous array).
