@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    if args.layers < 1 or args.repeats < 1:
+        parser.error(f"--layers and --repeats must be >= 1, got {args.layers} and {args.repeats}")
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal(s, np.float32) for s in LARGE_LAYER * args.layers]
     views = [w.T for w in weights]
