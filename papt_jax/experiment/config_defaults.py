@@ -227,6 +227,8 @@ def apply_embedded_corpus(
     c.pseudo_labels.layer = 1 if smoke else 3
     c.pseudo_labels.num_clusters = 16 if smoke else 50
     c.pseudo_labels.fit_fraction = 1.0
+    if smoke:  # the tests' runs: 10 passes over their few frames reach the inertia of 100
+        c.pseudo_labels.kmeans_max_iter = 10
     c.pretrain.epochs = 1 if smoke else 2
     c.pretrain.peak_lr = 2e-4
     c.pretrain.mask_prob = 0.65

@@ -215,7 +215,7 @@ def test_accumulated_finetuning_gradient_is_that_of_the_whole_batch_ccc():
     rng = jax.random.PRNGKey(4)
     # The <= 1e-5 bound is issue #23's, measured on the step as XLA's default code generation
     # compiles it (tests/fixtures/xla_options.py). The reference is compiled with the
-    # suite's settings: measured relative difference 7.3e-6 (8.7e-6 op by op, which took
+    # suite's settings: measured relative difference 7.3e-6 (8.8e-6 op by op, which took
     # 9 s of this test's 18).
     step = step.lower(state, device_batch, rng).compile(compiler_options=USER_CODEGEN)
     new, metrics = step(state, device_batch, rng)
