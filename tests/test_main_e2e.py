@@ -71,8 +71,11 @@ def test_logs_are_quiet_and_say_what_matters(smoke_run):
     assert all(progress_line.match(line) for line in others), others[:3]
     assert "libtpu" not in log
     assert "Downloading" not in log and "downloaded and prepared" not in log
-    # Orbax's INFO chatter (dozens of lines per checkpoint) is filtered out by default.
+    # Orbax's INFO chatter (dozens of lines per checkpoint) is filtered out by default, and
+    # none of its warnings that read like problems ("Metadata file does not exist", a type
+    # handler "overriding" another) is left.
     assert "checkpoint_manager.py" not in log
+    assert " WARNING absl: " not in log
     # Pre-training batches are cropped to their shortest row (fairseq's pad_audio: false),
     # in the bootstrap and in PAPT, and the log says how much audio that costs.
     assert log.count("crop_to_shortest: ") >= 2

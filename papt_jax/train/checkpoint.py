@@ -201,14 +201,26 @@ def _use_replica_parallel_for_large_arrays() -> None:
     """
     from orbax.checkpoint._src.metadata import array_metadata_store  # not re-exported
 
-    ocp.type_handlers.register_type_handler(
-        jax.Array,
-        ocp.type_handlers.ArrayHandler(
-            array_metadata_store=array_metadata_store.Store(),
-            min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_BYTES,
-        ),
-        override=True,
-    )
+    # Orbax warns on every override ("Type handler registry type ... overriding"), this
+    # deliberate one too: a line in every run's console that reads like a problem.
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addFilter(_drop_override_notice)
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array,
+            ocp.type_handlers.ArrayHandler(
+                array_metadata_store=array_metadata_store.Store(),
+                min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_BYTES,
+            ),
+            override=True,
+        )
+    finally:
+        absl_logger.removeFilter(_drop_override_notice)
+
+
+def _drop_override_notice(record: logging.LogRecord) -> bool:
+    """A logging filter: False for Orbax's notice that a type handler was overridden."""
+    return not record.getMessage().startswith("Type handler registry type")
 
 
 def _save_sealed(path: Path, handler, args) -> None:
@@ -250,8 +262,13 @@ def _layout_target(item_dir: Path, target):
     wanted = layout_of(abstract)
     if wanted is None:
         return abstract, lambda tree: tree
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
-        saved = layout_of(checkpointer.metadata(item_dir).item_metadata.tree)
+    # The handler's own metadata (the saved tree): a Checkpointer would also look for a
+    # step's metadata file in this item folder, which has none, and warn that it is missing.
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        saved = layout_of(handler.metadata(item_dir).tree)
+    finally:
+        handler.close()
     if saved is None or saved == wanted:
         return abstract, lambda tree: tree
 
