@@ -103,6 +103,8 @@ def test_files_and_logs_name_speakers_by_id(smoke_run):
     order = sorted(proxies, key=int)
     shown = "{" + ", ".join(f"'{u}': '{proxies[u]}'" for u in order) + "}"
     assert f"test-c: proxy training speaker of each unseen speaker: {shown}" in smoke_run.stderr
+    # Once, not once per dimension: the proxies come from the original encoder.
+    assert smoke_run.stderr.count("proxy training speaker of each unseen speaker") == 1
     rows = (workdir / "report" / "test-c_arousal_per_speaker.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows[1:]] == order  # numeric ids by number
 

@@ -188,6 +188,7 @@ def evaluate_unseen(
     mesh: Mesh,
     k: int,
     split: str = "test-c",
+    log_proxies: bool = True,
 ) -> EvalResult:
     """Proxy-speaker prediction and PLDC for speakers absent from training.
 
@@ -198,6 +199,8 @@ def evaluate_unseen(
         (same utterance order as `train`).
       original_test: `encode_pooled` of the original encoder on the unseen split.
       batches: One pass over the unseen split.
+      log_proxies: Log each unseen speaker's proxy. They come from the original encoder,
+        so every dimension has the same ones: the evaluation logs them once.
     """
     if not np.array_equal(original_train["key"], train["key"]):
         raise ValueError("original-encoder and fine-tuned training passes differ in order")
@@ -214,8 +217,9 @@ def evaluate_unseen(
     train_ids = dict(
         zip(train["speaker"].tolist(), train["speaker_id"].astype(str).tolist(), strict=True)
     )
-    shown = {s: train_ids[proxies[s]] for s in speaker_order(list(proxies))}
-    log.info("%s: proxy training speaker of each unseen speaker: %s", split, shown)
+    if log_proxies:
+        shown = {s: train_ids[proxies[s]] for s in speaker_order(list(proxies))}
+        log.info("%s: proxy training speaker of each unseen speaker: %s", split, shown)
     test = predict(
         predict_step,
         variables,
@@ -241,6 +245,7 @@ def evaluate_dimension(
     original: dict[str, dict] | None,
     mesh: Mesh,
     k: int,
+    log_proxies: bool = True,
 ) -> tuple[list[EvalResult], dict[str, dict]]:
     """The whole protocol for one fine-tuned regressor: every split, with PLDC.
 
@@ -251,6 +256,7 @@ def evaluate_dimension(
         'test_c' is evaluated as unseen speakers, every other split as seen ones.
       original: with 'test_c', `encode_pooled` of the original encoder on 'train' and
         'test_c' (speaker retrieval for unseen speakers).
+      log_proxies: As in `evaluate_unseen`.
 
     Returns:
       (one result per split, {'train' or split: its `predict` output with 'pooled'}).
@@ -280,6 +286,7 @@ def evaluate_dimension(
                 mesh,
                 k,
                 split=name,
+                log_proxies=log_proxies,
             )
         else:
             result, test = evaluate_seen(

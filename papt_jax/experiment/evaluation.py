@@ -51,7 +51,7 @@ def run_evaluate(ws: Workspace) -> dict[str, Any]:
         (tmp / "passes").mkdir()
         if original is not None:
             evaluate_lib.save_passes(original, tmp / "passes" / "original_encoder.npz")
-        for dimension in csv(ws.config.finetune.dimensions):
+        for number, dimension in enumerate(csv(ws.config.finetune.dimensions)):
             run, variables = load_finetuned(ws, dimension)
             predict_step = finetune.make_predict_step(run.model(), run.scaling(), ws.mesh)
             results, passes = evaluate_lib.evaluate_dimension(
@@ -63,6 +63,7 @@ def run_evaluate(ws: Workspace) -> dict[str, Any]:
                 original,
                 ws.mesh,
                 k,
+                log_proxies=number == 0,  # the same proxies for every dimension
             )
             # Pooled representations and predictions of every pass, for the shift analysis
             # and for prediction on new audio (PLDC's reference speakers).
