@@ -108,8 +108,9 @@ def test_scanned_equals_unrolled_with_dropout(variant, fusion):
         strict=True,
     ):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-6)
-    # Dropout was on: another key gives another output (so the keys, not luck, agree).
-    other = run(cfg_s, p_s, seed=8)
+    # Dropout was on: another key gives another output (so the keys, not luck, agree). The
+    # key is an argument: the scanned program compiled above runs again.
+    other = run(cfg_s, p_s, seed=8, user_codegen=True)
     assert not np.allclose(other.last_hidden_state, b.last_hidden_state, atol=1e-3)
 
 
@@ -180,24 +181,34 @@ def _checkpoint_policies(cfg, params):
 )
 def test_remat_policy_is_applied_and_keeps_the_gradient(scan, remat):
     cfg = config(scan_layers=scan, remat=remat, **dict.fromkeys(DROPOUT, 0.0))
-    params = per_layer_params(cfg.replace(scan_layers=False))
-    params = to_layout(params, scan)
-    policies = _checkpoint_policies(cfg, params)
+    policies = _checkpoint_policies(cfg, _remat_test_params(cfg))
     if remat == "none":
         assert policies == []
     else:
         assert policies and all(p == remat_policy(remat) for p in policies)
         assert len(policies) == (1 if scan else cfg.num_hidden_layers)
+        assert_close_to(
+            _remat_test_gradients(cfg), _remat_test_gradients(cfg.replace(remat="none"))
+        )
+
+
+def _remat_test_params(cfg: HubertConfig):
+    """The same parameters whatever `cfg.remat`, in `cfg`'s layout."""
+    unrolled = cfg.replace(scan_layers=False, remat="none")
+    return to_layout(per_layer_params(unrolled), cfg.scan_layers)
+
+
+@functools.cache
+def _remat_test_gradients(cfg: HubertConfig):
+    """Gradients of a fixed loss at `_remat_test_params(cfg)` (cached: the ones without
+    remat are the reference of every policy of the same layout)."""
     audio, mask, _ = batch()
 
-    def grads(cfg):
-        def loss(params):
-            out = HubertModel(cfg).apply({"params": params}, audio, mask)
-            return (out.last_hidden_state**2).sum()
+    def loss(params):
+        out = HubertModel(cfg).apply({"params": params}, audio, mask)
+        return (out.last_hidden_state**2).sum()
 
-        return jax.jit(jax.grad(loss))(params)
-
-    assert_close_to(grads(cfg), grads(cfg.replace(remat="none")))
+    return jax.jit(jax.grad(loss))(_remat_test_params(cfg))
 
 
 def test_remat_names_and_old_booleans():
