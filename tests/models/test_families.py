@@ -8,6 +8,8 @@ encoder's output does not depend on the padding it was batched with (the group-n
 models' feature extractor, data2vec-audio's positional convs), which PyTorch's does.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,10 +117,12 @@ def test_masked_frames_equal_transformers(family, layout):
     frames = config.num_frames(audio.shape[1])
     masked = np.zeros((1, frames), bool)
     masked[0, 3:9] = masked[0, 15:18] = True
-    ours = HubertModel(config).apply(
-        {"params": params}, jnp.asarray(audio), mask_time_indices=jnp.asarray(masked)
+    # One compiled program for both runs (no mask: all False), not ~240 one-primitive ones.
+    apply = jax.jit(
+        lambda p, a, m: HubertModel(config).apply({"params": p}, a, mask_time_indices=m)
     )
-    plain = HubertModel(config).apply({"params": params}, jnp.asarray(audio))
+    ours = apply(params, jnp.asarray(audio), jnp.asarray(masked))
+    plain = apply(params, jnp.asarray(audio), jnp.zeros_like(masked))
     with torch.no_grad():
         theirs = model(torch.from_numpy(audio), mask_time_indices=torch.from_numpy(masked))
     np.testing.assert_allclose(
@@ -142,12 +146,18 @@ def test_speaker_fusion_works_for_every_family(family, layout):
     speaker = jnp.asarray([2, 0])
     table = jnp.asarray(rng.normal(0, 1, (3, config.hidden_size)).astype(np.float32))
 
-    def run(fusion, table, scan=config.scan_layers):
+    # Each model compiled once (its two tables are arguments): five programs, not the
+    # ~300 one-primitive ones that applying the models op by op compiles.
+    @functools.cache
+    def compiled(fusion, scan):
         cfg = config.replace(speaker_fusion=fusion, num_speakers=3, scan_layers=scan)
-        p = to_layout({**params, "speaker_embedding": {"embedding": table}}, scan)
-        return HubertModel(cfg).apply({"params": p}, audio, mask, speaker)
+        return jax.jit(lambda p: HubertModel(cfg).apply({"params": p}, audio, mask, speaker))
 
-    plain = HubertModel(config).apply({"params": params}, audio, mask)
+    def run(fusion, table, scan=config.scan_layers):
+        p = to_layout({**params, "speaker_embedding": {"embedding": table}}, scan)
+        return compiled(fusion, scan)(p)
+
+    plain = jax.jit(lambda p: HubertModel(config).apply({"params": p}, audio, mask))(params)
     base, valid = plain.last_hidden_state, np.asarray(plain.frame_mask)[..., None]
     zeros = jnp.zeros_like(table)
     for fusion in ("last", "first"):
