@@ -39,6 +39,22 @@ def test_with_speakers_replaces_real_rows_only():
     np.testing.assert_array_equal(batch["speaker"], [-1, -1, -1])  # input untouched
 
 
+def test_unseen_proxies_name_both_speakers_by_id_in_reading_order():
+    passes = {
+        "train": {
+            "speaker": np.asarray([7, 3, 7, 11]),
+            "speaker_id": np.asarray([70, 30, 70, 110]),
+        },
+        "test_c": {
+            "speaker": np.asarray([11, 7, 11, 3]),  # each row's proxy index
+            "speaker_id": np.asarray([10, 2, 10, 9]),
+        },
+    }
+    shown = evaluate.unseen_proxies(passes)
+    assert shown == {"2": "70", "9": "30", "10": "110"}
+    assert list(shown) == ["2", "9", "10"]  # numerically, not "10" before "2"
+
+
 @pytest.mark.slow
 def test_mfcc_pseudo_labels_cover_every_encoder_frame(tmp_path):
     rs = np.random.RandomState(0)

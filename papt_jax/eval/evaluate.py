@@ -11,7 +11,6 @@ receives; PLDC then uses training speakers retrieved with those same vectors.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Iterator
 
 import jax
@@ -23,8 +22,6 @@ from papt_jax.eval.results import EvalResult, speaker_order
 from papt_jax.models.hubert import HubertModel, masked_mean
 from papt_jax.train.prediction import predict
 from papt_jax.train.sharding import data_sharded, replicated, shard_batch
-
-log = logging.getLogger(__name__)
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 
@@ -188,7 +185,6 @@ def evaluate_unseen(
     mesh: Mesh,
     k: int,
     split: str = "test-c",
-    log_proxies: bool = True,
 ) -> EvalResult:
     """Proxy-speaker prediction and PLDC for speakers absent from training.
 
@@ -199,8 +195,6 @@ def evaluate_unseen(
         (same utterance order as `train`).
       original_test: `encode_pooled` of the original encoder on the unseen split.
       batches: One pass over the unseen split.
-      log_proxies: Log each unseen speaker's proxy. They come from the original encoder,
-        so every dimension has the same ones: the evaluation logs them once.
     """
     if not np.array_equal(original_train["key"], train["key"]):
         raise ValueError("original-encoder and fine-tuned training passes differ in order")
@@ -214,12 +208,6 @@ def evaluate_unseen(
         str(key): proxies[str(s)]
         for key, s in zip(original_test["key"], original_test["speaker_id"], strict=True)
     }
-    train_ids = dict(
-        zip(train["speaker"].tolist(), train["speaker_id"].astype(str).tolist(), strict=True)
-    )
-    if log_proxies:
-        shown = {s: train_ids[proxies[s]] for s in speaker_order(list(proxies))}
-        log.info("%s: proxy training speaker of each unseen speaker: %s", split, shown)
     test = predict(
         predict_step,
         variables,
@@ -245,7 +233,6 @@ def evaluate_dimension(
     original: dict[str, dict] | None,
     mesh: Mesh,
     k: int,
-    log_proxies: bool = True,
 ) -> tuple[list[EvalResult], dict[str, dict]]:
     """The whole protocol for one fine-tuned regressor: every split, with PLDC.
 
@@ -256,7 +243,6 @@ def evaluate_dimension(
         'test_c' is evaluated as unseen speakers, every other split as seen ones.
       original: with 'test_c', `encode_pooled` of the original encoder on 'train' and
         'test_c' (speaker retrieval for unseen speakers).
-      log_proxies: As in `evaluate_unseen`.
 
     Returns:
       (one result per split, {'train' or split: its `predict` output with 'pooled'}).
@@ -286,7 +272,6 @@ def evaluate_dimension(
                 mesh,
                 k,
                 split=name,
-                log_proxies=log_proxies,
             )
         else:
             result, test = evaluate_seen(
@@ -295,6 +280,21 @@ def evaluate_dimension(
         results.append(result)
         passes[split] = test
     return results, passes
+
+
+def unseen_proxies(passes: dict[str, dict], split: str = "test_c") -> dict[str, str]:
+    """{unseen speaker id: id of its proxy training speaker}, unseen speakers in reading
+    order, read from `evaluate_dimension`'s passes (the unseen pass's 'speaker' holds each
+    row's proxy index, the training pass maps indices to ids)."""
+    train = passes["train"]
+    train_ids = dict(
+        zip(train["speaker"].tolist(), train["speaker_id"].astype(str).tolist(), strict=True)
+    )
+    test = passes[split]
+    proxy_of = dict(
+        zip(test["speaker_id"].astype(str).tolist(), test["speaker"].tolist(), strict=True)
+    )
+    return {s: train_ids[proxy_of[s]] for s in speaker_order(list(proxy_of))}
 
 
 def save_passes(passes: dict[str, dict], path) -> None:

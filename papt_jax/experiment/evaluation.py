@@ -63,8 +63,13 @@ def run_evaluate(ws: Workspace) -> dict[str, Any]:
                 original,
                 ws.mesh,
                 k,
-                log_proxies=number == 0,  # the same proxies for every dimension
             )
+            # The proxies come from the original encoder: the same for every dimension.
+            if number == 0 and "test_c" in passes:
+                log.info(
+                    "test-c: proxy training speaker of each unseen speaker: %s",
+                    evaluate_lib.unseen_proxies(passes),
+                )
             # Pooled representations and predictions of every pass, for the shift analysis
             # and for prediction on new audio (PLDC's reference speakers).
             evaluate_lib.save_passes(passes, tmp / "passes" / f"{dimension}.npz")
