@@ -235,7 +235,7 @@ def _encoder_of(stage):
     return read
 
 
-def finetuned_of(w):
+def finetuned_of(w, dimensions=("arousal", "valence")):
     """Each dimension's fine-tuned variables and `result.json`."""
     from papt_jax.train.checkpoint import restore_tree
 
@@ -244,7 +244,7 @@ def finetuned_of(w):
             restore_tree(w / "finetune" / dimension / "model" / "variables"),
             json.loads((w / "finetune" / dimension / "result.json").read_text()),
         )
-        for dimension in ("arousal", "valence")
+        for dimension in dimensions
     }
 
 

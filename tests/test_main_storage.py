@@ -85,7 +85,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_rerun_is_iden
     smoke_run, tmp_path
 ):
     w = copy_run(smoke_run, tmp_path)
-    expected = finetuned_of(w)
+    expected = finetuned_of(w, ["arousal"])
     for stage in ("finetune", "evaluate", "report"):
         (w / "stages" / f"{stage}.json").unlink()
         shutil.rmtree(w / stage)
@@ -93,15 +93,19 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_rerun_is_iden
     # tests' compilation cache (it holds the smoke run's steps): a write that crosses the
     # limit would leave a truncated entry in the cache the other tests share.
     cache = _copy_of_the_shared_compilation_cache(tmp_path / "xla")
-    full = run_main(w, SMOKE, FINETUNE, f"--compilation_cache={cache}", file_size_limit=120_000)
+    # Arousal alone: its model is the smoke run's whatever the other dimensions are.
+    arousal = "--config.finetune.dimensions=arousal"
+    full = run_main(
+        w, SMOKE, FINETUNE, arousal, f"--compilation_cache={cache}", file_size_limit=120_000
+    )
     # Before: about 250 lines of Orbax and tensorstore tracebacks.
     _assert_one_error_line(full, "file too large")
     assert not (w / "stages" / "finetune.json").exists()
     # Evaluation and the report read only the fine-tuned models (their own kill tests in
     # test_main_e2e.py show them deterministic): equal models make an equal run.
-    again = run_main(w, SMOKE, FINETUNE)
+    again = run_main(w, SMOKE, FINETUNE, arousal)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert_same_finetuned(expected, finetuned_of(w))
+    assert_same_finetuned(expected, finetuned_of(w, ["arousal"]))
 
 
 def test_a_full_file_system_is_one_line_and_the_rerun_is_identical(smoke_run, tmp_path):
