@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sklearn.cluster import MiniBatchKMeans
 
 from papt_jax import kmeans
 from papt_jax.kmeans import (
@@ -78,6 +77,10 @@ SKLEARN_CASES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(SKLEARN_CASES))
 def test_fit_inertia_within_one_percent_of_sklearn(case):
+    # Imported here: scikit-learn takes 0.8 s to import, which every xdist worker would pay
+    # collecting this file, and only the worker running these tests needs it.
+    from sklearn.cluster import MiniBatchKMeans
+
     x = SKLEARN_CASES[case](np.random.default_rng(2))
     k = 50
     # Same settings on both sides; best of two seeds each, both scored by the same
