@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from tiny_assets import tiny_assets
@@ -163,3 +164,47 @@ def test_the_writers_check_refuses_graphs_that_differ_from_jax():
 
     with pytest.raises(checks.ExportCheckError, match="vs_jax differs by 0.0002"):
         checks.compare(graph, off, head_run, "off")
+
+
+def test_the_newest_first_output_check_answers_as_jax2onnxs_own(tmp_path):
+    """On every call of a conversion, the swapped-in check (papt_jax/export/
+    onnx_output_check.py) gives the original's answer, and the files are the same."""
+    _require_onnx()
+    import jax2onnx
+    import onnx_ir
+    from jax2onnx.converter import output_binding
+
+    from papt_jax.export.onnx_output_check import newest_first_output_check
+
+    weight = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+
+    def layer(x):  # an input, an initialiser and a few nodes for the check to look through
+        h = jnp.tanh(x @ weight + 1.0)
+        return (h * h).sum(-1) - h.mean(-1)
+
+    spec = [jax.ShapeDtypeStruct((3, 6), jnp.float32)]
+
+    def convert(name):
+        path = tmp_path / f"{name}.onnx"
+        jax2onnx.to_onnx(layer, spec, model_name="layer", return_mode="file", output_path=str(path))
+        return path.read_bytes()
+
+    original = output_binding._value_is_graph_connected
+    plain = convert("plain")
+    answers = []
+    with newest_first_output_check() as swapped:
+        assert swapped
+        newest_first = output_binding._value_is_graph_connected
+
+        def both(ctx, value):
+            answers.append((original(ctx, value), newest_first(ctx, value)))
+            stranger = onnx_ir.Value(name="in_no_graph")  # connected to nothing: both say no
+            answers.append((original(ctx, stranger), newest_first(ctx, stranger)))
+            return answers[-2][1]
+
+        output_binding._value_is_graph_connected = both
+        checked = convert("checked")
+    assert output_binding._value_is_graph_connected is original  # put back after the block
+    assert len(answers) > 5 and all(a == b for a, b in answers), answers
+    assert {a for a, _ in answers} == {True, False}
+    assert checked == plain
